@@ -1,0 +1,89 @@
+"""Prompt rendering: one compact format, always within the token budget."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+
+from feddx.data.schema import Case, Encounter, Finding, History, Label
+from feddx.model.prompt import (
+    SYSTEM_PROMPT,
+    answer_ids,
+    case_to_text,
+    render_answer,
+    render_finding,
+    render_prompt,
+)
+
+
+def _case(**kw: Any) -> Case:
+    base: dict[str, Any] = {"case_id": "c1", "age": 63, "sex": "male"}
+    return Case(**{**base, **kw})
+
+
+def test_findings_render_tersely() -> None:
+    assert render_finding(Finding(name="fever")) == "fever"
+    assert render_finding(Finding(name="fever", negated=True)) == "no fever"
+    assert render_finding(Finding(name="cough", value=False)) == "no cough"
+    assert render_finding(Finding(name="BP", value=145.0, unit="mmHg")) == "BP: 145 mmHg"
+    assert render_finding(Finding(name="pain", value="burning")) == "pain: burning"
+
+
+def test_prompt_uses_chat_template_and_contains_case(tokenizer: Any) -> None:
+    case = _case(findings=(Finding(name="chest pain", value="typical angina"),), text="Short note.")
+    p = render_prompt(case, tokenizer)
+    assert SYSTEM_PROMPT in p.text
+    assert p.text.endswith("<|im_start|>assistant\n")
+    assert (
+        "63y male" in p.text and "chest pain: typical angina" in p.text and "Short note." in p.text
+    )
+    assert not p.truncated
+    assert p.input_ids == tokenizer(p.text, add_special_tokens=False)["input_ids"]
+
+
+def test_budget_keeps_priority_order(tokenizer: Any) -> None:
+    findings = tuple(Finding(name=f"finding number {i}") for i in range(60))
+    history = History(
+        encounters=tuple(
+            Encounter(date=dt.date(2020, 1, d), diagnoses=(f"old dx {d}",)) for d in range(1, 20)
+        )
+    )
+    case = _case(findings=findings, text="word " * 300, history=history)
+    p = render_prompt(case, tokenizer, max_tokens=160)
+    assert len(p.input_ids) <= 160
+    assert p.truncated
+    assert "finding number 0" in p.text  # highest priority survives
+    assert "old dx" not in p.text  # history is dropped first
+
+
+def test_budget_truncates_note_at_word_boundary(tokenizer: Any) -> None:
+    case = _case(text=" ".join(f"w{i}" for i in range(400)))
+    p = render_prompt(case, tokenizer, max_tokens=120)
+    assert len(p.input_ids) <= 120
+    assert "w0 w1" in p.text and "w399" not in p.text
+
+
+def test_recent_history_first(tokenizer: Any) -> None:
+    history = History(
+        encounters=(
+            Encounter(date=dt.date(2019, 1, 1), diagnoses=("asthma",)),
+            Encounter(date=dt.date(2023, 5, 1), diagnoses=("pneumonia",)),
+        )
+    )
+    text = case_to_text(_case(history=history))
+    assert text.index("pneumonia") < text.index("asthma")
+
+
+def test_budget_too_small_is_an_error(tokenizer: Any) -> None:
+    with pytest.raises(ValueError, match="below the bare prompt size"):
+        render_prompt(_case(findings=(Finding(name="x" * 50),)), tokenizer, max_tokens=5)
+
+
+def test_answer_is_the_diagnosis_closed_by_end_of_turn(tokenizer: Any) -> None:
+    label = Label(diagnosis="Pneumonia", icd10="J18.9")
+    assert render_answer(label) == "Pneumonia" == render_answer("Pneumonia")
+    ids = answer_ids(tokenizer, label)
+    assert ids[-1] == tokenizer.eos_token_id
+    assert tokenizer.decode(ids[:-1]) == "Pneumonia"
