@@ -1,10 +1,315 @@
-"""``feddx data ...``: inspect, prepare and partition datasets."""
+"""``feddx data ...``: inspect, prepare and partition datasets.
+
+Each command loads through :func:`feddx.data.sources.load_source`, so every registered source
+works the same way; an unknown source or unreadable path is a :class:`~feddx.errors.DataError`
+(one line, exit code 2). Output never contains case text: only counts, labels and positions.
+"""
 
 from __future__ import annotations
 
-import typer
+import json
+import statistics
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
 
-from feddx.cli._app import app
+import typer
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from feddx.cli._app import app, console, console_err
+from feddx.data.report import LoadReport
+from feddx.data.schema import Case
 
 data_app = typer.Typer(help="Inspect, prepare and partition datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+
+SOURCE_HELP = "Data source: ddxplus, ddxplus-v0, csv, jsonl, uci-heart or fhir."
+PATH_HELP = "File or directory of the data (not needed for uci-heart)."
+SHOW_SKIPPED = 5
+
+
+class PartitionKindOption(StrEnum):
+    attribute = "attribute"
+    iid = "iid"
+    dirichlet = "dirichlet"
+    size_skew = "size-skew"
+
+
+def _load(source: str, path: Path | None, report: LoadReport) -> Iterator[Case]:
+    """The cases of ``source``, with a live count on stderr (hidden when not a terminal)."""
+    from feddx.data.sources import load_source
+
+    cases = load_source(source, path, report)
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("loading {task.description}: {task.completed:,} cases"),
+        TimeElapsedColumn(),
+        console=console_err,
+        transient=True,
+        # Off when stderr is a file or pipe: no live display, and no stray blank line.
+        disable=not console_err.is_terminal,
+    ) as progress:
+        task = progress.add_task(source, total=None)
+        for case in cases:
+            progress.advance(task)
+            yield case
+
+
+def _age_summary(ages: list[float]) -> dict[str, float | int] | None:
+    if not ages:
+        return None
+    return {
+        "n": len(ages),
+        "min": min(ages),
+        "max": max(ages),
+        "mean": round(statistics.fmean(ages), 2),
+        "median": statistics.median(ages),
+    }
+
+
+def dataset_stats(
+    source: str, path: Path | None, cases: Iterable[Case], report: LoadReport
+) -> dict[str, Any]:
+    """Counts over ``cases`` (consumed once, streaming) and the load report, as one JSON-ready
+    dict: at least ``n_cases``, ``labels``, ``n_skipped`` and ``skipped_reasons``."""
+    from feddx.data.icd10 import icd10_known
+
+    labels: Counter[str] = Counter()
+    codes: dict[str, str | None] = {}
+    institutions: Counter[str] = Counter()
+    regions: Counter[str] = Counter()
+    sexes: Counter[str] = Counter()
+    ages: list[float] = []
+    n = n_labeled = n_text = n_findings = n_history = n_differential = 0
+    for case in cases:
+        n += 1
+        if case.label is not None:
+            n_labeled += 1
+            labels[case.label.diagnosis] += 1
+            codes.setdefault(case.label.diagnosis, case.label.icd10)
+            n_differential += bool(case.label.differential)
+        if case.institution:
+            institutions[case.institution] += 1
+        if case.region:
+            regions[case.region] += 1
+        sexes[case.sex or "unknown"] += 1
+        if case.age is not None:
+            ages.append(case.age)
+        n_text += bool(case.text)
+        n_findings += bool(case.findings)
+        n_history += not case.history.is_empty()
+    distinct_codes = sorted({c for c in codes.values() if c})
+    return {
+        "source": source,
+        "path": str(path) if path is not None else None,
+        "n_cases": n,
+        "n_labeled": n_labeled,
+        "n_labels": len(labels),
+        "labels": dict(labels.most_common()),
+        "n_skipped": report.n_skipped,
+        "skipped_reasons": report.skipped_reasons(),
+        "skipped_examples": [str(s) for s in report.skipped[:SHOW_SKIPPED]],
+        "institutions": dict(institutions.most_common()),
+        "regions": dict(regions.most_common()),
+        "sex": dict(sexes.most_common()),
+        "age": _age_summary(ages),
+        "n_with_text": n_text,
+        "n_with_findings": n_findings,
+        "n_with_history": n_history,
+        "n_with_differential": n_differential,
+        "icd10": {
+            "label_codes": {label: codes[label] for label in labels},
+            "labels_without_code": sorted(lb for lb, c in codes.items() if not c),
+            # WHO-only ids (or typos) in the data: scored at chapter/category level only.
+            "codes_not_in_icd10cm": [c for c in distinct_codes if not icd10_known(c)],
+        },
+    }
+
+
+def _counts_table(title: str, counts: dict[str, int], total: int) -> Table:
+    table = Table(title=title, title_justify="left")
+    table.add_column(title.split(" ")[0].lower())
+    table.add_column("cases", justify="right")
+    table.add_column("share", justify="right")
+    for name, count in counts.items():
+        table.add_row(name, f"{count:,}", f"{count / max(total, 1):.1%}")
+    return table
+
+
+def _print_stats(stats: dict[str, Any]) -> None:
+    where = f": {stats['path']}" if stats["path"] else ""
+    summary = Table(title=f"{stats['source']}{where}", title_justify="left", show_header=False)
+    summary.add_column(style="bold")
+    summary.add_column(justify="right")
+    age = stats["age"]
+    rows = [
+        ("cases", f"{stats['n_cases']:,}"),
+        ("labeled", f"{stats['n_labeled']:,}"),
+        ("distinct labels", f"{stats['n_labels']:,}"),
+        ("skipped", f"{stats['n_skipped']:,}"),
+        ("with text", f"{stats['n_with_text']:,}"),
+        ("with findings", f"{stats['n_with_findings']:,}"),
+        ("with history", f"{stats['n_with_history']:,}"),
+        ("with differential", f"{stats['n_with_differential']:,}"),
+        (
+            "age",
+            f"{age['min']:g}-{age['max']:g}, median {age['median']:g} (n={age['n']:,})"
+            if age
+            else "-",
+        ),
+        ("sex", ", ".join(f"{k} {v:,}" for k, v in stats["sex"].items()) or "-"),
+    ]
+    for key, value in rows:
+        summary.add_row(key, value)
+    console.print(summary)
+
+    codes = stats["icd10"]["label_codes"]
+    labels = Table(title="labels", title_justify="left")
+    for col, justify in (
+        ("label", "left"),
+        ("ICD-10", "left"),
+        ("cases", "right"),
+        ("share", "right"),
+    ):
+        labels.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for name, count in stats["labels"].items():
+        labels.add_row(
+            name, codes.get(name) or "-", f"{count:,}", f"{count / max(stats['n_labeled'], 1):.1%}"
+        )
+    console.print(labels)
+    for key in ("institutions", "regions"):
+        if stats[key]:
+            console.print(_counts_table(f"{key}", stats[key], stats["n_cases"]))
+    if stats["icd10"]["codes_not_in_icd10cm"]:
+        console.print(
+            "ICD-10 codes unknown to ICD-10-CM (scored at chapter/category level only): "
+            + ", ".join(stats["icd10"]["codes_not_in_icd10cm"]),
+            markup=False,
+        )
+    if stats["n_skipped"]:
+        reasons = ", ".join(f"{r}: {n:,}" for r, n in stats["skipped_reasons"].items())
+        console.print(
+            f"skipped {stats['n_skipped']:,} records ({reasons}); first ones:", markup=False
+        )
+        for line in stats["skipped_examples"]:
+            console.print(f"  {line}", markup=False, highlight=False)
+
+
+@data_app.command()
+def stats(
+    source: Annotated[str, typer.Argument(help=SOURCE_HELP)],
+    path: Annotated[Path | None, typer.Argument(help=PATH_HELP)] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object instead of tables.")
+    ] = False,
+) -> None:
+    """Count the cases, labels, skipped records, institutions, regions and demographics of a
+    dataset."""
+    report = LoadReport(source)
+    result = dataset_stats(source, path, _load(source, path, report), report)
+    if as_json:
+        typer.echo(json.dumps(result, ensure_ascii=False))
+    else:
+        _print_stats(result)
+
+
+@data_app.command()
+def partition(
+    source: Annotated[str, typer.Argument(help=SOURCE_HELP)],
+    path: Annotated[Path | None, typer.Argument(help=PATH_HELP)] = None,
+    *,
+    out: Annotated[
+        Path, typer.Option("--out", help="Directory for client_<i>.jsonl and manifest.json.")
+    ],
+    kind: Annotated[
+        PartitionKindOption, typer.Option("--kind", help="How to split.")
+    ] = PartitionKindOption.iid,
+    attribute: Annotated[
+        str | None,
+        typer.Option(help="Case attribute for --kind attribute (default: institution)."),
+    ] = None,
+    num_clients: Annotated[
+        int, typer.Option("--num-clients", min=1, help="Clients (not used by attribute).")
+    ] = 5,
+    alpha: Annotated[
+        float, typer.Option(help="Dirichlet concentration (smaller: more label skew).")
+    ] = 0.5,
+    sigma: Annotated[
+        float, typer.Option(help="Log-normal sigma of client sizes (size-skew).")
+    ] = 1.0,
+    seed: Annotated[int, typer.Option(help="Seed of every random draw.")] = 0,
+    min_size: Annotated[
+        int, typer.Option("--min-size", min=0, help="Fewest cases per client.")
+    ] = 1,
+    plot: Annotated[
+        Path | None, typer.Option(help="Also save a stacked bar chart (PNG) here.")
+    ] = None,
+) -> None:
+    """Split a dataset into federated clients and write the shards with a manifest."""
+    from feddx.data.partition import (
+        PartitionSpec,
+        client_names,
+        label_histograms,
+        partition_cases,
+        plot_partition,
+        write_partition,
+    )
+
+    if kind is PartitionKindOption.attribute and attribute is None:
+        attribute = "institution"
+    spec = PartitionSpec(
+        kind=kind.value,  # type: ignore[arg-type]  # the enum's values are exactly PartitionKind
+        num_clients=num_clients,
+        attribute=attribute if kind is PartitionKindOption.attribute else None,
+        alpha=alpha,
+        sigma=sigma,
+        seed=seed,
+        min_size=min_size,
+    )
+    report = LoadReport(source)
+    cases = list(_load(source, path, report))
+    parts = partition_cases(cases, spec)
+    manifest = write_partition(
+        parts, out, spec, extra={"source": source, "path": str(path) if path else None}
+    )
+    names = client_names(parts, spec)
+    _print_partition(parts, names, label_histograms(parts))
+    skipped = f"; {report.n_skipped:,} records skipped while loading" if report.n_skipped else ""
+    console.print(
+        f"wrote {len(parts)} shards ({len(cases):,} cases) and {manifest}{skipped}",
+        markup=False,
+        highlight=False,
+    )
+    if plot is not None:
+        console.print(
+            f"plot: {plot_partition(parts, plot, names=names)}", markup=False, highlight=False
+        )
+
+
+def _print_partition(
+    parts: list[list[Case]], names: list[str], hists: list[dict[str, int]]
+) -> None:
+    totals: Counter[str] = Counter()
+    for h in hists:
+        totals.update(h)
+    if len(parts) <= 10:
+        # A label x client matrix: the histograms side by side.
+        table = Table(title="cases per label and client", title_justify="left", show_footer=True)
+        table.add_column("label", footer="total", min_width=16, max_width=40)
+        for name, part in zip(names, parts, strict=True):
+            table.add_column(name, justify="right", footer=f"{len(part):,}")
+        table.add_column("total", justify="right", footer=f"{sum(totals.values()):,}")
+        for label, total in totals.most_common():
+            table.add_row(label, *(f"{h.get(label, 0):,}" or "" for h in hists), f"{total:,}")
+    else:
+        table = Table(title="clients", title_justify="left")
+        for col in ("client", "cases", "labels", "most frequent labels"):
+            table.add_column(col, justify="right" if col in ("cases", "labels") else "left")
+        for name, part, h in zip(names, parts, hists, strict=True):
+            top = ", ".join(f"{label} {n}" for label, n in list(h.items())[:4])
+            more = f", +{len(h) - 4} more" if len(h) > 4 else ""
+            table.add_row(name, f"{len(part):,}", f"{len(h)}", top + more)
+    console.print(table)
