@@ -50,7 +50,12 @@ def test_writes_ca_server_cert_and_one_key_pair_per_node(creds_dir: Path) -> Non
 
 def test_private_keys_are_owner_only_and_public_files_are_readable(creds_dir: Path) -> None:
     creds = load_credentials(creds_dir)
-    private = [creds.ca_key, creds.server_key, *(k.private_key for k in creds.nodes.values())]
+    private = [
+        creds.ca_key,
+        creds.server_key,
+        creds.superexec_secret,
+        *(k.private_key for k in creds.nodes.values()),
+    ]
     assert {_mode(p) for p in private} == {0o600}
     public = [creds.ca_cert, creds.server_cert, *(k.public_key for k in creds.nodes.values())]
     assert {_mode(p) for p in public} == {0o644}

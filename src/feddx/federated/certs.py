@@ -19,6 +19,8 @@ Layout of the output folder::
     ca.pem  ca.key          the federation's CA (ca.key: 0600, keep offline after set-up)
     superlink.pem           SuperLink TLS certificate (chain: leaf only, CA in ca.pem)
     superlink.key           SuperLink TLS private key (0600)
+    superexec.secret        shared secret of the SuperLink and its ServerApp executor when they
+                            run as separate containers (``--isolation process``; 0600)
     nodes/<name>.key        SuperNode auth private key, OpenSSH (0600) -- give ONLY to <name>
     nodes/<name>.pub        SuperNode auth public key, OpenSSH -- register it on the SuperLink
 
@@ -37,6 +39,7 @@ import ipaddress
 import json
 import os
 import re
+import secrets
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -88,6 +91,7 @@ class FederationCredentials:
     ca_key: Path
     server_cert: Path
     server_key: Path
+    superexec_secret: Path
     hostnames: tuple[str, ...]
     ip_addresses: tuple[str, ...]
     nodes: dict[str, NodeKeys]
@@ -349,7 +353,7 @@ def generate_credentials(
             "(every node then needs its new key and the SuperLink its new certificate)"
         )
     if not force:
-        targets = ["ca.pem", "ca.key", "superlink.pem", "superlink.key"]
+        targets = ["ca.pem", "ca.key", "superlink.pem", "superlink.key", "superexec.secret"]
         targets += [f"nodes/{n}.{ext}" for n in names for ext in ("key", "pub")]
         clash = [t for t in targets if (out_dir / t).exists()]
         if clash:
@@ -375,6 +379,8 @@ def generate_credentials(
         server_cert.public_bytes(serialization.Encoding.PEM),
         private=False,
     )
+    # Flower reads the file as raw bytes: hex text keeps it printable for Kubernetes Secrets.
+    _write_atomic(out_dir / "superexec.secret", secrets.token_hex(32).encode(), private=True)
     node_entries: dict[str, dict[str, str]] = {}
     for name in names:
         private, public = _make_node_keys(name)
@@ -395,6 +401,7 @@ def generate_credentials(
             "key": "superlink.key",
             "hostnames": hosts,
             "ip_addresses": ips,
+            "superexec_secret": "superexec.secret",
         },
         "nodes": node_entries,
     }
@@ -439,6 +446,7 @@ def load_credentials(out_dir: Path) -> FederationCredentials:
             ca_key=out_dir / raw["ca"]["key"],
             server_cert=out_dir / link["cert"],
             server_key=out_dir / link["key"],
+            superexec_secret=out_dir / link["superexec_secret"],
             hostnames=tuple(link["hostnames"]),
             ip_addresses=tuple(link["ip_addresses"]),
             nodes=nodes,

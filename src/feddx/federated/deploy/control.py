@@ -194,7 +194,10 @@ class FlowerControl:
             ) from None
         payload = _last_json_object(done.stdout)
         if done.returncode != 0 or payload is None or payload.get("success") is False:
-            reason = (payload or {}).get("error-message") or _tail(done.stderr or done.stdout)
+            message = (payload or {}).get("error-message")
+            reason = (
+                " ".join(str(message).split()) if message else _tail(done.stderr or done.stdout)
+            )
             raise DeploymentError(
                 f"'flwr {' '.join(args[:2])}' failed (exit {done.returncode}): {reason}"
             )

@@ -35,7 +35,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Literal
 
 from feddx.errors import ConfigError
 from feddx.federated.certs import FederationCredentials, load_credentials, validate_node_names
@@ -84,6 +84,46 @@ class NodeSpec:
         return cls.for_data(name.strip(), source.strip(), Path(path) if path else None)
 
 
+def node_name_for(value: str) -> str:
+    """A node name (DNS label) for a partition client: ``"VA Long Beach"`` -> ``va-long-beach``."""
+    slug = re.sub(r"[^a-z0-9]+", "-", value.lower()).strip("-")[:63].strip("-")
+    return slug or "node"
+
+
+def nodes_from_partition(partition_dir: Path) -> list[NodeSpec]:
+    """One :class:`NodeSpec` per client shard of a ``feddx data partition`` folder.
+
+    Nodes are named after the partition attribute's value (an institution partition gives
+    ``cleveland-clinic``, ``va-long-beach``...), else ``client-<i>``; each reads its own
+    ``client_<i>.jsonl``. Raises :class:`ConfigError` if the manifest is missing or malformed.
+    """
+    from feddx.data.partition import MANIFEST
+
+    manifest_path = Path(partition_dir) / MANIFEST
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        clients = manifest["clients"]
+        nodes: list[NodeSpec] = []
+        used: set[str] = set()
+        for client in clients:
+            value = client.get("attribute_value")
+            name = node_name_for(str(value)) if value else f"client-{client['index']}"
+            if name in used:
+                name = f"{name}-{client['index']}"[-63:]
+            used.add(name)
+            shard = (Path(partition_dir) / client["file"]).resolve()
+            nodes.append(NodeSpec.for_data(name, "jsonl", shard))
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{manifest_path} not found: write shards with 'feddx data partition'"
+        ) from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"{manifest_path}: not a feddx partition manifest ({e})") from None
+    if not nodes:
+        raise ConfigError(f"{manifest_path}: the partition has no clients")
+    return nodes
+
+
 @dataclass
 class LocalFederationConfig:
     """Everything one loopback federation needs.
@@ -106,6 +146,12 @@ class LocalFederationConfig:
         the number of nodes (at least 1), so concurrent clients do not oversubscribe the cores.
     startup_timeout, run_timeout
         Seconds to wait for the daemons to come up, and for the run to finish.
+    isolation
+        ``"subprocess"``: the SuperLink and SuperNodes start their own ServerApp/ClientApp
+        executors (one process tree each). ``"process"``: we start each executor
+        (``flower-superexec``) as a separate process, the way ``deploy/k8s`` runs them as
+        separate containers from a different image; the SuperLink's executor authenticates
+        with the shared secret from the credentials folder.
     """
 
     run_dir: Path
@@ -117,6 +163,7 @@ class LocalFederationConfig:
     threads_per_node: int | None = None
     startup_timeout: float = 120.0
     run_timeout: float = 3600.0
+    isolation: Literal["subprocess", "process"] = "subprocess"
 
 
 @dataclass
@@ -286,7 +333,10 @@ class LocalFederation:
             "--ssl-keyfile", str(self.creds.server_key),
             "--enable-supernode-auth",
             "--disable-runtime-dependency-installation",
+            "--isolation", self.config.isolation,
         ]  # fmt: skip
+        if self.config.isolation == "process":
+            argv += ["--superexec-auth-secret-file", str(self.creds.superexec_secret)]
         self.superlink = self.procs.start(
             "superlink",
             argv,
@@ -301,6 +351,22 @@ class LocalFederation:
             timeout=self.config.startup_timeout,
             alive=self.superlink,
         )
+        if self.config.isolation == "process":
+            self.procs.start(
+                "serverapp-executor",
+                [
+                    flower_executable("flower-superexec"),
+                    "--runtime-api-address",
+                    self.address,
+                    "--root-certificates",
+                    str(self.creds.ca_cert),
+                    "--superexec-auth-secret-file",
+                    str(self.creds.superexec_secret),
+                ],
+                log_path=self.logs / "serverapp-executor.log",
+                env=process_env(self._base_env, self.run_dir / "superlink" / "flwr-home"),
+                cwd=self.run_dir / "superlink",
+            )
         self.timings["superlink_start"] = time.monotonic() - t0
 
     def register_nodes(self) -> None:
@@ -337,6 +403,7 @@ class LocalFederation:
         keys = self.creds.node(node.name)
         argv = self._supernode_argv(node.name, keys.private_key, self.node_ports[node.name])
         argv += ["--node-config", node_config_arg(node.node_config)]
+        argv += ["--isolation", self.config.isolation]
         proc = self.procs.start(
             f"supernode:{node.name}",
             argv,
@@ -345,6 +412,21 @@ class LocalFederation:
             cwd=self.run_dir / "nodes" / node.name,
         )
         self.supernodes[node.name] = proc
+        if self.config.isolation == "process":
+            # The executor reaches its SuperNode's runtime API on loopback only, as the
+            # sidecar container does in a Kubernetes pod.
+            self.procs.start(
+                f"clientapp-executor:{node.name}",
+                [
+                    flower_executable("flower-superexec"),
+                    "--insecure",
+                    "--runtime-api-address",
+                    f"{self.config.host}:{self.node_ports[node.name]}",
+                ],
+                log_path=self.logs / f"clientapp-executor-{node.name}.log",
+                env=self._node_env(node.name),
+                cwd=self.run_dir / "nodes" / node.name,
+            )
         return proc
 
     def wait_online(self) -> None:

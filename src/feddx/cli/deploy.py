@@ -1,0 +1,225 @@
+"""``feddx deploy ...``: credentials, a loopback federation, Kubernetes Secrets.
+
+Thin wrappers over :mod:`feddx.federated.certs` and :mod:`feddx.federated.deploy`; see
+``deploy/README.md`` for the whole procedure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from feddx.cli._app import app, console
+from feddx.errors import ConfigError
+
+deploy_app = typer.Typer(
+    help="Deploy the federated app: certificates, a loopback federation, Kubernetes Secrets.",
+    no_args_is_help=True,
+)
+app.add_typer(deploy_app, name="deploy")
+
+
+class IsolationOption(StrEnum):
+    subprocess = "subprocess"
+    process = "process"
+
+
+def _split_names(text: str | None) -> list[str]:
+    return [n.strip() for n in (text or "").split(",") if n.strip()]
+
+
+@deploy_app.command()
+def certs(
+    out: Annotated[Path, typer.Option("--out", help="Folder for the CA, certificates and keys.")],
+    nodes: Annotated[
+        str | None,
+        typer.Option(
+            "--nodes", help="Comma-separated institution names, e.g. hospital-a,hospital-b."
+        ),
+    ] = None,
+    partition: Annotated[
+        Path | None,
+        typer.Option(help="Take the node names from a 'feddx data partition' folder instead."),
+    ] = None,
+    hostname: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--hostname",
+            help="Extra DNS name of the SuperLink for its certificate (repeatable), e.g. "
+            "feddx-superlink.feddx.svc or superlink.example.org.",
+        ),
+    ] = None,
+    ip: Annotated[
+        list[str] | None,
+        typer.Option("--ip", help="Extra IP address of the SuperLink (repeatable)."),
+    ] = None,
+    days: Annotated[int, typer.Option(min=1, help="Validity of the CA and certificate.")] = 365,
+    force: Annotated[bool, typer.Option(help="Replace existing credentials in --out.")] = False,
+) -> None:
+    """Generate a federation CA, the SuperLink TLS certificate and one SuperNode key per node.
+
+    localhost and 127.0.0.1 are always in the certificate. Private keys are written 0600; give
+    each institution only its own nodes/<name>.key (plus ca.pem).
+    """
+    from feddx.federated.certs import generate_credentials
+    from feddx.federated.deploy.local import nodes_from_partition
+
+    names = _split_names(nodes)
+    if partition is not None:
+        if names:
+            raise ConfigError("give either --nodes or --partition, not both")
+        names = [n.name for n in nodes_from_partition(partition)]
+    creds, created = generate_credentials(
+        out, names, hostnames=hostname or (), ip_addresses=ip or (), validity_days=days, force=force
+    )
+    verb = "wrote" if created else "unchanged (already generated for these nodes):"
+    console.print(f"{verb} {creds.root}", markup=False, highlight=False)
+    table = Table("node", "private key (give to this node only)", "public key fingerprint")
+    for name, keys in sorted(creds.nodes.items()):
+        table.add_row(name, str(keys.private_key), keys.fingerprint)
+    console.print(table)
+    sans = ", ".join(creds.hostnames + creds.ip_addresses)
+    console.print(
+        f"SuperLink certificate names: {sans}; valid until {creds.not_after:%Y-%m-%d}",
+        markup=False,
+        highlight=False,
+    )
+
+
+@deploy_app.command()
+def local(
+    certs_dir: Annotated[
+        Path, typer.Option("--certs", help="Credentials folder from 'feddx deploy certs'.")
+    ],
+    node: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--node",
+            help="NAME=SOURCE:PATH, one per institution (repeatable), e.g. "
+            "hospital-a=jsonl:/data/a.jsonl.",
+        ),
+    ] = None,
+    partition: Annotated[
+        Path | None,
+        typer.Option(help="One node per client shard of a 'feddx data partition' folder."),
+    ] = None,
+    app_dir: Annotated[
+        Path,
+        typer.Option("--app", help="Flower app project (pyproject.toml with [tool.flwr.app])."),
+    ] = Path("."),
+    run_dir: Annotated[
+        Path | None,
+        typer.Option(help="Folder for logs, PIDs and the summary (default: runs/deploy-<time>)."),
+    ] = None,
+    run_config: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--run-config",
+            "-c",
+            help="App config overrides as for 'flwr run', e.g. \"num-rounds=1 out-dir='runs/x'\".",
+        ),
+    ] = None,
+    isolation: Annotated[
+        IsolationOption,
+        typer.Option(
+            help="subprocess: daemons start the apps; process: separate executors (as in Kubernetes)."
+        ),
+    ] = IsolationOption.subprocess,
+    threads_per_node: Annotated[
+        int, typer.Option(min=0, help="CPU threads per SuperNode's ClientApp (0: cores / nodes).")
+    ] = 0,
+    timeout: Annotated[float, typer.Option(min=1, help="Seconds allowed for the run.")] = 3600.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Run the app on a real local federation: a TLS SuperLink with node authentication and one
+    SuperNode process per institution on 127.0.0.1; everything started is stopped at the end."""
+    from flwr.common.config import parse_config_args
+
+    from feddx.federated.deploy.local import (
+        LocalFederationConfig,
+        NodeSpec,
+        nodes_from_partition,
+        run_local_federation,
+    )
+
+    specs = [NodeSpec.parse(n) for n in node or []]
+    if partition is not None:
+        specs += nodes_from_partition(partition)
+    if not specs:
+        raise ConfigError("no nodes: give --node NAME=SOURCE:PATH (repeatable) or --partition DIR")
+    overrides = parse_config_args(run_config) if run_config else {}
+    run_dir = run_dir or Path("runs") / f"deploy-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    result = run_local_federation(
+        LocalFederationConfig(
+            run_dir=run_dir,
+            credentials=certs_dir,
+            nodes=specs,
+            app_dir=app_dir,
+            run_config=overrides,
+            threads_per_node=threads_per_node or None,
+            run_timeout=timeout,
+            isolation=isolation.value,  # type: ignore[arg-type]  # enum values are the literals
+        )
+    )
+    if as_json:
+        typer.echo(json.dumps(asdict(result)))
+        return
+    table = Table("", "")
+    table.add_row("run", f"{result.run_id}: {result.status}")
+    table.add_row("SuperLink", result.superlink_address + " (TLS, SuperNode auth)")
+    table.add_row("SuperNodes", ", ".join(sorted(result.node_ids)))
+    for key, seconds in result.timings_s.items():
+        table.add_row(key.replace("_", " "), f"{seconds:.1f} s")
+    table.add_row("processes left", str(len(result.leftover_pids)))
+    table.add_row("logs", str(Path(result.run_dir) / "logs"))
+    console.print(table)
+
+
+@deploy_app.command("k8s-secrets")
+def k8s_secrets(
+    certs_dir: Annotated[
+        Path, typer.Option("--certs", help="Credentials folder from 'feddx deploy certs'.")
+    ],
+    namespace: Annotated[str, typer.Option(help="Kubernetes namespace.")] = "feddx",
+    nodes: Annotated[
+        str | None,
+        typer.Option(help="Only these nodes' Secrets (comma-separated): one hospital's cluster."),
+    ] = None,
+    superlink: Annotated[
+        bool, typer.Option(help="Include the SuperLink's Secrets and the public-key ConfigMap.")
+    ] = True,
+    out: Annotated[Path | None, typer.Option(help="Write here (0600) instead of printing.")] = None,
+) -> None:
+    """Print Kubernetes Secrets for deploy/k8s (pipe into 'kubectl apply -f -')."""
+    from feddx.federated.certs import load_credentials
+    from feddx.federated.deploy.k8s import k8s_secrets_yaml
+
+    text = k8s_secrets_yaml(
+        load_credentials(certs_dir),
+        namespace=namespace,
+        nodes=_split_names(nodes) if nodes else None,
+        include_superlink=superlink,
+    )
+    if out is None:
+        typer.echo(text, nl=False)
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.unlink(missing_ok=True)  # O_CREAT keeps an old file's mode: start from none
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    tmp.replace(out)
+    console.print(
+        f"wrote {out} (contains private keys: keep it out of version control)",
+        markup=False,
+        highlight=False,
+    )
