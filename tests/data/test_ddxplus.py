@@ -24,6 +24,7 @@ from feddx.data.ddxplus import (
     load_ddxplus_v0,
 )
 from feddx.data.ddxplus_names import SHORT_NAMES, derive_finding_name, finding_name
+from feddx.data.icd10 import icd10_levels
 from feddx.data.report import LoadReport
 from feddx.data.schema import Case
 from feddx.data.sources import load_source, source_names
@@ -91,9 +92,9 @@ def test_initial_evidence_missing_from_evidences_is_added_first() -> None:
 
 def test_label_is_english_with_icd10_and_ranked_differential() -> None:
     label = _load(EN)[0][1].require_label()
-    assert (label.diagnosis, label.icd10) == ("Pneumonia", "J17")  # "j17, j18" -> first code
+    assert (label.diagnosis, label.icd10) == ("Pneumonia", "J17,J18")  # from "j17, j18"
     assert [(d.name, d.probability, d.icd10) for d in label.differential] == [
-        ("Pneumonia", 0.75, "J17"),
+        ("Pneumonia", 0.75, "J17,J18"),
         ("Acute bronchitis", 0.25, "J20.9"),
     ]
 
@@ -169,7 +170,7 @@ def test_v0_decodes_french_codes_into_the_english_label_space() -> None:
         "no been abroad in the last month",
     ]
     label = cases[1].require_label()
-    assert (label.diagnosis, label.icd10) == ("Pneumonia", "J17")  # from "Pneumonie"
+    assert (label.diagnosis, label.icd10) == ("Pneumonia", "J17,J18")  # from "Pneumonie"
     assert [d.name for d in label.differential] == ["Pneumonia", "Acute bronchitis"]
     assert [(s.line, s.reason, s.detail) for s in report.skipped] == [
         (4, "unknown pathology", "column PATHOLOGY: not in release_conditions.json"),
@@ -180,7 +181,11 @@ def test_v0_decodes_french_codes_into_the_english_label_space() -> None:
 def test_both_releases_share_candidates_and_icd10() -> None:
     assert ddxplus_candidates(EN) == ["Acute bronchitis", "Migraine", "Pneumonia"]
     assert ddxplus_candidates(V0) == ddxplus_candidates(EN)
-    assert ddxplus_icd10(EN) == {"Acute bronchitis": "J20.9", "Migraine": "G43", "Pneumonia": "J17"}
+    assert ddxplus_icd10(EN) == {
+        "Acute bronchitis": "J20.9",
+        "Migraine": "G43",
+        "Pneumonia": "J17,J18",
+    }
     assert ddxplus_icd10(V0) == ddxplus_icd10(EN)
     assert ddxplus_candidates(EN / "patients.csv") == ddxplus_candidates(EN)  # a file in the dir
 
@@ -245,6 +250,16 @@ def test_rows_are_streamed_not_read_up_front(tmp_path: Path) -> None:
     assert [c.case_id for c in islice(stream, 2)] == ["patients:2", "patients:3"]
     with pytest.raises(DataError, match=r"patients.csv: line 4 is not UTF-8 text"):
         next(stream)
+
+
+def test_a_byte_order_mark_and_an_oversized_cell_are_handled(tmp_path: Path) -> None:
+    root = _copy_without(tmp_path, "patients.csv")
+    lines = (EN / "patients.csv").read_text(encoding="utf-8").splitlines(keepends=True)
+    huge = f"30,[],M,Migraine,\"['{'E_3' * 50_000}']\",E_3\n"  # over csv's field size limit
+    (root / "patients.csv").write_text("\ufeff" + lines[0] + huge + lines[1], encoding="utf-8")
+    cases, report, _ = _load(root)
+    assert [c.case_id for c in cases] == ["patients:3"]  # the header was recognised
+    assert [(s.line, s.reason) for s in report.skipped] == [(2, "malformed CSV row")]
 
 
 # --- whole-file errors ---------------------------------------------------------------------
@@ -386,6 +401,8 @@ def test_releases_share_one_label_space_and_finding_names(shared_data: Path) -> 
     assert ddxplus_candidates(v0) == ddxplus_candidates(en)
     assert len(ddxplus_candidates(en)) == 49
     assert ddxplus_icd10(v0) == ddxplus_icd10(en)
+    # Every id places its pathology in an ICD-10 chapter, so evaluation can score levels.
+    assert all(icd10_levels(code).chapter for code in ddxplus_icd10(en).values())
     en_release, v0_release = DDXPlusRelease.from_path(en), DDXPlusRelease.from_path(v0)
     en_names = {e.name for e in en_release.evidences.values()}
     assert {e.name for e in v0_release.evidences.values()} == en_names

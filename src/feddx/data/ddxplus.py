@@ -52,6 +52,7 @@ from typing import IO, Any, Literal
 from pydantic import ValidationError
 
 from feddx.data.ddxplus_names import VALUE_FIXES, finding_name
+from feddx.data.icd10 import normalize_icd10
 from feddx.data.report import LoadReport, describe_error
 from feddx.data.schema import Case, DifferentialEntry, Finding, Label, Sex
 from feddx.data.sources import register_source
@@ -327,8 +328,9 @@ def ddxplus_candidates(path: Path) -> list[str]:
 
 
 def ddxplus_icd10(path: Path) -> dict[str, str]:
-    """English pathology name -> ICD-10 id (upper case, the first code where the release lists
-    several, e.g. "J17" for pneumonia's "j17, j18")."""
+    """English pathology name -> ICD-10 id, normalised by :func:`feddx.data.icd10.normalize_icd10`
+    ("g44.009" -> "G44.009"; pneumonia's "j17, j18" -> "J17,J18", scored on the levels both
+    codes share)."""
     conditions, _ = _read_conditions(_json_dir(path))
     return {c.name: c.icd10 for c in conditions if c.icd10}
 
@@ -549,7 +551,11 @@ def _read_conditions(directory: Path) -> tuple[list[Condition], dict[str, Condit
         if not isinstance(name, str) or not name.strip():
             raise DataError(f"{where}: condition {key!r} has no English name 'cond-name-eng'")
         icd = entry.get("icd10-id")
-        cond = Condition(name.strip(), _normalize_icd10(icd) if isinstance(icd, str) else None)
+        try:
+            code = normalize_icd10(icd) if isinstance(icd, str) and icd.strip() else None
+        except ValueError as e:
+            raise DataError(f"{where}: condition {key!r}: 'icd10-id' {e}") from e
+        cond = Condition(name.strip(), code)
         conditions.append(cond)
         for alias in (key, entry.get("condition_name"), entry.get("cond-name-fr"), name):
             if not isinstance(alias, str) or not alias.strip():
@@ -618,11 +624,6 @@ def _value_meanings(entry: Mapping[str, Any], code: str, where: str) -> dict[str
     return {
         str(v): v if isinstance(v, int) and not isinstance(v, bool) else str(v) for v in possible
     }
-
-
-def _normalize_icd10(raw: str) -> str | None:
-    first = re.split(r"[,;\s]+", raw.strip())[0]
-    return first.upper() or None
 
 
 # --- cell parsing --------------------------------------------------------------------------
