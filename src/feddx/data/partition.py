@@ -357,8 +357,8 @@ def plot_partition(
     """Save a stacked bar chart of each client's labels to ``path`` (PNG, atomically).
 
     ``names`` labels the bars (default "client <i>"). The ``max_labels - 1`` most frequent
-    labels get their own colour, the rest are stacked in grey as "other", so a 49-label dataset
-    stays readable.
+    labels get their own colour, the rest are stacked (hatched) as "other", so a 49-label
+    dataset stays readable.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -374,7 +374,7 @@ def plot_partition(
     colours = _colours(len(series))
     if rest:
         series.append(("other", [sum(h.get(label, 0) for label in rest) for h in hists]))
-        colours.append("0.75")
+        colours.append("white")  # hatched below: tab20 has greys of its own
 
     fig = Figure(figsize=(max(6.0, 0.6 * len(parts) + 4.0), 4.5), layout="constrained")
     FigureCanvasAgg(fig)
@@ -382,7 +382,17 @@ def plot_partition(
     x = np.arange(len(parts))
     bottom = np.zeros(len(parts))
     for (label, counts), colour in zip(series, colours, strict=True):
-        ax.bar(x, counts, bottom=bottom, label=label, color=colour, width=0.8)
+        other = colour == "white"
+        ax.bar(
+            x,
+            counts,
+            bottom=bottom,
+            label=label,
+            color=colour,
+            width=0.8,
+            hatch="///" if other else None,
+            edgecolor="0.5" if other else None,
+        )
         bottom += np.asarray(counts, dtype=float)
     ticks = list(names) if names is not None else [f"client {i}" for i in range(len(parts))]
     ax.set_xticks(x, ticks, rotation=45, ha="right")
