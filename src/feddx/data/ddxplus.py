@@ -70,8 +70,8 @@ DataType = Literal["B", "C", "M"]
 _SEX: dict[str, Sex] = {"M": "male", "F": "female"}
 _ENGLISH_CODE = re.compile(r"E_\d+")
 _YES, _NO = "Y", "N"
-# Far above any real row (the longest official EVIDENCES cell is about 1,000 characters); caps
-# what the literal_eval fallback will parse.
+# Far above any real cell (the longest EVIDENCES or DIFFERENTIAL_DIAGNOSIS cell of the shared
+# samples is 1,286 characters); caps what the literal_eval fallback will parse.
 _MAX_CELL = 100_000
 # Bounds the shared-Finding cache on odd data; the official release has a few thousand keys.
 _MAX_CACHED_FINDINGS = 200_000
