@@ -191,7 +191,9 @@ def k8s_secrets(
     namespace: Annotated[str, typer.Option(help="Kubernetes namespace.")] = "feddx",
     nodes: Annotated[
         str | None,
-        typer.Option(help="Only these nodes' Secrets (comma-separated): one hospital's cluster."),
+        typer.Option(
+            help="Only these nodes' Secrets (comma-separated; 'none' for none). Default: all."
+        ),
     ] = None,
     superlink: Annotated[
         bool, typer.Option(help="Include the SuperLink's Secrets and the public-key ConfigMap.")
@@ -205,7 +207,7 @@ def k8s_secrets(
     text = k8s_secrets_yaml(
         load_credentials(certs_dir),
         namespace=namespace,
-        nodes=_split_names(nodes) if nodes else None,
+        nodes=None if nodes is None else [n for n in _split_names(nodes) if n != "none"],
         include_superlink=superlink,
     )
     if out is None:
