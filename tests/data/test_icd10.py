@@ -170,3 +170,17 @@ def test_ddxplus_shipped_ids_all_resolve(shared_data: Path) -> None:
         assert icd10_known(raw), name
         if "," not in normalize_icd10(raw):
             assert levels.category is not None, name
+
+
+@pytest.mark.parametrize(
+    ("name", "code"),
+    [
+        ("Viral sinusitis", "J01.90"),
+        ("Essential hypertension", "I10"),
+        ("Chronic kidney disease stage 3", "N18.30"),
+        ("Sprain of ankle", "S93.409A"),
+        ("Suspected COVID-19", "Z20.822"),
+    ],
+)
+def test_synthea_snomed_display_names_are_mapped(name: str, code: str) -> None:
+    assert lookup_icd10(name) == code
