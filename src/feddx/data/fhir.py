@@ -55,6 +55,7 @@ from typing import Any, Literal, Protocol
 from pydantic import ValidationError
 
 from feddx.data.fhir_index import (
+    ClinicalRecord,
     ConditionRecord,
     EncounterRecord,
     FHIRIndex,
@@ -223,6 +224,21 @@ class _Visit:
     notes: list[NoteRecord] = field(default_factory=list)
 
 
+class _Timeline:
+    """A patient's dated Conditions and MedicationRequests in time order, for bisecting."""
+
+    def __init__(self, data: PatientData) -> None:
+        self.conditions = sorted((c for c in data.conditions if c.when), key=_when)
+        self.condition_times = [_when(c) for c in self.conditions]
+        self.medications = sorted((m for m in data.medications if m.when and m.name), key=_when)
+        self.medication_times = [_when(m) for m in self.medications]
+
+
+def _when(rec: ClinicalRecord) -> dt.datetime:
+    assert rec.when is not None
+    return rec.when
+
+
 class _CaseBuilder:
     def __init__(
         self,
@@ -246,6 +262,7 @@ class _CaseBuilder:
     def patient_cases(self, data: PatientData) -> Iterator[Case]:
         self._reason_cache: dict[str, str | None] = {}
         visits = self._visits(data)
+        self._timeline = _Timeline(data)
         self.stats.encounters += len(visits)
         history = [self._history_entry(v, data) for v in visits]
         starts = [v.start for v in visits]
@@ -352,11 +369,9 @@ class _CaseBuilder:
                 len(earlier) - min(len(earlier), self.options.max_history_encounters) :
             ]
         current = {c.key for c in visit.diagnoses} | {c.key for c in visit.finding_conditions}
-        prior = _distinct(
-            c.name
-            for c in sorted(data.conditions, key=lambda c: c.when or visit.start)
-            if c.when is not None and c.when < visit.start and c.key not in current
-        )
+        timeline = self._timeline
+        before = timeline.conditions[: bisect.bisect_left(timeline.condition_times, visit.start)]
+        prior = _distinct(c.name for c in before if c.key not in current)
         text = self._text(visit, patient.identifiers)
         institution, region = self._place(enc, patient.state)
         try:
@@ -369,7 +384,7 @@ class _CaseBuilder:
                 findings=self._findings(visit, label, patient.identifiers),
                 history=History(
                     prior_conditions=prior,
-                    medications=self._medications(data, visit.start),
+                    medications=self._medications(visit.start),
                     encounters=tuple(earlier),
                 ),
                 date=visit.start.date(),
@@ -500,12 +515,15 @@ class _CaseBuilder:
             self._reason_cache[reason.text] = self._redact(reason.text, identifiers)
         return self._reason_cache[reason.text]
 
-    def _medications(self, data: PatientData, start: dt.datetime) -> tuple[str, ...]:
+    def _medications(self, start: dt.datetime) -> tuple[str, ...]:
+        """Prescriptions written strictly before ``start`` and still active then, latest first."""
+        timeline = self._timeline
         window = dt.timedelta(days=self.options.medication_window_days)
         active: list[str] = []
-        for med in sorted(data.medications, key=lambda m: m.when or start, reverse=True):
-            if med.when is None or med.when >= start or med.name is None:
-                continue
+        for med in reversed(
+            timeline.medications[: bisect.bisect_left(timeline.medication_times, start)]
+        ):
+            assert med.when is not None and med.name is not None
             if med.end is not None:
                 ok = med.end > start
             elif med.status in ("active", "on-hold"):

@@ -76,10 +76,9 @@ class Position:
 
 @dataclass(frozen=True)
 class ReadResource:
-    """A validated resource (a ``fhir.resources.R4B`` model), its raw JSON and its origin."""
+    """A validated resource (a ``fhir.resources.R4B`` model) and where it was read."""
 
     model: Any
-    raw: dict[str, Any]
     where: Position
     full_url: str | None = None
 
@@ -281,7 +280,7 @@ class _Reader:
         if not model.id:
             self.report.skip(where.file, where.line, "invalid resource", f"{rtype}: missing id")
             return
-        yield ReadResource(model, obj, where, full_url)
+        yield ReadResource(model, where, full_url)
 
 
 def _parse_document(text: str) -> tuple[Any, list[tuple[int, Any]] | None]:
