@@ -59,6 +59,7 @@ from feddx.data.fhir_index import (
     ConditionRecord,
     EncounterRecord,
     FHIRIndex,
+    MedicationRecord,
     NoteRecord,
     PatientData,
     Reason,
@@ -227,10 +228,14 @@ class _Visit:
 class _Timeline:
     """A patient's dated Conditions and MedicationRequests in time order, for bisecting."""
 
-    def __init__(self, data: PatientData) -> None:
-        self.conditions = sorted((c for c in data.conditions if c.when), key=_when)
+    def __init__(
+        self,
+        conditions: Iterable[ConditionRecord] = (),
+        medications: Iterable[MedicationRecord] = (),
+    ) -> None:
+        self.conditions = sorted((c for c in conditions if c.when), key=_when)
         self.condition_times = [_when(c) for c in self.conditions]
-        self.medications = sorted((m for m in data.medications if m.when and m.name), key=_when)
+        self.medications = sorted((m for m in medications if m.when and m.name), key=_when)
         self.medication_times = [_when(m) for m in self.medications]
 
 
@@ -256,13 +261,16 @@ class _CaseBuilder:
         self._redactor_loaded = redactor is not None
         self._icd10: tuple[Callable[[str], str | None] | None, Callable[[str], str] | None] | None
         self._icd10 = None
+        # Per patient, set by patient_cases().
+        self._reason_cache: dict[str, str | None] = {}
+        self._timeline = _Timeline()
 
     # -- per patient --------------------------------------------------------------------------
 
     def patient_cases(self, data: PatientData) -> Iterator[Case]:
-        self._reason_cache: dict[str, str | None] = {}
+        self._reason_cache = {}
         visits = self._visits(data)
-        self._timeline = _Timeline(data)
+        self._timeline = _Timeline(data.conditions, data.medications)
         self.stats.encounters += len(visits)
         history = [self._history_entry(v, data) for v in visits]
         starts = [v.start for v in visits]
