@@ -29,6 +29,7 @@ def macro_f1(preds: Sequence[Prediction]) -> float:
 
 
 def balanced_accuracy(preds: Sequence[Prediction]) -> float:
+    """Mean per-class recall over the reference labels (robust to skewed label counts)."""
     gold = [p.case.require_label().diagnosis for p in preds]
     return float(balanced_accuracy_score(gold, [p.top for p in preds]))
 
@@ -52,3 +53,19 @@ def summary(preds: Sequence[Prediction]) -> dict[str, float | int]:
         "balanced_accuracy": balanced_accuracy(preds),
         **latency_percentiles(preds),
     }
+
+
+def confusion(
+    preds: Sequence[Prediction], order: Sequence[str] = ()
+) -> tuple[list[str], list[list[int]]]:
+    """Confusion matrix of gold (rows) against top-1 (columns) over the labels that occur.
+
+    Labels follow ``order`` (e.g. the candidate list) where given, then any others sorted.
+    """
+    seen = {p.gold for p in preds} | {p.top for p in preds}
+    labels = [x for x in order if x in seen] + sorted(seen - set(order))
+    index = {x: i for i, x in enumerate(labels)}
+    matrix = [[0] * len(labels) for _ in labels]
+    for p in preds:
+        matrix[index[p.gold]][index[p.top]] += 1
+    return labels, matrix

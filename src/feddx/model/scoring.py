@@ -1,175 +1,428 @@
 """Score a differential: every candidate diagnosis gets a probability from the LM itself.
 
-The prompt is run once. All candidates' answer tokens are then laid out as a prefix trie
-(candidates sharing a first word share its tokens) and scored in a single forward pass over
-the trie nodes, each node attending to the prompt's KV cache and to its own ancestors only
-(a "tree attention" mask). The cost is one prompt pass plus one pass over the distinct trie
-tokens, instead of one full forward per candidate.
+Design (one forward pass per case):
 
-A candidate's score is its mean token log-likelihood (length normalisation, so long names are
-not penalised for being long); probabilities are a softmax of those scores divided by a
-temperature that :func:`fit_temperature` fits on validation data.
+* The candidates' answer token sequences (:func:`feddx.model.prompt.answer_ids`, closed by the
+  end-of-turn token) are laid out once per candidate list as a prefix trie
+  (:class:`CandidateSet`): candidates sharing a first word share its tokens.
+* The prompt and the trie nodes go through the model in a **single** forward pass. Prompt
+  tokens attend causally; each trie node attends to the whole prompt and to its own ancestors
+  only (a "tree attention" mask) and sits at position ``len(prompt) + depth``, exactly where it
+  would sit in a full ``prompt + candidate`` sequence. The result is therefore the same as one
+  full forward per candidate (up to float rounding; ``tests/model/test_scoring.py`` checks it).
+* Only nodes that have children are fed: a leaf (each candidate's closing end-of-turn token)
+  predicts nothing we need. Vocabulary logits are computed only for the rows that predict a
+  candidate token (``logits_to_keep`` with explicit positions), never for prompt positions.
+
+Two scoring rules (``method``):
+
+``"likelihood"`` (default)
+    A candidate's score is its mean token log-likelihood under the full vocabulary (length
+    normalisation, so long names are not penalised for being long). Probabilities are a softmax
+    of the scores divided by a temperature (:func:`fit_temperature`, fitted on validation data).
+    Exact full-vocabulary normalisation needs the log-sum-exp over all vocabulary logits at
+    every trie node, so every node with children costs one token of forward pass plus one row
+    of the LM head.
+``"constrained"``
+    The probability of generating the candidate when decoding is restricted to the candidate
+    trie: at every node the next-token distribution is renormalised over that node's children.
+    Scores are then log-probabilities that already sum to one over the candidates (temperature 1
+    leaves them unchanged). A node with a single child contributes a factor of exactly 1, so only
+    branching nodes need logits, and nothing below a candidate's last branching point needs to
+    be run at all: for the 49 DDXPlus names this feeds about a third of the trie tokens.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 
 from feddx.model.prompt import answer_ids
 
+ScoringMethod = Literal["likelihood", "constrained"]
+SCORING_METHODS: tuple[ScoringMethod, ...] = ("likelihood", "constrained")
+
 
 @dataclass(frozen=True)
 class ScoredCandidate:
-    """One candidate diagnosis with its calibrated probability and raw score."""
+    """One candidate diagnosis with its calibrated probability and raw score.
+
+    ``score`` is the mean token log-likelihood (``"likelihood"``) or the trie-constrained
+    log-probability (``"constrained"``); ``probability`` is ``softmax(score / temperature)``
+    over the candidate list.
+    """
 
     name: str
     probability: float
-    score: float  # mean log-likelihood per answer token
+    score: float
     icd10: str | None = None
 
 
-@dataclass
-class _Trie:
-    token_ids: list[int] = field(default_factory=list)  # one entry per node
-    parents: list[int] = field(default_factory=list)  # -1: child of the prompt
-    depths: list[int] = field(default_factory=list)
-    paths: list[list[int]] = field(default_factory=list)  # per candidate: its node indices
+@dataclass(frozen=True)
+class _TriePlan:
+    """Which trie nodes one scoring rule feeds, and where each needed log-prob comes from.
+
+    Row 0 of the kept logits is the last prompt position; row ``1 + j`` is fed node ``j``.
+    """
+
+    node_tokens: torch.Tensor  # (F,) token id of each fed node
+    node_depths: torch.Tensor  # (F,) depth below the prompt (0 = first answer token)
+    ancestors: torch.Tensor  # (F, F) bool: fed node i may attend to fed node j
+    logit_rows: torch.Tensor  # (R,) rows of [prompt end, fed nodes...] whose logits are needed
+    # Every (candidate, token) pair that contributes to a score:
+    pair_row: torch.Tensor  # (T,) index into logit_rows
+    pair_token: torch.Tensor  # (T,) the token predicted at that row
+    pair_candidate: torch.Tensor  # (T,) which candidate the pair belongs to
+    # "constrained" only: per kept row, its children's tokens (padded with -1).
+    child_tokens: torch.Tensor | None
 
 
-def _build_trie(sequences: Sequence[Sequence[int]]) -> _Trie:
-    trie = _Trie()
+@dataclass(frozen=True)
+class CandidateSet:
+    """A validated candidate list, tokenised and laid out as a trie once.
+
+    Build it with :func:`prepare_candidates` and reuse it for every case: the tokenisation and
+    the trie are the same for all of them. ``icd10`` maps a candidate name to its code.
+    """
+
+    names: tuple[str, ...]
+    token_ids: tuple[tuple[int, ...], ...]
+    icd10: Mapping[str, str]
+    plans: Mapping[str, _TriePlan]
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def index(self, name: str) -> int:
+        """Position of ``name`` in the list; :class:`ValueError` naming it if absent."""
+        try:
+            return self.names.index(name)
+        except ValueError:
+            raise ValueError(f"{name!r} is not in the candidate list") from None
+
+    def n_fed_tokens(self, method: ScoringMethod = "likelihood") -> int:
+        """How many trie tokens one case feeds through the model besides its prompt."""
+        return int(self.plans[method].node_tokens.numel())
+
+
+def validate_candidates(candidates: Sequence[str]) -> None:
+    """Raise :class:`ValueError` for an empty list, a blank name or duplicated names."""
+    if not candidates:
+        raise ValueError("candidate list is empty")
+    blank = [i for i, c in enumerate(candidates) if not c or not c.strip()]
+    if blank:
+        raise ValueError(f"candidate list has blank names at positions {blank}")
+    dups = sorted(name for name, n in Counter(candidates).items() if n > 1)
+    if dups:
+        raise ValueError(f"candidate list has duplicates: {', '.join(map(repr, dups))}")
+
+
+def _build_trie(
+    sequences: Sequence[Sequence[int]],
+) -> tuple[list[int], list[int], list[int], list[list[int]]]:
+    """Nodes (token, parent, depth) in creation order (parents first) and each sequence's path."""
+    tokens: list[int] = []
+    parents: list[int] = []
+    depths: list[int] = []
+    paths: list[list[int]] = []
     children: dict[tuple[int, int], int] = {}
     for seq in sequences:
         parent, path = -1, []
         for depth, tok in enumerate(seq):
             node = children.get((parent, tok))
             if node is None:
-                node = len(trie.token_ids)
+                node = len(tokens)
                 children[(parent, tok)] = node
-                trie.token_ids.append(tok)
-                trie.parents.append(parent)
-                trie.depths.append(depth)
+                tokens.append(tok)
+                parents.append(parent)
+                depths.append(depth)
             path.append(node)
             parent = node
-        trie.paths.append(path)
-    return trie
+        paths.append(path)
+    return tokens, parents, depths, paths
 
 
-def _tree_mask(trie: _Trie, prompt_len: int, dtype: torch.dtype) -> torch.Tensor:
-    n = len(trie.token_ids)
-    allowed = torch.zeros(n, prompt_len + n, dtype=torch.bool)
-    allowed[:, :prompt_len] = True
-    for i in range(n):
-        j = i
-        while j != -1:
-            allowed[i, prompt_len + j] = True
-            j = trie.parents[j]
-    mask = torch.zeros(n, prompt_len + n, dtype=dtype)
+def _plan(sequences: Sequence[Sequence[int]], method: ScoringMethod) -> _TriePlan:
+    tokens, parents, depths, paths = _build_trie(sequences)
+    n = len(tokens)
+    kids: list[list[int]] = [[] for _ in range(n + 1)]  # index n: the root (prompt end)
+    for node, parent in enumerate(parents):
+        kids[parent if parent >= 0 else n].append(node)
+
+    # Rows whose next-token distribution a score needs (a node id, or -1 for the prompt end).
+    if method == "likelihood":
+        needed = [-1] + [v for v in range(n) if kids[v]]
+    else:
+        needed = [v for v in [-1, *range(n)] if len(kids[v if v >= 0 else n]) >= 2]
+    # Fed nodes: every needed node and its ancestors, in creation (topological) order.
+    fed_flags = [False] * n
+    for v in needed:
+        while v >= 0 and not fed_flags[v]:
+            fed_flags[v] = True
+            v = parents[v]
+    fed = [v for v in range(n) if fed_flags[v]]
+    slot = {v: j for j, v in enumerate(fed)}
+
+    ancestors = torch.zeros(len(fed), len(fed), dtype=torch.bool)
+    for j, v in enumerate(fed):  # parents come first, so their rows are complete
+        p = parents[v]
+        if p >= 0:
+            ancestors[j] = ancestors[slot[p]]
+        ancestors[j, j] = True
+
+    row_of = {v: r for r, v in enumerate(needed)}
+    pair_row: list[int] = []
+    pair_token: list[int] = []
+    pair_candidate: list[int] = []
+    for c, (seq, path) in enumerate(zip(sequences, paths, strict=True)):
+        for k, tok in enumerate(seq):
+            prev = path[k - 1] if k else -1
+            if prev in row_of:  # absent only for single-child nodes under "constrained"
+                pair_row.append(row_of[prev])
+                pair_token.append(tok)
+                pair_candidate.append(c)
+
+    child_tokens = None
+    if method == "constrained":
+        width = max(len(kids[v if v >= 0 else n]) for v in needed) if needed else 1
+        child_tokens = torch.full((len(needed), width), -1, dtype=torch.long)
+        for r, v in enumerate(needed):
+            ks = [tokens[k] for k in kids[v if v >= 0 else n]]
+            child_tokens[r, : len(ks)] = torch.tensor(ks)
+
+    return _TriePlan(
+        node_tokens=torch.tensor([tokens[v] for v in fed], dtype=torch.long),
+        node_depths=torch.tensor([depths[v] for v in fed], dtype=torch.long),
+        ancestors=ancestors,
+        logit_rows=torch.tensor([0 if v < 0 else 1 + slot[v] for v in needed], dtype=torch.long),
+        pair_row=torch.tensor(pair_row, dtype=torch.long),
+        pair_token=torch.tensor(pair_token, dtype=torch.long),
+        pair_candidate=torch.tensor(pair_candidate, dtype=torch.long),
+        child_tokens=child_tokens,
+    )
+
+
+def prepare_candidate_ids(
+    names: Sequence[str],
+    token_ids: Sequence[Sequence[int]],
+    icd10: Mapping[str, str] | None = None,
+) -> CandidateSet:
+    """A :class:`CandidateSet` from already tokenised answers (no tokenizer needed)."""
+    validate_candidates(names)
+    if len(token_ids) != len(names):
+        raise ValueError("need one token sequence per candidate")
+    seqs = tuple(tuple(int(t) for t in s) for s in token_ids)
+    empty = [names[i] for i, s in enumerate(seqs) if not s]
+    if empty:
+        raise ValueError(f"candidates with no answer tokens: {', '.join(map(repr, empty))}")
+    by_ids: dict[tuple[int, ...], str] = {}
+    for name, s in zip(names, seqs, strict=True):
+        if s in by_ids:
+            raise ValueError(f"candidates {by_ids[s]!r} and {name!r} tokenise identically")
+        by_ids[s] = name
+    return CandidateSet(
+        names=tuple(names),
+        token_ids=seqs,
+        icd10=dict(icd10 or {}),
+        plans={m: _plan(seqs, m) for m in SCORING_METHODS},
+    )
+
+
+def prepare_candidates(
+    tokenizer: Any, candidates: Sequence[str], icd10: Mapping[str, str] | None = None
+) -> CandidateSet:
+    """Validate, tokenise (with :func:`answer_ids`) and lay out ``candidates`` as a trie.
+
+    Raises :class:`ValueError` for an empty list, blank or duplicated names, or two names that
+    tokenise identically.
+    """
+    validate_candidates(candidates)
+    return prepare_candidate_ids(candidates, [answer_ids(tokenizer, c) for c in candidates], icd10)
+
+
+def _model_device_dtype(model: Any) -> tuple[torch.device, torch.dtype]:
+    p = next(model.parameters())
+    dtype = p.dtype if p.dtype.is_floating_point else torch.float32
+    return p.device, dtype
+
+
+def _plan_token_log_probs(
+    model: Any, prompt_ids: Sequence[int], plan: _TriePlan, method: ScoringMethod
+) -> torch.Tensor:
+    """Log-probability of every (candidate, token) pair of ``plan`` for one prompt (float64)."""
+    p = len(prompt_ids)
+    if p == 0:
+        raise ValueError("prompt is empty")
+    device, dtype = _model_device_dtype(model)
+    f = int(plan.node_tokens.numel())
+    ids = torch.cat([torch.as_tensor(list(prompt_ids), dtype=torch.long), plan.node_tokens])
+    positions = torch.cat(
+        [torch.arange(p, dtype=torch.long), p + plan.node_depths]
+    )  # a node sits where it would in the full prompt + candidate sequence
+    allowed = torch.zeros(p + f, p + f, dtype=torch.bool)
+    allowed[:p, :p] = torch.ones(p, p, dtype=torch.bool).tril_()
+    allowed[p:, :p] = True
+    allowed[p:, p:] = plan.ancestors
+    mask = torch.zeros(p + f, p + f, dtype=dtype)
     mask.masked_fill_(~allowed, torch.finfo(dtype).min)
-    return mask[None, None]
+    # Logits only where a candidate token is predicted: the prompt's last position and the
+    # needed trie nodes. Prompt positions never touch the LM head.
+    keep = torch.where(plan.logit_rows == 0, p - 1, p - 1 + plan.logit_rows)
+    out = model(
+        input_ids=ids[None].to(device),
+        attention_mask=mask[None, None].to(device),
+        position_ids=positions[None].to(device),
+        logits_to_keep=keep.to(device),
+        use_cache=False,
+    )
+    logits = out.logits[0].float()  # (R, V)
+    if method == "likelihood":
+        lse = torch.logsumexp(logits, dim=-1)
+    else:
+        assert plan.child_tokens is not None
+        child = plan.child_tokens.to(logits.device)
+        child_logits = logits.gather(1, child.clamp(min=0))
+        child_logits = child_logits.masked_fill(child < 0, -math.inf)
+        lse = torch.logsumexp(child_logits, dim=-1)
+    rows = plan.pair_row.to(logits.device)
+    tok = plan.pair_token.to(logits.device)
+    return (logits[rows, tok] - lse[rows]).double().cpu()
 
 
-def _cache_of(out: Any) -> Any:
-    # transformers 5.24 renamed the output field; accept either name.
-    cache = getattr(out, "cache", None)
-    return cache if cache is not None else out.past_key_values
+def candidate_scores(
+    model: Any,
+    prompt_ids: Sequence[int],
+    candidates: CandidateSet,
+    *,
+    method: ScoringMethod = "likelihood",
+) -> list[float]:
+    """Raw score of every candidate (in ``candidates.names`` order) for one rendered prompt."""
+    if method not in SCORING_METHODS:
+        raise ValueError(f"unknown scoring method {method!r}; choose one of {SCORING_METHODS}")
+    plan = candidates.plans[method]
+    with torch.inference_mode():
+        lps = _plan_token_log_probs(model, prompt_ids, plan, method)
+    n = len(candidates)
+    sums = torch.zeros(n, dtype=torch.float64).index_add_(0, plan.pair_candidate, lps)
+    if method == "constrained":
+        return [float(x) for x in sums]
+    lengths = torch.tensor([len(s) for s in candidates.token_ids], dtype=torch.float64)
+    return [float(x) for x in sums / lengths]
 
 
 def candidate_log_likelihoods(
     model: Any, prompt_ids: Sequence[int], candidate_ids: Sequence[Sequence[int]]
 ) -> list[list[float]]:
-    """Per-token log-likelihoods of each candidate continuation of ``prompt_ids``."""
+    """Per-token log-likelihoods (full vocabulary) of each candidate continuation of
+    ``prompt_ids``, computed with the one-pass trie; token ``k`` of candidate ``i`` is
+    ``log p(candidate_ids[i][k] | prompt, candidate_ids[i][:k])``."""
     if not candidate_ids or any(len(c) == 0 for c in candidate_ids):
         raise ValueError("every candidate needs at least one token")
+    if len({tuple(c) for c in candidate_ids}) != len(candidate_ids):
+        raise ValueError("candidate token sequences must be distinct")
+    names = [f"#{i}" for i in range(len(candidate_ids))]
+    plan = prepare_candidate_ids(names, candidate_ids).plans["likelihood"]
     with torch.inference_mode():
-        return _tree_log_likelihoods(model, prompt_ids, candidate_ids)
+        lps = _plan_token_log_probs(model, prompt_ids, plan, "likelihood").tolist()
+    out: list[list[float]] = [[] for _ in candidate_ids]
+    for c, lp in zip(plan.pair_candidate.tolist(), lps, strict=True):
+        out[c].append(lp)  # pairs are emitted candidate by candidate, token by token
+    return out
 
 
-def _tree_log_likelihoods(
-    model: Any, prompt_ids: Sequence[int], candidate_ids: Sequence[Sequence[int]]
-) -> list[list[float]]:
-    device = next(model.parameters()).device
-    prompt = torch.tensor([list(prompt_ids)], device=device)
-    out = model(input_ids=prompt, use_cache=True, logits_to_keep=1)
-    first_logp = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
-    trie = _build_trie(candidate_ids)
-    p = len(prompt_ids)
-    dtype = next(model.parameters()).dtype
-    nodes = torch.tensor([trie.token_ids], device=device)
-    positions = torch.tensor([[p + d for d in trie.depths]], device=device)
-    out2 = model(
-        input_ids=nodes,
-        attention_mask=_tree_mask(trie, p, dtype).to(device),
-        position_ids=positions,
-        past_key_values=_cache_of(out),
-        use_cache=False,
-    )
-    node_logp = torch.log_softmax(out2.logits[0].float(), dim=-1)
-    results: list[list[float]] = []
-    for seq, path in zip(candidate_ids, trie.paths, strict=True):
-        lps = [float(first_logp[seq[0]])]
-        for k in range(1, len(seq)):
-            lps.append(float(node_logp[path[k - 1], seq[k]]))
-        results.append(lps)
-    return results
+def probabilities(scores: Sequence[float], temperature: float = 1.0) -> list[float]:
+    """``softmax(scores / temperature)``; :class:`ValueError` for a non-positive temperature."""
+    if not temperature > 0 or math.isinf(temperature):
+        raise ValueError(f"temperature must be a positive finite number, got {temperature}")
+    m = max(scores)
+    weights = [math.exp((s - m) / temperature) for s in scores]
+    z = sum(weights)
+    return [w / z for w in weights]
+
+
+def rank_scores(
+    candidates: CandidateSet, scores: Sequence[float], temperature: float = 1.0
+) -> list[ScoredCandidate]:
+    """Turn raw scores into ranked :class:`ScoredCandidate` (most probable first; ties keep
+    the candidate-list order, so a ranking is deterministic)."""
+    probs = probabilities(scores, temperature)
+    ranked = [
+        ScoredCandidate(name, pr, s, candidates.icd10.get(name))
+        for name, s, pr in zip(candidates.names, scores, probs, strict=True)
+    ]
+    order = sorted(range(len(ranked)), key=lambda i: (-scores[i], i))
+    return [ranked[i] for i in order]
 
 
 def score_candidates(
     model: Any,
     tokenizer: Any,
     prompt_ids: Sequence[int],
-    candidates: Sequence[str],
+    candidates: Sequence[str] | CandidateSet,
     *,
     temperature: float = 1.0,
-    icd10: dict[str, str] | None = None,
+    icd10: Mapping[str, str] | None = None,
+    method: ScoringMethod = "likelihood",
 ) -> list[ScoredCandidate]:
-    """Rank ``candidates`` for a rendered prompt, most probable first.
+    """Rank ``candidates`` for a rendered prompt, most probable first, with ICD-10 codes.
 
-    Raises :class:`ValueError` for an empty or duplicated candidate list or a non-positive
-    temperature.
+    ``candidates`` is a list of names or a :class:`CandidateSet` (prepare it once when scoring
+    many cases; ``icd10`` then adds to its codes). Raises :class:`ValueError` for an empty,
+    blank or duplicated candidate list, an empty prompt, or a non-positive temperature.
     """
-    if not candidates:
-        raise ValueError("candidate list is empty")
-    if len(set(candidates)) != len(candidates):
-        raise ValueError("candidate list has duplicates")
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    seqs = [answer_ids(tokenizer, c) for c in candidates]
-    lls = candidate_log_likelihoods(model, prompt_ids, seqs)
-    scores = [sum(x) / len(x) for x in lls]
-    m = max(scores)
-    weights = [math.exp((s - m) / temperature) for s in scores]
-    z = sum(weights)
-    ranked = sorted(
-        (
-            ScoredCandidate(c, w / z, s, (icd10 or {}).get(c))
-            for c, s, w in zip(candidates, scores, weights, strict=True)
-        ),
-        key=lambda r: -r.probability,
-    )
-    return ranked
+    probabilities([0.0], temperature)  # validate before the forward pass
+    if not isinstance(candidates, CandidateSet):
+        candidates = prepare_candidates(tokenizer, candidates, icd10)
+    elif icd10:
+        candidates = CandidateSet(
+            candidates.names, candidates.token_ids, {**candidates.icd10, **icd10}, candidates.plans
+        )
+    scores = candidate_scores(model, prompt_ids, candidates, method=method)
+    return rank_scores(candidates, scores, temperature)
 
 
 def fit_temperature(score_rows: Sequence[Sequence[float]], gold: Sequence[int]) -> float:
     """The temperature minimising the negative log-likelihood of the gold candidates.
 
     ``score_rows[i]`` holds every candidate's raw score for validation case ``i`` and
-    ``gold[i]`` the index of the right one. A 1-D search over log-temperature is enough for
-    one parameter and needs no optimiser state.
+    ``gold[i]`` the index of the right one. The NLL is convex in ``1/T`` (so unimodal in ``log T``): a
+    coarse grid over ``log T`` in [-6, 4] brackets the optimum and a golden-section search
+    refines it to about 1e-6 relative, with no optimiser state. Raises :class:`ValueError` for mismatched or
+    empty inputs or a gold index out of range.
     """
     if not score_rows or len(score_rows) != len(gold):
         raise ValueError("need one gold index per row of scores")
+    width = len(score_rows[0])
+    if width == 0 or any(len(r) != width for r in score_rows):
+        raise ValueError("every row of scores needs the same, non-zero number of candidates")
+    if any(not 0 <= g < width for g in gold):
+        raise ValueError(f"gold indices must be in [0, {width})")
     s = torch.tensor([list(r) for r in score_rows], dtype=torch.float64)
     g = torch.tensor(list(gold))
-    best_t, best_nll = 1.0, math.inf
-    for log_t in torch.linspace(-4.0, 3.0, 141).tolist():
-        t = math.exp(log_t)
-        nll = float(-torch.log_softmax(s / t, dim=-1)[torch.arange(len(g)), g].mean())
-        if nll < best_nll:
-            best_t, best_nll = t, nll
-    return best_t
+    rows = torch.arange(len(g))
+
+    def nll(log_t: float) -> float:
+        return float(-torch.log_softmax(s / math.exp(log_t), dim=-1)[rows, g].mean())
+
+    grid = torch.linspace(-6.0, 4.0, 61).tolist()
+    values = [nll(x) for x in grid]
+    best = min(range(len(grid)), key=values.__getitem__)
+    lo, hi = grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)]
+    ratio = (math.sqrt(5) - 1) / 2
+    a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+    fa, fb = nll(a), nll(b)
+    for _ in range(40):
+        if fa < fb:
+            hi, b, fb = b, a, fa
+            a = hi - ratio * (hi - lo)
+            fa = nll(a)
+        else:
+            lo, a, fa = a, b, fb
+            b = lo + ratio * (hi - lo)
+            fb = nll(b)
+    return math.exp((lo + hi) / 2)

@@ -1,0 +1,315 @@
+"""The evaluation harness: every figure the issue asks for, from one call.
+
+:func:`evaluate_cases` scores the cases with the LLM (one prompt pass per case), calibrates the
+probabilities with a temperature fitted on cases it does not score, optionally lets the model
+answer freely for BLEU/ROUGE, fits the classical baseline on the training cases, and returns an
+:class:`EvaluationResult` that serialises to JSON and renders as an HTML report
+(:mod:`feddx.evaluate.report`). Only aggregates and diagnosis names are kept: no patient text,
+prompt or generated answer reaches the result.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from feddx.data.schema import Case
+from feddx.evaluate.baseline import fit_baseline
+from feddx.evaluate.calibration import (
+    cross_fit_temperature,
+    fit_prediction_temperature,
+    prediction_ece,
+    reliability_curve,
+    top1_confidence,
+)
+from feddx.evaluate.differential import DDXPLUS_THRESHOLD, differential_summary
+from feddx.evaluate.groups import group_breakdown
+from feddx.evaluate.hierarchy import LevelsFn, hierarchy_summary
+from feddx.evaluate.metrics import confusion, summary
+from feddx.evaluate.predict import Prediction, check_labels, predict_cases, with_temperature
+from feddx.evaluate.text_metrics import text_overlap
+from feddx.model.prompt import DEFAULT_MAX_PROMPT_TOKENS, render_answer
+from feddx.model.scoring import ScoringMethod, prepare_candidates
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+Calibration = Literal["cross-fit", "none"]
+_MIN_CROSS_FIT = 10
+
+
+@dataclass
+class ModelMetrics:
+    """Every metric of one model (the LLM or the baseline) on the evaluated cases."""
+
+    summary: dict[str, float | int]
+    calibration: dict[str, Any]
+    groups: dict[str, dict[str, dict[str, float | int]]]
+    confusion_labels: list[str]
+    confusion_matrix: list[list[int]]
+    differential: dict[str, float | int] | None = None
+    hierarchy: dict[str, float | int] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class EvaluationResult:
+    """The outcome of :func:`evaluate_cases`.
+
+    ``llm`` and ``baseline`` carry the same metrics; ``temperature`` says how the LLM's
+    probabilities were calibrated (``method``: ``"validation"``, ``"cross-fit"``, ``"fixed"``
+    or ``"none"``) with the ECE before and after; ``generation`` holds BLEU/ROUGE when the
+    model also answered freely. ``meta`` is free-form provenance (model, adapter, data, split)
+    that callers such as the CLI fill in.
+    """
+
+    n: int
+    candidates: list[str]
+    scoring_method: str
+    temperature: dict[str, Any]
+    llm: ModelMetrics
+    baseline: ModelMetrics | None = None
+    generation: dict[str, float | int] | None = None
+    seconds: float = 0.0
+    meta: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def headline(self) -> dict[str, float | int]:
+        """The LLM's headline figures (n, top-1/3/5, macro-F1, balanced accuracy, latency)."""
+        return dict(self.llm.summary)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict: the LLM's headline figures at the top level (``n``, ``top1``,
+        ``top3``, ``top5``, ``macro_f1``, ``latency_ms_p50`` ...), then every detail."""
+        body: dict[str, Any] = _finite({**self.headline(), **asdict(self)})
+        return body
+
+    def to_json(self, indent: int | None = None) -> str:
+        """Strict JSON (non-finite numbers become ``null``)."""
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return _finite(obj.item())
+    return obj
+
+
+def model_metrics(
+    preds: Sequence[Prediction],
+    candidates: Sequence[str],
+    *,
+    icd10: Mapping[str, str] | None = None,
+    levels_fn: LevelsFn | None = None,
+    differential_threshold: float = DDXPLUS_THRESHOLD,
+    differential_top_k: int | None = None,
+) -> ModelMetrics:
+    """All per-model metrics over ``preds`` (classification, calibration, groups, confusion,
+    DDXPlus differential when the cases carry one, ICD-10 hierarchy when codes are known)."""
+    conf, correct = top1_confidence(preds)
+    labels, matrix = confusion(preds, candidates)
+    has_diff = any(p.case.require_label().differential for p in preds)
+    return ModelMetrics(
+        summary=summary(preds),
+        calibration={
+            "ece": prediction_ece(preds),
+            "reliability": [asdict(b) for b in reliability_curve(conf, correct)],
+        },
+        groups=group_breakdown(preds),
+        confusion_labels=labels,
+        confusion_matrix=matrix,
+        differential=(
+            differential_summary(preds, threshold=differential_threshold, top_k=differential_top_k)
+            if has_diff
+            else None
+        ),
+        hierarchy=hierarchy_summary(preds, icd10, levels_fn),
+    )
+
+
+def evaluate_cases(
+    model: Any,
+    tokenizer: Any,
+    cases: Sequence[Case],
+    candidates: Sequence[str],
+    *,
+    validation_cases: Sequence[Case] | None = None,
+    icd10: Mapping[str, str] | None = None,
+    max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS,
+    train_cases_for_baseline: Sequence[Case] | None = None,
+    generate_n: int = 0,
+    max_new_tokens: int = 24,
+    method: ScoringMethod = "likelihood",
+    temperature: float | None = None,
+    calibration: Calibration = "cross-fit",
+    differential_threshold: float = DDXPLUS_THRESHOLD,
+    differential_top_k: int | None = None,
+    levels_fn: LevelsFn | None = None,
+    seed: int = 0,
+    on_progress: Progress | None = None,
+) -> EvaluationResult:
+    """Evaluate ``model`` on labeled ``cases`` against ``candidates``.
+
+    Parameters
+    ----------
+    validation_cases
+        Labeled cases to fit the softmax temperature on (never the evaluated cases). Without
+        them, ``calibration="cross-fit"`` fits it on one half of ``cases`` for the other half
+        and vice versa (no case is calibrated on itself; needs at least 10 cases), and
+        ``"none"`` keeps temperature 1. An explicit ``temperature`` skips fitting.
+    icd10
+        Candidate name -> ICD-10 code, for the ranked output and the hierarchical F1.
+    train_cases_for_baseline
+        Training cases of the same split; when given, the logistic-regression baseline is
+        fitted on them and reported with the same metrics.
+    generate_n
+        Also let the model answer the first ``generate_n`` cases freely (greedy, at most
+        ``max_new_tokens`` tokens) and report BLEU/ROUGE against the reference diagnosis.
+    method
+        The scoring rule of :func:`feddx.model.scoring.score_candidates`.
+    differential_threshold, differential_top_k
+        Which candidates form the predicted differential (DDXPlus: probability > 0.01).
+    on_progress
+        ``on_progress(stage, done, total)`` after each case of each stage.
+
+    Raises :class:`ValueError` for no cases, an unlabeled case, a label outside the candidate
+    list (naming it), or bad candidates.
+    """
+    start = time.perf_counter()
+    cset = prepare_candidates(tokenizer, candidates, icd10)
+    check_labels(cases, cset.names, "evaluated cases")
+    if validation_cases:
+        check_labels(validation_cases, cset.names, "validation cases")
+    if generate_n < 0:
+        raise ValueError(f"generate_n must be >= 0, got {generate_n}")
+    notes: list[str] = []
+
+    def stage(name: str, total: int) -> Callable[[int], None] | None:
+        if on_progress is None:
+            return None
+        cb = on_progress
+        return lambda i: cb(name, i + 1, total)
+
+    raw = predict_cases(
+        model,
+        tokenizer,
+        cases,
+        cset,
+        max_prompt_tokens=max_prompt_tokens,
+        method=method,
+        on_case=stage("scoring", len(cases)),
+    )
+    raw_conf, raw_correct = top1_confidence(raw)
+    temp_info: dict[str, Any] = {
+        "ece_before": prediction_ece(raw),
+        "reliability_before": [asdict(b) for b in reliability_curve(raw_conf, raw_correct)],
+    }
+    if temperature is not None:
+        preds = [with_temperature(p, temperature) for p in raw]
+        temp_info.update(method="fixed", value=temperature)
+    elif validation_cases:
+        val = predict_cases(
+            model,
+            tokenizer,
+            validation_cases,
+            cset,
+            max_prompt_tokens=max_prompt_tokens,
+            method=method,
+            on_case=stage("validation", len(validation_cases)),
+        )
+        t = fit_prediction_temperature(val)
+        preds = [with_temperature(p, t) for p in raw]
+        temp_info.update(method="validation", value=t, n_validation=len(val))
+    elif calibration == "cross-fit" and len(raw) >= _MIN_CROSS_FIT:
+        preds, fold_t = cross_fit_temperature(raw, folds=2)
+        temp_info.update(
+            method="cross-fit",
+            value=fit_prediction_temperature(raw),
+            fold_values=fold_t,
+        )
+        notes.append(
+            "temperature cross-fitted: each half of the evaluated cases is calibrated with the "
+            "temperature fitted on the other half; 'value' is the fit on all of them (for use "
+            "on new cases)"
+        )
+    else:
+        preds = list(raw)
+        temp_info.update(method="none", value=1.0)
+        if calibration == "cross-fit":
+            notes.append(f"fewer than {_MIN_CROSS_FIT} cases: temperature not fitted")
+    temp_info["ece_after"] = prediction_ece(preds)
+
+    llm = model_metrics(
+        preds,
+        cset.names,
+        icd10=cset.icd10,
+        levels_fn=levels_fn,
+        differential_threshold=differential_threshold,
+        differential_top_k=differential_top_k,
+    )
+    if llm.hierarchy is None:
+        notes.append("ICD-10 hierarchy unavailable (feddx.data.icd10 missing): no hierarchical F1")
+
+    generation = None
+    if generate_n:
+        from feddx.model.generate import generate_answer
+
+        chosen = list(cases)[:generate_n]
+        hyps, refs, lat = [], [], []
+        report = stage("generation", len(chosen))
+        for i, case in enumerate(chosen):
+            t0 = time.perf_counter()
+            hyps.append(
+                generate_answer(
+                    model,
+                    tokenizer,
+                    case,
+                    max_new_tokens=max_new_tokens,
+                    max_prompt_tokens=max_prompt_tokens,
+                )
+            )
+            lat.append((time.perf_counter() - t0) * 1000)
+            refs.append(render_answer(case.require_label()))
+            if report:
+                report(i)
+        generation = {**text_overlap(hyps, refs), "latency_ms_p50": float(np.percentile(lat, 50))}
+
+    baseline = None
+    if train_cases_for_baseline:
+        fitted = fit_baseline(train_cases_for_baseline, seed=seed)
+        bpreds = fitted.predict(cases, cset.names)
+        baseline = model_metrics(
+            bpreds,
+            cset.names,
+            icd10=cset.icd10,
+            levels_fn=levels_fn,
+            differential_threshold=differential_threshold,
+            differential_top_k=differential_top_k,
+        )
+        baseline.extra = {
+            "kind": "logistic regression over findings (+ text TF-IDF), scikit-learn",
+            "n_train": len(train_cases_for_baseline),
+            "fit_seconds": fitted.fit_seconds,
+        }
+
+    return EvaluationResult(
+        n=len(preds),
+        candidates=list(cset.names),
+        scoring_method=method,
+        temperature=temp_info,
+        llm=llm,
+        baseline=baseline,
+        generation=generation,
+        seconds=time.perf_counter() - start,
+        notes=notes,
+    )

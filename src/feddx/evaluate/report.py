@@ -1,0 +1,238 @@
+"""Write an :class:`~feddx.evaluate.harness.EvaluationResult` as JSON and as an HTML report.
+
+The HTML file is self-contained (plots are PNGs embedded as base64, rendered with
+matplotlib's Agg backend, no JavaScript, no external assets), so it can be attached to a ticket
+or opened on an air-gapped hospital machine. It shows the LLM-vs-baseline table, the confusion
+matrix, per-group accuracy and the calibration curve. Every text is HTML-escaped; only
+aggregates and diagnosis names appear. Both writers are atomic (temp file + rename).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from feddx.evaluate.harness import EvaluationResult, ModelMetrics
+
+
+def _atomic_write(path: Path, data: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(result: EvaluationResult, path: Path) -> None:
+    """Write ``result.to_json()`` (indented) to ``path`` atomically."""
+    _atomic_write(path, result.to_json(indent=1) + "\n")
+
+
+def _png(fig: Any) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def confusion_plot(m: ModelMetrics, title: str) -> str:
+    plt = _pyplot()
+    labels, matrix = m.confusion_labels, m.confusion_matrix
+    size = min(4 + 0.22 * len(labels), 16)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(labels)), labels, fontsize=7)
+    ax.set_xlabel("predicted (top-1)")
+    ax.set_ylabel("reference")
+    ax.set_title(title)
+    if len(labels) <= 12:
+        for i, row in enumerate(matrix):
+            for j, v in enumerate(row):
+                if v:
+                    ax.text(j, i, str(v), ha="center", va="center", fontsize=8)
+    return _png(fig)
+
+
+def groups_plot(result: EvaluationResult) -> str:
+    plt = _pyplot()
+    attrs = list(result.llm.groups)
+    fig, axes = plt.subplots(1, len(attrs), figsize=(4.2 * len(attrs), 3.6), squeeze=False)
+    for ax, attr in zip(axes[0], attrs, strict=True):
+        values = list(result.llm.groups[attr])
+        xs = range(len(values))
+        width = 0.4 if result.baseline else 0.8
+        llm = [result.llm.groups[attr][v]["top1"] for v in values]
+        ax.bar([x - (width / 2 if result.baseline else 0) for x in xs], llm, width, label="LLM")
+        if result.baseline:
+            base = [result.baseline.groups[attr].get(v, {}).get("top1", 0.0) for v in values]
+            ax.bar([x + width / 2 for x in xs], base, width, label="baseline")
+        ns = [result.llm.groups[attr][v]["n"] for v in values]
+        ax.set_xticks(
+            list(xs), [f"{v}\n(n={n})" for v, n in zip(values, ns, strict=True)], fontsize=7
+        )
+        ax.set_ylim(0, 1.05)
+        ax.set_title(f"top-1 by {attr}")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def calibration_plot(result: EvaluationResult) -> str:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.8, 4.4))
+    ax.plot([0, 1], [0, 1], ls=":", color="grey", label="perfect")
+    curves = [
+        (
+            f"LLM, T=1 (ECE {result.temperature['ece_before']:.3f})",
+            result.temperature.get("reliability_before", []),
+        ),
+        (
+            f"LLM, T={result.temperature.get('value', 1.0):.2f} "
+            f"(ECE {result.temperature['ece_after']:.3f})",
+            result.llm.calibration["reliability"],
+        ),
+    ]
+    if result.baseline:
+        curves.append(
+            (
+                f"baseline (ECE {result.baseline.calibration['ece']:.3f})",
+                result.baseline.calibration["reliability"],
+            )
+        )
+    for label, bins in curves:
+        pts = [(b["confidence"], b["accuracy"]) for b in bins if b["count"]]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), marker="o", label=label)
+    ax.set_xlabel("top-1 confidence")
+    ax.set_ylabel("top-1 accuracy")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=7, loc="upper left")
+    ax.set_title("Reliability")
+    return _png(fig)
+
+
+_ROWS: list[tuple[str, str, str]] = [
+    ("summary", "top1", "top-1"),
+    ("summary", "top3", "top-3"),
+    ("summary", "top5", "top-5"),
+    ("summary", "macro_f1", "macro-F1"),
+    ("summary", "balanced_accuracy", "balanced accuracy"),
+    ("calibration", "ece", "ECE"),
+    ("differential", "gtpa@1", "GTPA@1"),
+    ("differential", "ddr", "DDR"),
+    ("differential", "ddp", "DDP"),
+    ("differential", "ddf1", "DDF1"),
+    ("hierarchy", "chapter_f1", "ICD-10 chapter F1"),
+    ("hierarchy", "block_f1", "ICD-10 block F1"),
+    ("hierarchy", "category_f1", "ICD-10 category F1"),
+    ("hierarchy", "hierarchical_f1", "hierarchical F1"),
+    ("summary", "latency_ms_p50", "latency p50 (ms/case)"),
+    ("summary", "latency_ms_p95", "latency p95 (ms/case)"),
+]
+
+
+def _cell(m: ModelMetrics | None, section: str, key: str) -> str:
+    if m is None:
+        return "—"
+    table = getattr(m, section)
+    value = table.get(key) if isinstance(table, dict) else None
+    if value is None:
+        return "—"
+    return f"{value:.0f}" if key.startswith("latency") else f"{value:.3f}"
+
+
+def comparison_table(result: EvaluationResult) -> str:
+    head = "<tr><th>metric</th><th>LLM</th><th>baseline</th></tr>"
+    rows = []
+    for section, key, label in _ROWS:
+        llm = _cell(result.llm, section, key)
+        base = _cell(result.baseline, section, key)
+        if llm == "—" and base == "—":
+            continue
+        rows.append(f"<tr><td>{html.escape(label)}</td><td>{llm}</td><td>{base}</td></tr>")
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
+def _kv_table(data: dict[str, Any]) -> str:
+    rows = "".join(
+        f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(_fmt(v))}</td></tr>"
+        for k, v in data.items()
+        if not isinstance(v, list | dict)
+    )
+    return f"<table>{rows}</table>"
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def render_html(result: EvaluationResult, title: str = "feddx evaluation") -> str:
+    """The report as one self-contained HTML string."""
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title>",
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+        "table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;"
+        "padding:.25em .6em;text-align:right}td:first-child{text-align:left}"
+        "img{max-width:100%}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        f"<p>{result.n} cases, {len(result.candidates)} candidates, scoring "
+        f"<b>{html.escape(result.scoring_method)}</b>, {result.seconds:.1f} s.</p>",
+    ]
+    if result.meta:
+        parts += ["<h2>Run</h2>", _kv_table(result.meta)]
+    parts += ["<h2>LLM vs baseline</h2>", comparison_table(result)]
+    temp = {k: v for k, v in result.temperature.items() if not isinstance(v, list)}
+    parts += ["<h2>Calibration</h2>", _kv_table(temp)]
+    parts.append(f"<img alt='calibration curve' src='{calibration_plot(result)}'>")
+    if result.generation:
+        parts += ["<h2>Free generation vs reference diagnosis</h2>", _kv_table(result.generation)]
+    parts += [
+        "<h2>Per-group top-1</h2>",
+        f"<img alt='per-group accuracy' src='{groups_plot(result)}'>",
+    ]
+    parts += [
+        "<h2>Confusion matrix</h2>",
+        f"<img alt='LLM confusion matrix' src='{confusion_plot(result.llm, 'LLM')}'>",
+    ]
+    if result.baseline:
+        parts.append(
+            f"<img alt='baseline confusion matrix' "
+            f"src='{confusion_plot(result.baseline, 'baseline')}'>"
+        )
+    if result.notes:
+        parts += ["<h2>Notes</h2><ul>"]
+        parts += [f"<li>{html.escape(n)}</li>" for n in result.notes]
+        parts.append("</ul>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_html(result: EvaluationResult, path: Path, title: str = "feddx evaluation") -> None:
+    """Render the report and write it to ``path`` atomically."""
+    _atomic_write(path, render_html(result, title))
