@@ -1,0 +1,573 @@
+"""De-identification of case text and metadata for LGPD/HIPAA, before anything is stored or trained.
+
+:class:`Deidentifier` finds protected health information (PHI) in free text with Presidio's
+analyzer, run fully offline, plus the recognizers of :mod:`feddx.data.deid_recognizers`
+(Brazilian CPF/CNS/RG/CEP, phones, dates, addresses, record numbers, cued names, ages over 89),
+and replaces each span by a typed placeholder (``[NAME]``, ``[DATE]``, ``[CPF]`` ...).
+
+What it can and cannot find (measured in ``benchmarks/bench_deid.py``):
+
+- Structured identifiers (CPF, CNS, phones, e-mails, dates, CEP, record numbers) are found by
+  pattern and, where they have one, check digits.
+- Names: there is no statistical NER offline (spaCy's pretrained pipelines are not on PyPI).
+  Names are found behind cues ("Nome:", "Paciente:", "Sra.", "Dr." ...), then every name found
+  is redacted wherever else it occurs in the same text, and the caller's
+  ``extra_identifiers`` (e.g. the FHIR Patient's own names, identifiers, phone and address)
+  are redacted wherever they occur, case- and accent-insensitively, name token by token.
+  A name with no cue that the caller did not supply is missed.
+
+:meth:`Deidentifier.deidentify_case` also pseudonymizes ``patient_id``/``case_id`` with a keyed
+hash (HMAC-SHA256), shifts structured dates by a per-patient offset derived from the same key
+(intervals between a patient's encounters survive, so history order is kept), and caps ages
+over 89 at 90 (HIPAA Safe Harbor).
+
+The key comes from :attr:`DeidConfig.key` or the environment variable ``FEDDX_DEID_KEY``. When
+neither is set, a random key is drawn for this :class:`Deidentifier` (pseudonyms and shifts are
+then consistent within one run but not across runs, and cannot be reversed by anyone), unless
+``require_key=True``, which makes the missing key a :class:`~feddx.errors.ConfigError`: use a
+fixed key when cases prepared in several runs must link up (the same patient, the same
+pseudonym). Keep the key secret: with it, a known identifier can be matched to its pseudonym.
+
+Nothing here logs or raises with patient text: spans carry offsets and types, never values.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import hashlib
+import hmac
+import logging
+import os
+import re
+import secrets
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from feddx.data import deid_recognizers as rec
+from feddx.data.schema import Case
+from feddx.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+KEY_ENV = "FEDDX_DEID_KEY"
+
+PLACEHOLDERS: dict[str, str] = {
+    rec.NAME: "[NAME]",
+    rec.DATE: "[DATE]",
+    rec.PHONE: "[PHONE]",
+    rec.EMAIL: "[EMAIL]",
+    rec.ADDRESS: "[ADDRESS]",
+    rec.CPF: "[CPF]",
+    rec.CNS: "[CNS]",
+    rec.RG: "[RG]",
+    rec.CEP: "[CEP]",
+    rec.ID: "[ID]",
+    rec.SSN: "[SSN]",
+    rec.AGE: "[AGE>89]",
+    "URL": "[URL]",
+    "IP": "[IP]",
+    "ACCOUNT": "[ACCOUNT]",
+}
+"""Entity type -> the placeholder that replaces it."""
+
+ENTITIES: tuple[str, ...] = tuple(PLACEHOLDERS)
+
+PRESIDIO_ENTITY_MAP = {
+    "EMAIL_ADDRESS": rec.EMAIL,
+    "PHONE_NUMBER": rec.PHONE,
+    "URL": "URL",
+    "DATE_TIME": rec.DATE,
+    "US_SSN": rec.SSN,
+    "IP_ADDRESS": "IP",
+    "CREDIT_CARD": "ACCOUNT",
+    "IBAN_CODE": "ACCOUNT",
+    "UUID": rec.ID,
+}
+"""Presidio's entity names -> ours."""
+
+# When two candidates cover exactly the same characters with the same score, the more specific
+# type wins (a valid CPF is a CPF, not a phone number).
+_PRIORITY = {
+    e: i
+    for i, e in enumerate(
+        [
+            rec.CPF,
+            rec.CNS,
+            rec.RG,
+            rec.CEP,
+            rec.SSN,
+            rec.EMAIL,
+            "URL",
+            rec.DATE,
+            rec.PHONE,
+            rec.ID,
+            "ACCOUNT",
+            "IP",
+            rec.AGE,
+            rec.ADDRESS,
+            rec.NAME,
+        ]
+    )
+}
+
+DateMode = Literal["shift", "remove", "keep"]
+
+
+@dataclass(frozen=True)
+class PHISpan:
+    """One detected PHI span: ``text[start:end]`` is of type ``entity``.
+
+    ``recognizer`` names what found it (for debugging recall); the span never holds the text
+    itself, so spans can be logged.
+    """
+
+    start: int
+    end: int
+    entity: str
+    score: float
+    recognizer: str = ""
+
+    @property
+    def placeholder(self) -> str:
+        return PLACEHOLDERS.get(self.entity, f"[{self.entity}]")
+
+
+@dataclass(frozen=True)
+class DeidConfig:
+    """Every knob of de-identification.
+
+    Parameters
+    ----------
+    entities
+        Entity types to redact (default: all of :data:`ENTITIES`).
+    score_threshold
+        Minimum recognizer score kept (0.35: drops Presidio's weakest guesses such as a bare
+        "mm/yy", keeps its phone matches at 0.4).
+    phone_regions
+        Regions for Presidio's ``phonenumbers``-based recognizer, besides our own BR/US
+        patterns (numbers in international ``+CC`` form are found whatever the region; each
+        region costs about as much as all other recognizers together).
+    propagate_names
+        Redact every other occurrence, in the same text, of a name found behind a cue.
+    key
+        Secret for pseudonyms and date shifts; ``None`` reads ``FEDDX_DEID_KEY``.
+    require_key
+        Raise :class:`ConfigError` when no key is configured instead of drawing a random one.
+    pseudonymize_ids
+        Replace ``patient_id`` and ``case_id`` by keyed hashes.
+    date_mode
+        Structured dates: ``"shift"`` by a per-patient offset, ``"remove"``, or ``"keep"``.
+    max_date_shift_days
+        Offsets are drawn from ``[-max, -1] U [1, max]`` days.
+    age_cap
+        Ages above ``age_cap - 1`` become ``age_cap`` (HIPAA: over 89 -> 90); ``None`` keeps them.
+    spacy_dir
+        Where the blank spaCy pipeline is saved (default ``$FEDDX_CACHE/spacy``).
+    """
+
+    entities: tuple[str, ...] = ENTITIES
+    score_threshold: float = 0.35
+    phone_regions: tuple[str, ...] = ("BR", "US")
+    propagate_names: bool = True
+    key: str | None = field(default=None, repr=False)
+    require_key: bool = False
+    pseudonymize_ids: bool = True
+    date_mode: DateMode = "shift"
+    max_date_shift_days: int = 365
+    age_cap: int | None = 90
+    spacy_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.entities) - set(ENTITIES))
+        if unknown:
+            raise ConfigError(f"deid: unknown entity types {unknown}; known: {', '.join(ENTITIES)}")
+        if not 0.0 <= self.score_threshold <= 1.0:
+            raise ConfigError("deid: score_threshold must be within [0, 1]")
+        if self.date_mode not in ("shift", "remove", "keep"):
+            raise ConfigError("deid: date_mode must be one of shift, remove, keep")
+        if self.max_date_shift_days < 1:
+            raise ConfigError("deid: max_date_shift_days must be at least 1")
+        if self.age_cap is not None and not 1 <= self.age_cap <= 130:
+            raise ConfigError("deid: age_cap must be within [1, 130]")
+
+
+# --------------------------------------------------------------------------------------------
+# Offline Presidio set-up
+# --------------------------------------------------------------------------------------------
+
+
+def blank_spacy_dir(lang: str = "en", root: Path | None = None) -> Path:
+    """A blank spaCy pipeline for ``lang`` saved on disk (once, atomically), for Presidio.
+
+    Presidio's NLP engine loads a pipeline by name or path; a blank one (tokenizer only) is
+    enough for its pattern recognizers and needs no download.
+    """
+    import spacy
+
+    if root is None:
+        from feddx.model.loading import cache_root
+
+        root = cache_root() / "spacy"
+    final = root / f"blank-{lang}-spacy{spacy.__version__}"
+    if (final / "config.cfg").is_file() and (final / "meta.json").is_file():
+        return final
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=root))
+        spacy.blank(lang).to_disk(tmp)
+        if final.exists():  # a broken earlier copy
+            shutil.rmtree(final, ignore_errors=True)
+        try:
+            tmp.rename(final)
+        except OSError:
+            # Another process won the race: use its copy.
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not (final / "config.cfg").is_file():
+                raise
+    except OSError as err:
+        raise ConfigError(
+            f"deid: cannot write the spaCy pipeline under {root} ({err.strerror or err}); "
+            "set FEDDX_CACHE to a writable folder"
+        ) from err
+    return final
+
+
+@functools.lru_cache(maxsize=4)
+def _nlp_engine(model_dir: str) -> Any:
+    from presidio_analyzer.nlp_engine import NlpEngineProvider
+
+    provider = NlpEngineProvider(
+        nlp_configuration={
+            "nlp_engine_name": "spacy",
+            "models": [{"lang_code": "en", "model_name": model_dir}],
+        }
+    )
+    return provider.create_engine()
+
+
+@functools.lru_cache(maxsize=1)
+def offline_tld_extractor() -> Any:
+    """A ``tldextract`` extractor that only reads the suffix list bundled with the package."""
+    import tldextract
+
+    # No suffix-list URLs and no cache dir: tldextract uses the public suffix list snapshot it
+    # ships with and never reaches for the network.
+    return tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None, fallback_to_snapshot=True)
+
+
+@functools.lru_cache(maxsize=1)
+def _adapter_class() -> type:
+    """A Presidio recognizer class wrapping a :class:`~feddx.data.deid_recognizers.RegexRecognizer`.
+
+    Built on first use so that importing this module does not import Presidio (3 s).
+    """
+    from presidio_analyzer import LocalRecognizer, RecognizerResult
+
+    class RegexRecognizerAdapter(LocalRecognizer):  # type: ignore[misc]
+        def __init__(self, spec: rec.RegexRecognizer) -> None:
+            self.spec = spec
+            super().__init__(
+                supported_entities=[spec.entity], supported_language="en", name=spec.name
+            )
+
+        def load(self) -> None:
+            """Nothing to load: the patterns are compiled at import."""
+
+        def analyze(self, text: str, entities: list[str], nlp_artifacts: Any = None) -> list[Any]:
+            if entities and self.spec.entity not in entities:
+                return []
+            return [
+                RecognizerResult(
+                    entity_type=self.spec.entity,
+                    start=m.start,
+                    end=m.end,
+                    score=m.score,
+                    recognition_metadata={
+                        RecognizerResult.RECOGNIZER_NAME_KEY: self.name,
+                        RecognizerResult.RECOGNIZER_IDENTIFIER_KEY: self.id,
+                    },
+                )
+                for m in self.spec.matches(text)
+            ]
+
+    return RegexRecognizerAdapter
+
+
+def _presidio_recognizers(config: DeidConfig) -> list[Any]:
+    from presidio_analyzer.predefined_recognizers import (
+        CreditCardRecognizer,
+        EmailRecognizer,
+        IbanRecognizer,
+        IpRecognizer,
+        PhoneRecognizer,
+        UrlRecognizer,
+        UuidRecognizer,
+    )
+
+    class OfflineEmailRecognizer(EmailRecognizer):  # type: ignore[misc]
+        """Presidio's e-mail recognizer with its domain check done on the bundled suffix list."""
+
+        def validate_result(self, pattern_text: str) -> bool:
+            return bool(offline_tld_extractor()(pattern_text).fqdn != "")
+
+    adapter = _adapter_class()
+    return [
+        OfflineEmailRecognizer(),
+        PhoneRecognizer(supported_regions=config.phone_regions),
+        UrlRecognizer(),
+        IpRecognizer(),
+        CreditCardRecognizer(),
+        IbanRecognizer(),
+        UuidRecognizer(),
+        *(adapter(spec) for spec in rec.all_recognizers()),
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# Span resolution
+# --------------------------------------------------------------------------------------------
+
+
+def resolve_overlaps(spans: Sequence[PHISpan], text: str = "") -> list[PHISpan]:
+    """Non-overlapping spans, sorted, that together cover every character of ``spans``.
+
+    Overlapping candidates are merged into their union (so no detected character escapes
+    redaction) and typed after the best candidate: longest first, then highest score, then
+    the more specific type (a CPF that the caller also passed as an identifier stays a CPF),
+    then the highest score. When ``text`` is given, neighbours of the same type separated only
+    by spaces or tabs, or names by a particle ("Maria" "da" "Silva"), become one span, so they
+    read as one placeholder.
+    """
+    ordered = sorted(spans, key=lambda s: (s.start, -s.end))
+    clusters: list[list[PHISpan]] = []
+    end = -1
+    for s in ordered:
+        if s.end <= s.start:
+            continue
+        if clusters and s.start < end:
+            clusters[-1].append(s)
+            end = max(end, s.end)
+        else:
+            clusters.append([s])
+            end = s.end
+    merged: list[PHISpan] = []
+    for cluster in clusters:
+        best = max(
+            cluster,
+            key=lambda s: (s.end - s.start, -_PRIORITY.get(s.entity, 99), s.score),
+        )
+        start = min(s.start for s in cluster)
+        stop = max(s.end for s in cluster)
+        span = PHISpan(start, stop, best.entity, max(s.score for s in cluster), best.recognizer)
+        if (
+            text
+            and merged
+            and merged[-1].entity == span.entity
+            and _joinable(text[merged[-1].end : span.start], span.entity)
+        ):
+            prev = merged.pop()
+            span = PHISpan(
+                prev.start, span.end, span.entity, max(prev.score, span.score), prev.recognizer
+            )
+        merged.append(span)
+    return merged
+
+
+_NAME_GAP = re.compile(r"[ \t]+(?:(?:d[aeo]s?|e|van|von|der|den|del|di|du|y)[ \t]+)?")
+
+
+def _joinable(gap: str, entity: str) -> bool:
+    """Whether two neighbouring spans of one type read as one ("Maria" "da" "Silva")."""
+    if gap.strip(" \t") == "":
+        return True
+    return entity == rec.NAME and _NAME_GAP.fullmatch(gap) is not None
+
+
+def apply_placeholders(text: str, spans: Sequence[PHISpan]) -> str:
+    """``text`` with each (non-overlapping, sorted) span replaced by its placeholder."""
+    out: list[str] = []
+    pos = 0
+    for s in spans:
+        out.append(text[pos : s.start])
+        out.append(s.placeholder)
+        pos = s.end
+    out.append(text[pos:])
+    return "".join(out)
+
+
+@functools.lru_cache(maxsize=256)
+def _identifier_matcher(identifiers: tuple[str, ...], ignore_case: bool) -> rec.IdentifierMatcher:
+    # The same patient's identifiers come back for each of their notes: build once.
+    return rec.IdentifierMatcher(identifiers, ignore_case=ignore_case)
+
+
+# --------------------------------------------------------------------------------------------
+# The de-identifier
+# --------------------------------------------------------------------------------------------
+
+
+class Deidentifier:
+    """Finds and redacts PHI in text, and de-identifies whole :class:`Case` s.
+
+    Construct once and reuse: the first construction in a process saves a blank spaCy pipeline
+    (once per cache) and builds Presidio's analyzer, about a second; later constructions reuse
+    the loaded pipeline.
+
+    Raises
+    ------
+    ConfigError
+        ``require_key`` is set and no key is configured, or the cache is not writable.
+    """
+
+    def __init__(self, config: DeidConfig | None = None) -> None:
+        from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
+
+        self.config = config or DeidConfig()
+        self._key = self._resolve_key()
+        model_dir = blank_spacy_dir("en", self.config.spacy_dir)
+        registry = RecognizerRegistry(
+            recognizers=_presidio_recognizers(self.config), supported_languages=["en"]
+        )
+        self._analyzer = AnalyzerEngine(
+            registry=registry,
+            nlp_engine=_nlp_engine(str(model_dir)),
+            supported_languages=["en"],
+            default_score_threshold=self.config.score_threshold,
+        )
+        self._wanted = frozenset(self.config.entities)
+
+    def _resolve_key(self) -> bytes:
+        key = self.config.key or os.environ.get(KEY_ENV) or ""
+        if key:
+            return key.encode("utf-8")
+        if self.config.require_key:
+            raise ConfigError(
+                f"deid: no pseudonymization key: set {KEY_ENV} (or DeidConfig.key) to a secret "
+                "string, kept the same for every run whose cases must link up"
+            )
+        log.warning(
+            "deid: %s is not set; using a random key for this run (pseudonyms and date shifts "
+            "will differ in the next run)",
+            KEY_ENV,
+        )
+        return secrets.token_bytes(32)
+
+    # -- text -----------------------------------------------------------------------------
+
+    def find(self, text: str, extra_identifiers: Sequence[str] = ()) -> list[PHISpan]:
+        """The PHI spans of ``text``, non-overlapping and sorted by position.
+
+        ``extra_identifiers`` are strings known to identify this patient (names, record
+        numbers, phone, address line): each is found wherever it occurs, case- and
+        accent-insensitively, names also token by token.
+        """
+        if not text:
+            return []
+        candidates: list[PHISpan] = []
+        for r in self._analyzer.analyze(
+            text, language="en", score_threshold=self.config.score_threshold
+        ):
+            entity = PRESIDIO_ENTITY_MAP.get(r.entity_type, r.entity_type)
+            meta = r.recognition_metadata or {}
+            candidates.append(
+                PHISpan(
+                    r.start, r.end, entity, float(r.score), str(meta.get("recognizer_name", ""))
+                )
+            )
+        given = tuple(dict.fromkeys(s for s in extra_identifiers if s and s.strip()))
+        found: tuple[str, ...] = ()
+        if self.config.propagate_names:
+            found = tuple(
+                dict.fromkeys(text[s.start : s.end] for s in candidates if s.entity == rec.NAME)
+            )
+        # Scores below the recognizers' own: where a recognizer typed the same characters
+        # (a CPF the caller also passed), its more specific type wins the tie.
+        for ids, ignore_case, score, source in (
+            (given, True, 0.5, "extra_identifiers"),
+            (found, False, 0.45, "name_propagation"),
+        ):
+            if not ids:
+                continue
+            for m in _identifier_matcher(ids, ignore_case).matches(text):
+                candidates.append(PHISpan(m.start, m.end, m.entity, score, source))
+        wanted = [s for s in candidates if s.entity in self._wanted]
+        return resolve_overlaps(wanted, text)
+
+    def redact_text(self, text: str, extra_identifiers: Sequence[str] = ()) -> str:
+        """``text`` with every PHI span replaced by its typed placeholder (``[NAME]``, ...)."""
+        return apply_placeholders(text, self.find(text, extra_identifiers))
+
+    # -- pseudonyms and dates -------------------------------------------------------------
+
+    def _digest(self, purpose: str, value: str) -> bytes:
+        return hmac.new(self._key, f"{purpose}\x00{value}".encode(), hashlib.sha256).digest()
+
+    def pseudonym(self, value: str, kind: str = "id") -> str:
+        """A stable keyed pseudonym for ``value`` (e.g. ``pt-3f9a...``), irreversible without the key."""
+        return f"{kind}-{self._digest('pseudonym:' + kind, value).hex()[:20]}"
+
+    def date_offset(self, identity: str) -> dt.timedelta:
+        """The per-patient date shift: non-zero, within +-``max_date_shift_days``."""
+        n = self.config.max_date_shift_days
+        k = int.from_bytes(self._digest("date-shift", identity)[:8], "big") % (2 * n)
+        return dt.timedelta(days=k - n if k < n else k - n + 1)
+
+    def _date(self, d: dt.date | None, offset: dt.timedelta) -> dt.date | None:
+        if d is None or self.config.date_mode == "keep":
+            return d
+        if self.config.date_mode == "remove":
+            return None
+        return d + offset
+
+    # -- cases ----------------------------------------------------------------------------
+
+    def deidentify_case(self, case: Case, extra_identifiers: Sequence[str] = ()) -> Case:
+        """A copy of ``case`` safe to store and train on.
+
+        - ``text``, string finding values and encounter reasons are redacted (the raw
+          ``patient_id``/``case_id`` are added to ``extra_identifiers``, since record
+          numbers often reappear in notes);
+        - ``patient_id``/``case_id`` become keyed pseudonyms (``pseudonymize_ids``);
+        - ``date`` and encounter dates are shifted by the patient's offset, or removed/kept
+          (``date_mode``); the offset depends on the patient (``case_id`` when there is none),
+          so intervals within a patient's history are unchanged;
+        - ages above 89 become 90 (``age_cap``).
+
+        Institution, region, sex, findings' names, conditions, medications and labels are
+        kept: they are the clinical content (region should be no finer than a state).
+        """
+        identity = case.patient_id or case.case_id
+        ids = list(extra_identifiers)
+        ids += [v for v in (case.patient_id, case.case_id) if v and len(v) >= 4]
+
+        def redact(s: str | None) -> str | None:
+            return None if s is None else self.redact_text(s, ids)
+
+        offset = self.date_offset(identity)
+        findings = tuple(
+            f.model_copy(update={"value": redact(f.value)}) if isinstance(f.value, str) else f
+            for f in case.findings
+        )
+        encounters = tuple(
+            e.model_copy(update={"reason": redact(e.reason), "date": self._date(e.date, offset)})
+            for e in case.history.encounters
+        )
+        update: dict[str, Any] = {
+            "text": redact(case.text),
+            "findings": findings,
+            "history": case.history.model_copy(update={"encounters": encounters}),
+            "date": self._date(case.date, offset),
+        }
+        cap = self.config.age_cap
+        if cap is not None and case.age is not None and case.age > cap - 1:
+            update["age"] = float(cap)
+        if self.config.pseudonymize_ids:
+            update["case_id"] = self.pseudonym(case.case_id, "case")
+            if case.patient_id is not None:
+                update["patient_id"] = self.pseudonym(case.patient_id, "pt")
+        return case.model_copy(update=update)
