@@ -2,7 +2,9 @@
 
     .venv/bin/python benchmarks/bench_deid.py [--n 300] [--seed 0] [--fhir-limit N]
 
-Sets: synthetic Portuguese records (always) and the Synthea FHIR notes of
+Sets: synthetic Portuguese records (always), hand-written Portuguese/English records
+(``tests/fixtures/deid/handwritten.txt``, written before measuring and not used to tune the
+recognizers: the least optimistic figures here) and the Synthea FHIR notes of
 ``../shared/data/fhir/synthea_bulk_10_patients`` (when present). Each set runs twice: without
 ``extra_identifiers`` (what the text alone gives) and with the identifiers a registry knows
 (the patient's name, CPF, CNS, phone, e-mail and address line; for FHIR the Patient
@@ -37,12 +39,18 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from deid_labeled_set import LabeledDoc, fhir_labeled_notes, synthetic_brazilian_records
+from deid_labeled_set import (
+    LabeledDoc,
+    fhir_labeled_notes,
+    parse_marked_records,
+    synthetic_brazilian_records,
+)
 
 if TYPE_CHECKING:
     from feddx.data.deid import PHISpan
 
 REPO = Path(__file__).resolve().parents[1]
+HANDWRITTEN = REPO / "tests" / "fixtures" / "deid" / "handwritten.txt"
 FHIR_DIR = (
     Path(os.environ.get("FEDDX_SHARED_DATA", REPO.parent / "shared" / "data"))
     / "fhir"
@@ -228,6 +236,7 @@ def main() -> None:
     baseline = StockPresidio()
 
     report("synthetic-pt", deid, baseline, synthetic_brazilian_records(args.n, args.seed))
+    report("handwritten (held out)", deid, baseline, parse_marked_records(HANDWRITTEN))
     if FHIR_DIR.is_dir():
         report("fhir-synthea", deid, baseline, fhir_labeled_notes(FHIR_DIR, args.fhir_limit))
     else:

@@ -570,6 +570,40 @@ def _merge_adjacent(spans: list[GoldSpan], text: str) -> list[GoldSpan]:
     return out
 
 
+_MARK = re.compile(r"\[\[([A-Z]+):(.+?)\]\]")
+
+
+def parse_marked_records(path: Path) -> list[LabeledDoc]:
+    """Records written by hand with inline labels: ``[[NAME:Maria Souza]]``.
+
+    Paragraphs (blank-line separated) are records; ``#`` lines are comments; an
+    ``EXTRA: a | b`` line lists the identifiers a registry knows about the patient.
+    """
+    docs: list[LabeledDoc] = []
+    blocks = re.split(r"\n\s*\n", path.read_text(encoding="utf-8"))
+    for i, block in enumerate(blocks):
+        lines = [ln for ln in block.splitlines() if not ln.startswith("#")]
+        extra: tuple[str, ...] = ()
+        body = []
+        for ln in lines:
+            if ln.startswith("EXTRA:"):
+                extra = tuple(v.strip() for v in ln[6:].split("|") if v.strip())
+            else:
+                body.append(ln)
+        if not body:
+            continue
+        b = _Builder()
+        marked = "\n".join(body) + "\n"
+        pos = 0
+        for m in _MARK.finditer(marked):
+            b.text(marked[pos : m.start()])
+            b.phi(m.group(2), m.group(1))
+            pos = m.end()
+        b.text(marked[pos:])
+        docs.append(LabeledDoc(f"{path.stem}-{i}", b.build(), b.spans, extra, path.stem))
+    return docs
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--write-fixture", type=Path, help="write a JSONL sample here")

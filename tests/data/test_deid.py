@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -437,3 +438,36 @@ def test_recall_on_a_fixed_synthetic_sample(deid: Deidentifier) -> None:
     assert missed.get("NAME+extra", 0) == 0
     # Without the caller's names, cue-less names are missed: measured, not hidden.
     assert 0 < missed.get("NAME", 0) < total["NAME"] * 0.3
+
+
+def _marked_records(path: Path) -> list[tuple[str, list[tuple[int, int, str]]]]:
+    """Parse the hand-written fixture: paragraphs with inline ``[[TYPE:value]]`` labels."""
+    records = []
+    for block in path.read_text(encoding="utf-8").split("\n\n"):
+        lines = [ln for ln in block.splitlines() if not ln.startswith(("#", "EXTRA:"))]
+        text, spans, pos = "", [], 0
+        marked = "\n".join(lines)
+        for m in re.finditer(r"\[\[([A-Z]+):(.+?)\]\]", marked):
+            text += marked[pos : m.start()]
+            spans.append((len(text), len(text) + len(m.group(2)), m.group(1)))
+            text += m.group(2)
+            pos = m.end()
+        records.append((text + marked[pos:], spans))
+    return records
+
+
+def test_structured_identifiers_of_hand_written_records_are_all_redacted(
+    deid: Deidentifier,
+) -> None:
+    records = _marked_records(FIXTURE.with_name("handwritten.txt"))
+    checked = 0
+    for text, spans in records:
+        covered = {i for s in deid.find(text) for i in range(s.start, s.end)}
+        for start, end, entity in spans:
+            if entity in ("CPF", "CNS", "PHONE", "EMAIL", "DATE", "CEP", "RG", "SSN"):
+                checked += 1
+                assert all(i in covered for i in range(start, end) if not text[i].isspace()), (
+                    entity,
+                    start,
+                )
+    assert checked >= 30

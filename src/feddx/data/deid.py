@@ -378,7 +378,9 @@ def resolve_overlaps(spans: Sequence[PHISpan], text: str = "") -> list[PHISpan]:
     return merged
 
 
-_NAME_GAP = re.compile(r"[ \t]+(?:(?:d[aeo]s?|e|van|von|der|den|del|di|du|y)[ \t]+)?")
+_NAME_GAP = re.compile(
+    r"[ \t]+(?:(?:d[aeo]s?|e|van|von|der|den|del|di|du|y)[ \t]+)?", re.IGNORECASE
+)
 
 
 def _joinable(gap: str, entity: str) -> bool:

@@ -534,6 +534,15 @@ def address_recognizer() -> RegexRecognizer:
         rf"\.[ \t]+{_CAP}[a-zà-öø-ÿ]+[ \t]+[a-zà-öø-ÿ]|\.[ \t]*$))"
     )
 
+    def cut_at_sentence_end(text: str, start: int, end: int) -> tuple[int, int]:
+        # A period then a capital starts a new sentence unless the word before it is an
+        # abbreviation ("R. Dr. Arnaldo", "12 Oak St., Springfield").
+        for m in re.finditer(r"\.\s+[A-ZÀ-ÖØ-Þ]", text[start:end]):
+            before = re.search(r"(\w+)$", text[start : start + m.start()])
+            if before is None or len(before.group(1)) > 3 or before.group(1).isdigit():
+                return start, start + m.start()
+        return start, end
+
     def pt_score(span: str, m: re.Match[str], text: str) -> float | None:
         # "Rua das Flores" names a street; with a number it is an address. Either is kept
         # (a street plus a neighbourhood can identify a household), with different scores.
@@ -545,7 +554,7 @@ def address_recognizer() -> RegexRecognizer:
             RegexRule("pt-street", pt, 0.85, pt_score),
             RegexRule("en-street", en, 0.8),
             RegexRule("city-state-zip", city_state_zip, 0.8),
-            RegexRule("address-field", field, 0.8),
+            RegexRule("address-field", field, 0.8, adjust=cut_at_sentence_end),
         ],
         name="StreetAddressRecognizer",
     )
@@ -625,7 +634,8 @@ _NAME_PARTICLES = frozenset(
 )
 _NAME_WORD = rf"(?:{_CAP}(?:[a-zà-öø-ÿ'’]+(?:-{_CAP}?[a-zà-öø-ÿ'’]+)?|[A-ZÀ-ÖØ-Þ'’]+)\d*|{_CAP}\.)"
 _NAME_SEQ = (
-    rf"{_NAME_WORD}(?:[ \t]+(?:(?:{'|'.join(sorted(_NAME_PARTICLES))})[ \t]+)?{_NAME_WORD}){{0,5}}"
+    # One space between words: a run of spaces or a tab separates fields ("Public   SSN").
+    rf"{_NAME_WORD}(?:[ ](?:(?:{'|'.join(sorted(_NAME_PARTICLES))})[ ])?{_NAME_WORD}){{0,5}}"
 )
 
 _HONORIFIC = (
