@@ -165,3 +165,43 @@ def test_stats_symptom2disease(shared_data: Path, capsys: pytest.CaptureFixture[
     stats = json.loads(out)
     assert stats["n_cases"] == 870 and len(stats["labels"]) == 24 and stats["n_skipped"] == 0
     assert stats["icd10"]["labels_without_code"] == []
+
+
+def test_prepare_writes_deidentified_jsonl(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "prepared" / "cases.jsonl"
+    source = FIXTURES / "with_identifiers.csv"
+    code, stdout, _ = run(
+        ["data", "prepare", "csv", str(source), "--out", str(out), "--json"], capsys
+    )
+    assert code == 0
+    result = json.loads(stdout)
+    assert result["n_cases"] == 3 and result["n_skipped"] == 0
+    assert result["n_text_redacted"] == 2  # the third row has no identifiers
+    written = out.read_text()
+    for identifier in (
+        "123.456.789-09",
+        "98765-4321",
+        "john.doe@example.com",
+        "555-201-3344",
+        "12/03/2024",
+    ):
+        assert identifier not in written
+    assert "Sneezing and a runny nose since yesterday." in written
+    # The prepared file is the jsonl source: it loads back into the same labels.
+    code, stdout, _ = run(["data", "stats", "jsonl", str(out), "--json"], capsys)
+    assert code == 0
+    assert json.loads(stdout)["labels"] == {
+        "Migraine": 1,
+        "Urinary tract infection": 1,
+        "Common cold": 1,
+    }
+
+
+def test_prepare_rejects_a_directory_as_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["data", "prepare", "csv", str(FIXTURES / "symptoms_small.csv"), "--out", str(tmp_path)]
+    code, _, err = run(argv, capsys)
+    assert code == 2 and "must be a file" in err

@@ -16,12 +16,14 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from feddx.cli._app import app, console, console_err
 from feddx.data.report import LoadReport
 from feddx.data.schema import Case
+from feddx.errors import DataError
 
 data_app = typer.Typer(help="Inspect, prepare and partition datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
@@ -217,6 +219,56 @@ def stats(
 
 
 @data_app.command()
+def prepare(
+    source: Annotated[str, typer.Argument(help=SOURCE_HELP)],
+    path: Annotated[Path | None, typer.Argument(help=PATH_HELP)] = None,
+    *,
+    out: Annotated[Path, typer.Option("--out", help="JSONL file to write (the case schema).")],
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the counts as one JSON object.")
+    ] = False,
+) -> None:
+    """De-identify every case of a dataset (names, dates, phones, e-mails, addresses, record
+    numbers, CPF/CNS/RG/CEP) and write them as JSONL, ready for training or sharing."""
+    from feddx.data.deid import Deidentifier
+    from feddx.data.jsonl import write_jsonl
+
+    if out.is_dir():
+        raise DataError(f"--out must be a file, not a directory: {out}")
+    report = LoadReport(source)
+    deidentifier = Deidentifier()  # set-up (spaCy, presidio) once for all cases
+    n_redacted = 0
+
+    def deidentified() -> Iterator[Case]:
+        nonlocal n_redacted
+        for case in _load(source, path, report):
+            clean = deidentifier.deidentify_case(case)
+            # Ids and dates may be pseudonymised in every case; count the texts that held PHI.
+            n_redacted += clean.text != case.text
+            yield clean
+
+    n_written = write_jsonl(deidentified(), out)
+    result = {
+        "out": str(out),
+        "n_cases": n_written,
+        "n_text_redacted": n_redacted,
+        "n_skipped": report.n_skipped,
+        "skipped_reasons": report.skipped_reasons(),
+    }
+    if as_json:
+        typer.echo(json.dumps(result, ensure_ascii=False))
+        return
+    console.print(
+        f"wrote {n_written:,} de-identified cases to {out} ({n_redacted:,} texts had "
+        f"identifiers removed); skipped {report.n_skipped:,} records",
+        markup=False,
+        highlight=False,
+    )
+    for line in [str(s) for s in report.skipped[:SHOW_SKIPPED]]:
+        console.print(f"  {line}", markup=False, highlight=False)
+
+
+@data_app.command()
 def partition(
     source: Annotated[str, typer.Argument(help=SOURCE_HELP)],
     path: Annotated[Path | None, typer.Argument(help=PATH_HELP)] = None,
@@ -297,13 +349,25 @@ def _print_partition(
         totals.update(h)
     if len(parts) <= 10:
         # A label x client matrix: the histograms side by side.
-        table = Table(title="cases per label and client", title_justify="left", show_footer=True)
-        table.add_column("label", footer="total", min_width=16, max_width=40)
-        for name, part in zip(names, parts, strict=True):
-            table.add_column(name, justify="right", footer=f"{len(part):,}")
-        table.add_column("total", justify="right", footer=f"{sum(totals.values()):,}")
+        table = Table(
+            title="cases per label and client",
+            title_justify="left",
+            show_footer=True,
+            box=box.SIMPLE_HEAD,  # light borders leave room for up to 10 client columns
+        )
+        # Counts never wrap; the label column gives way when the terminal is narrow.
+        table.add_column("label", footer="total", min_width=12)
+        # Long client names (institutions) would squeeze the table: number them, with a legend.
+        short = all(len(n) <= 10 for n in names)
+        for i, (name, part) in enumerate(zip(names, parts, strict=True)):
+            header = name if short else f"#{i}"
+            table.add_column(header, justify="right", footer=f"{len(part):,}", no_wrap=True)
+        table.add_column("total", justify="right", footer=f"{sum(totals.values()):,}", no_wrap=True)
         for label, total in totals.most_common():
-            table.add_row(label, *(f"{h.get(label, 0):,}" or "" for h in hists), f"{total:,}")
+            table.add_row(label, *(f"{h.get(label, 0):,}" for h in hists), f"{total:,}")
+        if not short:
+            table.caption = "  ".join(f"#{i}: {name}" for i, name in enumerate(names))
+            table.caption_justify = "left"
     else:
         table = Table(title="clients", title_justify="left")
         for col in ("client", "cases", "labels", "most frequent labels"):
