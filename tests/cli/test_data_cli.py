@@ -205,3 +205,10 @@ def test_prepare_rejects_a_directory_as_out(
     argv = ["data", "prepare", "csv", str(FIXTURES / "symptoms_small.csv"), "--out", str(tmp_path)]
     code, _, err = run(argv, capsys)
     assert code == 2 and "must be a file" in err
+
+
+def test_help_names_the_sources(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["data", "stats", "--help"], capsys)
+    assert code == 0
+    for source in ("ddxplus", "ddxplus-v0", "csv", "jsonl", "uci-heart", "fhir"):
+        assert source in out

@@ -208,8 +208,11 @@ def stats(
         bool, typer.Option("--json", help="Print one JSON object instead of tables.")
     ] = False,
 ) -> None:
-    """Count the cases, labels, skipped records, institutions, regions and demographics of a
-    dataset."""
+    """Count a dataset's cases, labels, skipped records and demographics.
+
+    SOURCE is one of ddxplus, ddxplus-v0, csv, jsonl, uci-heart, fhir; PATH is its file or
+    directory (not needed for uci-heart). With --json, print one JSON object (n_cases, labels, n_skipped, skipped_reasons, ...).
+    """
     report = LoadReport(source)
     result = dataset_stats(source, path, _load(source, path, report), report)
     if as_json:
@@ -228,8 +231,12 @@ def prepare(
         bool, typer.Option("--json", help="Print the counts as one JSON object.")
     ] = False,
 ) -> None:
-    """De-identify every case of a dataset (names, dates, phones, e-mails, addresses, record
-    numbers, CPF/CNS/RG/CEP) and write them as JSONL, ready for training or sharing."""
+    """De-identify a dataset and write it as JSONL of the case schema.
+
+    SOURCE and PATH as in 'feddx data stats'.
+    Names, dates, phones, e-mails, addresses, record numbers and CPF/CNS/RG/CEP are replaced by
+    typed placeholders. Set FEDDX_DEID_KEY to get the same pseudonyms in every run.
+    """
     from feddx.data.deid import Deidentifier
     from feddx.data.jsonl import write_jsonl
 
@@ -300,7 +307,12 @@ def partition(
         Path | None, typer.Option(help="Also save a stacked bar chart (PNG) here.")
     ] = None,
 ) -> None:
-    """Split a dataset into federated clients and write the shards with a manifest."""
+    """Split a dataset into federated clients: JSONL shards plus a manifest.
+
+    SOURCE and PATH as in 'feddx data stats'.
+    Kinds: attribute (one client per institution/region/...), iid, dirichlet (label skew,
+    --alpha) and size-skew (log-normal client sizes, --sigma); seeded and reproducible.
+    """
     from feddx.data.partition import (
         PartitionSpec,
         client_names,
