@@ -278,6 +278,13 @@ def test_redact_text_uses_typed_placeholders(deid: Deidentifier) -> None:
     )
 
 
+def test_redaction_is_idempotent(deid: Deidentifier) -> None:
+    text = "Paciente: Maria Souza, CPF 529.982.247-25, tel (11) 98765-4321, em 12/03/2023."
+    once = deid.redact_text(text)
+    assert deid.redact_text(once) == once
+    assert deid.find(once) == []
+
+
 def test_entity_selection(cache_dir: Path) -> None:
     only_cpf = Deidentifier(DeidConfig(key="k", entities=("CPF",)))
     assert only_cpf.redact_text("CPF 529.982.247-25 em 12/03/2023") == "CPF [CPF] em 12/03/2023"
@@ -370,6 +377,9 @@ def test_missing_key(cache_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: A
         Deidentifier(DeidConfig(require_key=True))
     with caplog.at_level(logging.WARNING):
         a = Deidentifier()
+        assert a.redact_text("CPF 529.982.247-25") == "CPF [CPF]"
+        assert "random key" not in caplog.text  # redacting text needs no key
+        a.pseudonym("x")
     assert "random key" in caplog.text
     assert a.pseudonym("x") != Deidentifier().pseudonym("x")  # a fresh key per instance
     monkeypatch.setenv("FEDDX_DEID_KEY", "from-env")

@@ -430,7 +430,10 @@ class Deidentifier:
         from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
 
         self.config = config or DeidConfig()
-        self._key = self._resolve_key()
+        # The key is read now (so a required one that is missing fails fast) but a random one
+        # is drawn only when a pseudonym or date shift is first needed: redacting text alone
+        # needs no key.
+        self._key: bytes | None = self._configured_key()
         model_dir = blank_spacy_dir("en", self.config.spacy_dir)
         registry = RecognizerRegistry(
             recognizers=_presidio_recognizers(self.config), supported_languages=["en"]
@@ -443,7 +446,7 @@ class Deidentifier:
         )
         self._wanted = frozenset(self.config.entities)
 
-    def _resolve_key(self) -> bytes:
+    def _configured_key(self) -> bytes | None:
         key = self.config.key or os.environ.get(KEY_ENV) or ""
         if key:
             return key.encode("utf-8")
@@ -452,12 +455,18 @@ class Deidentifier:
                 f"deid: no pseudonymization key: set {KEY_ENV} (or DeidConfig.key) to a secret "
                 "string, kept the same for every run whose cases must link up"
             )
+        return None
+
+    def _secret(self) -> bytes:
+        if self._key is not None:
+            return self._key
         log.warning(
             "deid: %s is not set; using a random key for this run (pseudonyms and date shifts "
             "will differ in the next run)",
             KEY_ENV,
         )
-        return secrets.token_bytes(32)
+        self._key = secrets.token_bytes(32)
+        return self._key
 
     # -- text -----------------------------------------------------------------------------
 
@@ -507,7 +516,7 @@ class Deidentifier:
     # -- pseudonyms and dates -------------------------------------------------------------
 
     def _digest(self, purpose: str, value: str) -> bytes:
-        return hmac.new(self._key, f"{purpose}\x00{value}".encode(), hashlib.sha256).digest()
+        return hmac.new(self._secret(), f"{purpose}\x00{value}".encode(), hashlib.sha256).digest()
 
     def pseudonym(self, value: str, kind: str = "id") -> str:
         """A stable keyed pseudonym for ``value`` (e.g. ``pt-3f9a...``), irreversible without the key."""
