@@ -95,6 +95,48 @@ def certs(
 
 
 @deploy_app.command()
+def prepare(
+    out: Annotated[Path, typer.Option("--out", help="Folder for shards/ and eval.jsonl.")],
+    data: Annotated[
+        str, typer.Option(help="SOURCE[:PATH] of the whole dataset, as in 'feddx data stats'.")
+    ] = "uci-heart",
+    attribute: Annotated[
+        str, typer.Option(help="Case attribute that defines the institutions.")
+    ] = "institution",
+    validation_fraction: Annotated[
+        float, typer.Option(min=0.01, max=0.9, help="Share held out for the server.")
+    ] = 0.2,
+    seed: Annotated[int, typer.Option(help="Seed of the split.")] = 0,
+    max_cases: Annotated[
+        int, typer.Option(min=0, help="Stratified sample of this many cases first (0: all).")
+    ] = 0,
+) -> None:
+    """Split a dataset for a loopback federation: the server's validation set (eval.jsonl) and
+    one training shard per institution (shards/), disjoint."""
+    from feddx.federated.deploy.local import prepare_local_data
+
+    prepared = prepare_local_data(
+        data,
+        out,
+        attribute=attribute,
+        validation_fraction=validation_fraction,
+        seed=seed,
+        max_cases=max_cases,
+    )
+    table = Table("node", "training cases")
+    sizes = json.loads((prepared.partition_dir / "manifest.json").read_text())["sizes"]
+    for spec, size in zip(prepared.nodes, sizes, strict=True):
+        table.add_row(spec.name, str(size))
+    console.print(table)
+    console.print(
+        f"server validation: {prepared.eval_path} ({prepared.n_eval} cases); "
+        f"shards: {prepared.partition_dir}",
+        markup=False,
+        highlight=False,
+    )
+
+
+@deploy_app.command()
 def local(
     certs_dir: Annotated[
         Path, typer.Option("--certs", help="Credentials folder from 'feddx deploy certs'.")

@@ -124,6 +124,65 @@ def nodes_from_partition(partition_dir: Path) -> list[NodeSpec]:
     return nodes
 
 
+@dataclass(frozen=True)
+class LocalData:
+    """What :func:`prepare_local_data` wrote: one node per institution, and the server's
+    validation cases (``eval-data``), disjoint from every node's training cases."""
+
+    nodes: list[NodeSpec]
+    partition_dir: Path
+    eval_path: Path
+    n_train: int
+    n_eval: int
+
+
+def prepare_local_data(
+    data: str,
+    out_dir: Path,
+    *,
+    attribute: str = "institution",
+    validation_fraction: float = 0.2,
+    seed: int = 0,
+    max_cases: int = 0,
+) -> LocalData:
+    """Split a dataset the way a real federation is split, for a loopback deployment.
+
+    A stratified ``validation_fraction`` becomes the server's validation set
+    (``out_dir/eval.jsonl``, pass it as ``eval-data``); the rest is partitioned by ``attribute``
+    (one shard per institution, ``out_dir/shards``) and each shard becomes one node. So no node
+    trains on a case the server validates on. ``max_cases`` (0: all) takes a stratified sample
+    first, for runs that must be quick.
+    """
+    from feddx.data.jsonl import write_jsonl
+    from feddx.data.partition import PartitionSpec, partition_cases, write_partition
+    from feddx.data.report import LoadReport
+    from feddx.data.sources import load_source, parse_data_spec
+    from feddx.data.split import stratified_split
+    from feddx.errors import DataError
+
+    source, path = parse_data_spec(data)
+    cases = [c for c in load_source(source, path, LoadReport(source)) if c.label is not None]
+    if not cases:
+        raise DataError(f"{data}: no labeled cases")
+    if max_cases and max_cases < len(cases):
+        _, cases = stratified_split(cases, test_fraction=max_cases / len(cases), seed=seed)
+    train, validation = stratified_split(cases, test_fraction=validation_fraction, seed=seed)
+    spec = PartitionSpec(kind="attribute", attribute=attribute, seed=seed)
+    partition_dir = Path(out_dir) / "shards"
+    write_partition(
+        partition_cases(train, spec), partition_dir, spec, extra={"source": data, "split": "train"}
+    )
+    eval_path = Path(out_dir) / "eval.jsonl"
+    write_jsonl(sorted(validation, key=lambda c: c.case_id), eval_path)
+    return LocalData(
+        nodes=nodes_from_partition(partition_dir),
+        partition_dir=partition_dir,
+        eval_path=eval_path.resolve(),
+        n_train=len(train),
+        n_eval=len(validation),
+    )
+
+
 @dataclass
 class LocalFederationConfig:
     """Everything one loopback federation needs.
