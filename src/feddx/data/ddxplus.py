@@ -555,6 +555,10 @@ def _read_conditions(directory: Path) -> tuple[list[Condition], dict[str, Condit
             code = normalize_icd10(icd) if isinstance(icd, str) and icd.strip() else None
         except ValueError as e:
             raise DataError(f"{where}: condition {key!r}: 'icd10-id' {e}") from e
+        # The release codes SLE as M34 (systemic sclerosis); lupus is M32. Correct the one known
+        # error so hierarchical ICD-10 metrics do not score lupus as scleroderma.
+        if name.strip() == "SLE" and code == "M34":
+            code = "M32"
         cond = Condition(name.strip(), code)
         conditions.append(cond)
         for alias in (key, entry.get("condition_name"), entry.get("cond-name-fr"), name):

@@ -51,9 +51,13 @@ def write_jsonl(cases: Iterable[Case], path: Path) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     n = 0
-    with tmp.open("w", encoding="utf-8") as f:
-        for case in cases:
-            f.write(case.model_dump_json(exclude_defaults=True) + "\n")
-            n += 1
-    tmp.replace(path)
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            for case in cases:
+                f.write(case.model_dump_json(exclude_defaults=True) + "\n")
+                n += 1
+        tmp.replace(path)
+    finally:
+        # A loader that fails part-way leaves neither a partial file nor a stray temp file.
+        tmp.unlink(missing_ok=True)
     return n
