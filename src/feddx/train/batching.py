@@ -1,0 +1,161 @@
+"""Turn cases into training examples and examples into batches with little padding.
+
+An example is ``prompt + answer[:-1]``: the last answer token (end-of-turn) is only ever a
+target, never an input, so it is not fed to the model. The positions that predict answer tokens
+are ``len(prompt) - 1 ... len(prompt) + len(answer) - 2``; only those reach the LM head.
+
+Batches are right-padded. With a causal model, real tokens never attend to padding on their
+right, so no attention mask is needed at all (the fast ``is_causal`` attention path), and
+position ids are simply ``0..L-1`` for every row. Padding is kept small by length bucketing:
+the shuffled data is cut into chunks, each chunk sorted by length and cut into batches, and
+the batch order shuffled again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from feddx.data.schema import Case
+from feddx.errors import ConfigError, DataError
+from feddx.model.prompt import answer_ids, render_prompt
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training example as token ids (never raw text)."""
+
+    input_ids: tuple[int, ...]
+    answer: tuple[int, ...]
+
+    @property
+    def first(self) -> int:
+        """Position whose output predicts the first answer token."""
+        return len(self.input_ids) - len(self.answer)
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+def encode_cases(cases: Sequence[Case], tokenizer: Any, max_prompt_tokens: int) -> list[Example]:
+    """Render every case with the one prompt renderer and append its answer tokens.
+
+    Raises :class:`DataError` for an empty dataset or cases without a label (naming how many
+    and the first case id), and :class:`ConfigError` when ``max_prompt_tokens`` cannot hold
+    even the bare prompt template.
+    """
+    if not cases:
+        raise DataError("no training cases: the dataset is empty")
+    unlabeled = [c.case_id for c in cases if c.label is None]
+    if unlabeled:
+        raise DataError(
+            f"{len(unlabeled)} of {len(cases)} training cases have no label "
+            f"(first: case {unlabeled[0]!r}); training needs a diagnosis for every case"
+        )
+    out: list[Example] = []
+    for case in cases:
+        try:
+            prompt = render_prompt(case, tokenizer, max_prompt_tokens)
+        except ValueError as e:
+            raise ConfigError(f"max_prompt_tokens: {e}") from None
+        answer = answer_ids(tokenizer, case.require_label())
+        if not answer:
+            raise DataError(f"case {case.case_id!r}: the diagnosis renders to no tokens")
+        out.append(Example(tuple(prompt.input_ids) + tuple(answer[:-1]), tuple(answer)))
+    return out
+
+
+@dataclass
+class Batch:
+    """A right-padded batch and where its answer tokens are.
+
+    ``rows``/``cols`` index the answer-predicting positions of ``input_ids``, ``targets`` holds
+    the token each should predict (``rows`` also says which example a token belongs to).
+    """
+
+    indices: list[int]
+    input_ids: torch.Tensor  # [B, L] long
+    lengths: list[int]
+    rows: torch.Tensor  # [n] long
+    cols: torch.Tensor  # [n] long
+    targets: torch.Tensor  # [n] long
+
+    @property
+    def n_answer_tokens(self) -> int:
+        return int(self.targets.numel())
+
+    @property
+    def n_tokens(self) -> int:
+        return int(sum(self.lengths))
+
+    @property
+    def n_slots(self) -> int:
+        return int(self.input_ids.numel())
+
+
+def collate(examples: Sequence[Example], indices: Sequence[int], pad_id: int) -> Batch:
+    """Right-pad the examples at ``indices`` into one batch."""
+    chosen = [examples[i] for i in indices]
+    width = max(len(e) for e in chosen)
+    ids = torch.full((len(chosen), width), pad_id, dtype=torch.long)
+    rows: list[int] = []
+    cols: list[int] = []
+    targets: list[int] = []
+    for r, e in enumerate(chosen):
+        ids[r, : len(e)] = torch.tensor(e.input_ids, dtype=torch.long)
+        rows.extend([r] * len(e.answer))
+        cols.extend(range(e.first, e.first + len(e.answer)))
+        targets.extend(e.answer)
+    return Batch(
+        indices=list(indices),
+        input_ids=ids,
+        lengths=[len(e) for e in chosen],
+        rows=torch.tensor(rows, dtype=torch.long),
+        cols=torch.tensor(cols, dtype=torch.long),
+        targets=torch.tensor(targets, dtype=torch.long),
+    )
+
+
+def _generator(seed: int, epoch: int, stream: int) -> torch.Generator:
+    # One independent, reproducible stream per (seed, epoch, purpose): the data order of epoch
+    # e never depends on how many random numbers anything else drew, which is what makes a
+    # resumed run replay exactly.
+    g = torch.Generator()
+    g.manual_seed((seed * 1_000_003 + epoch * 7_919 + stream) % (2**63))
+    return g
+
+
+def bucketed_batches(
+    lengths: Sequence[int], batch_size: int, bucket_batches: int, *, seed: int, epoch: int
+) -> list[list[int]]:
+    """The batches of one epoch: shuffle, sort by length within chunks, shuffle the batches."""
+    g = _generator(seed, epoch, 0)
+    order = torch.randperm(len(lengths), generator=g).tolist()
+    chunk = batch_size * bucket_batches
+    batches: list[list[int]] = []
+    for start in range(0, len(order), chunk):
+        part = sorted(order[start : start + chunk], key=lambda i: -lengths[i])
+        batches.extend(part[j : j + batch_size] for j in range(0, len(part), batch_size))
+    shuffle = torch.randperm(len(batches), generator=g).tolist()
+    return [batches[i] for i in shuffle]
+
+
+def poisson_batches(
+    n: int, sample_rate: float, n_batches: int, *, seed: int, epoch: int
+) -> list[list[int]]:
+    """DP-SGD's logical batches: each example joins each batch independently with probability
+    ``sample_rate`` (the sampling the privacy accountant assumes). Batches may be empty."""
+    g = _generator(seed, epoch, 1)
+    mask = torch.rand((n_batches, n), generator=g) < sample_rate
+    return [torch.nonzero(row).flatten().tolist() for row in mask]
+
+
+def split_by_length(
+    indices: Sequence[int], lengths: Sequence[int], batch_size: int
+) -> list[list[int]]:
+    """Cut a logical batch into micro-batches of at most ``batch_size`` similar lengths."""
+    ordered = sorted(indices, key=lambda i: -lengths[i])
+    return [ordered[j : j + batch_size] for j in range(0, len(ordered), batch_size)]
