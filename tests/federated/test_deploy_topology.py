@@ -114,3 +114,50 @@ def test_kubernetes_topology_on_loopback(tmp_path: Path) -> None:
     # Weighted FedAvg of a+3 (3 cases) and b+5 (5 cases) from zeros: (9 + 25) / 8.
     result = json.loads((tmp_path / "out" / "result.json").read_text())
     assert result["final"] == pytest.approx([34 / 8] * 3)
+
+
+def test_sigterm_stops_the_whole_federation(tmp_path: Path) -> None:
+    """`feddx deploy local` killed politely (as the script's trap or CI does) mid-run leaves no
+    process behind: not the daemons, not the executors they spawned."""
+    import signal
+    import time
+
+    import psutil
+
+    shard = tmp_path / "a.jsonl"
+    shard.write_text("{}\n")
+    certs = tmp_path / "certs"
+    generate_credentials(certs, ["hospital-a", "hospital-b"])
+    run_dir = tmp_path / "run"
+    cli = "import sys, feddx.cli.deploy\nfrom feddx.cli import main\nsys.exit(main(sys.argv[1:]))"
+    argv = [
+        sys.executable, "-c", cli, "deploy", "local", "--certs", str(certs),
+        "--node", f"hospital-a=jsonl:{shard}", "--node", f"hospital-b=jsonl:{shard}",
+        "--app", str(TOY_APP), "--run-dir", str(run_dir),
+        # A third node is required but never comes: the run waits until we stop it.
+        "--run-config", f"min-nodes=3 out-dir='{tmp_path / 'out'}'",
+    ]  # fmt: skip
+    runner = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        run_log = run_dir / "logs" / "run.log"
+        while time.monotonic() < deadline and runner.poll() is None:
+            if run_log.is_file() and "Starting" in run_log.read_text(errors="replace"):
+                break
+            time.sleep(0.5)
+        assert runner.poll() is None, runner.communicate()
+        time.sleep(3)  # let the ServerApp process start too
+        tree = psutil.Process(runner.pid).children(recursive=True)
+        names = " ".join(" ".join(p.cmdline()) for p in tree)
+        assert "flower-superlink" in names and names.count("flower-supernode") == 2
+        runner.send_signal(signal.SIGTERM)
+        _, err = runner.communicate(timeout=90)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+    assert runner.returncode != 0
+    assert "Traceback" not in err
+    alive = [p.pid for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert alive == [], f"left running: {alive}"
+    recorded = [int(line.split()[0]) for line in (run_dir / "pids").read_text().splitlines()]
+    assert len(recorded) == 3 and not any(pid_running(p) for p in recorded)

@@ -317,6 +317,22 @@ def signals_as_exceptions() -> Iterator[None]:
             signal.signal(sig, old)
 
 
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Ignore SIGINT/SIGTERM/SIGHUP while the block runs (a shutdown in progress must finish:
+    a second Ctrl-C must not leave half the federation running)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in sigs}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
 class LocalFederation:
     """Start, use and stop one loopback federation (see the module docstring for the sequence).
 
@@ -610,7 +626,8 @@ def run_local_federation(config: LocalFederationConfig) -> FederationResult:
             fed.start()
             status = fed.run()
         finally:
-            fed.stop()
+            with signals_deferred():
+                fed.stop()
     result = fed.result(status)
     _write_json(fed.run_dir / "federation.json", asdict(result))
     if fed.leftover_pids:
