@@ -263,10 +263,19 @@ def _jsonable(obj: Any) -> Any:
     return str(obj)
 
 
+def resolve_adapter_dir(directory: Path) -> Path:
+    """``directory`` itself, or its ``adapter/`` subdirectory when ``directory`` is the output
+    folder of ``feddx train`` (so ``--adapter`` accepts either)."""
+    directory = Path(directory)
+    if not (directory / META_FILE).is_file() and (directory / "adapter" / META_FILE).is_file():
+        return directory / "adapter"
+    return directory
+
+
 def read_adapter_info(directory: Path) -> dict[str, Any]:
     """The parsed ``feddx_adapter.json`` of an adapter directory (fingerprint, LoRA spec,
     metadata), or :class:`ModelError` if it is missing or unreadable."""
-    directory = Path(directory)
+    directory = resolve_adapter_dir(directory)
     path = directory / META_FILE
     if not directory.is_dir():
         raise ModelError(f"adapter directory not found: {directory}")
@@ -300,7 +309,7 @@ def load_adapter(model: Any, directory: Path, *, base_fingerprint: str) -> dict[
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    directory = Path(directory)
+    directory = resolve_adapter_dir(directory)
     info = read_adapter_info(directory)
     trained_for = info.get("base_fingerprint")
     if trained_for != base_fingerprint:

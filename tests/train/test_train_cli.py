@@ -1,0 +1,129 @@
+"""``feddx train``: end to end on a tiny model directory, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from train_fixtures import make_cases, make_tiny_llama  # type: ignore[import-not-found]
+
+import feddx.cli.train  # noqa: F401  (registers the command until the CLI imports it)
+from feddx.cli import main
+from feddx.data.jsonl import write_jsonl
+from feddx.train.adapter import adapter_lora_spec, attach_lora, load_adapter
+from feddx.train.config import LoraSpec
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer: Any) -> Path:
+    d = tmp_path_factory.mktemp("tiny-model")
+    make_tiny_llama(len(tokenizer), layers=3).save_pretrained(d)
+    tokenizer.save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "cases.jsonl"
+    write_jsonl(make_cases(30), path)
+    return path
+
+
+def _one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("feddx: error:") and "\n" not in err and "Traceback" not in err
+    return err
+
+
+def test_train_writes_adapter_and_result(
+    model_dir: Path, data_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "train.toml"
+    config.write_text("learning_rate = 0.01\nbatch_size = 4\n[lora]\nrank = 4\n")
+    out = tmp_path / "run"
+    argv = [
+        "train",
+        "--data",
+        f"jsonl:{data_file}",
+        "--model",
+        str(model_dir),
+        "--config",
+        str(config),
+        "--out",
+        str(out),
+        "--epochs",
+        "2",
+        "--top-layers",
+        "1",
+    ]
+    assert main(argv) == 0
+    assert "adapter saved to" in capsys.readouterr().out
+    result = json.loads((out / "train_result.json").read_text())
+    assert result["n_train"] + result["n_held_out"] == 30 and result["n_held_out"] > 0
+    assert result["result"]["steps"] == 2 * 6  # 24 training cases, batch 4
+    assert result["config"]["lora"] == {**result["config"]["lora"], "rank": 4, "top_layers": 1}
+    # The adapter loads for the same base model, from OUT or OUT/adapter.
+    from feddx.model.loading import load_base_model
+
+    loaded = load_base_model(str(model_dir))
+    assert adapter_lora_spec(out) == LoraSpec(rank=4, top_layers=1)
+    net = attach_lora(loaded.model, adapter_lora_spec(out))
+    meta = load_adapter(net, out, base_fingerprint=loaded.fingerprint)
+    assert meta["max_prompt_tokens"] == 320 and meta["n_train"] == result["n_train"]
+    # Running again resumes the finished run instead of training anew.
+    assert main(argv) == 0
+    again = json.loads((out / "train_result.json").read_text())
+    assert again["result"]["loss_history"] == result["result"]["loss_history"]
+
+
+@pytest.mark.parametrize(
+    ("config_text", "message"),
+    [
+        ("epochs: 2\nlearnin_rate: 0.1\n", "unknown setting 'learnin_rate'"),
+        ("lora:\n  rank: zero\n", "lora.rank must be int"),
+    ],
+)
+def test_bad_config_is_one_line_naming_the_key(
+    model_dir: Path,
+    data_file: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    config_text: str,
+    message: str,
+) -> None:
+    config = tmp_path / "train.yaml"
+    config.write_text(config_text)
+    argv = [
+        "train",
+        "--data",
+        f"jsonl:{data_file}",
+        "--model",
+        str(model_dir),
+        "--config",
+        str(config),
+        "--out",
+        str(tmp_path / "run"),
+    ]
+    assert main(argv) == 2
+    err = _one_line_error(capsys)
+    assert message in err and str(config) in err
+
+
+def test_empty_or_missing_data_is_one_line(
+    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    base = ["--model", str(model_dir), "--out", str(tmp_path / "run")]
+    assert main(["train", "--data", f"jsonl:{empty}", *base]) == 2
+    assert "dataset is empty" in _one_line_error(capsys)
+    assert main(["train", "--data", f"jsonl:{tmp_path / 'nope.jsonl'}", *base]) == 2
+    assert "not found" in _one_line_error(capsys)
+    unlabeled = tmp_path / "unlabeled.jsonl"
+    unlabeled.write_text('{"case_id": "a", "text": "cough"}\n')
+    assert main(["train", "--data", f"jsonl:{unlabeled}", *base]) == 2
+    assert "no case has a label" in _one_line_error(capsys)
+    assert main(["train", "--data", "jsonl:x", "--out", "o", "--learning-rate", "0"]) == 2
+    assert "learning_rate must be > 0" in _one_line_error(capsys)
