@@ -55,17 +55,31 @@ stop_recorded() {
     fi
   done < "$run_dir/pids"
 }
+recorded_alive() {
+  local pid name
+  [ -f "$run_dir/pids" ] || return 1
+  while read -r pid name; do
+    if kill -0 "$pid" 2>/dev/null && ps -o command= -p "$pid" | grep -qE 'flower-|flwr'; then
+      return 0
+    fi
+  done < "$run_dir/pids"
+  return 1
+}
 cleanup() {
   local status=$?
   trap - EXIT INT TERM
   if [ -n "$runner" ] && kill -0 "$runner" 2>/dev/null; then
+    # The runner stops its federation itself on SIGTERM; give it time to.
     kill -TERM "$runner" 2>/dev/null || true
     for _ in $(seq 1 60); do kill -0 "$runner" 2>/dev/null || break; sleep 0.5; done
-    kill -KILL "$runner" 2>/dev/null || true
   fi
-  stop_recorded TERM
-  sleep 1
-  stop_recorded KILL
+  # The runner's own process group (it and its short-lived `flwr` CLI calls), if still there.
+  [ -n "$runner" ] && kill -KILL -- "-$runner" 2>/dev/null || true
+  if recorded_alive; then
+    stop_recorded TERM
+    for _ in $(seq 1 20); do recorded_alive || break; sleep 0.5; done
+    stop_recorded KILL
+  fi
   exit "$status"
 }
 trap cleanup EXIT
@@ -76,7 +90,9 @@ trap 'exit 143' TERM
 "$feddx" deploy certs --out "$run_dir/certs" --partition "$run_dir/data/shards"
 n_nodes=$(find "$run_dir/data/shards" -name 'client_*.jsonl' | wc -l | tr -d ' ')
 
-# In the background so the traps above can act while it runs.
+# In the background, in its own process group (job control on), so the traps above can act
+# while it runs and can reach its children.
+set -m
 "$feddx" deploy local \
   --certs "$run_dir/certs" \
   --partition "$run_dir/data/shards" \

@@ -149,3 +149,29 @@ def test_a_missing_executable_is_a_deployment_error(tmp_path: Path) -> None:
             env={},
             cwd=tmp_path,
         )
+
+
+def test_relative_credentials_are_made_absolute_for_the_daemons(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each daemon runs in its own working directory: a relative --certs must not reach them."""
+    from feddx.federated.certs import generate_credentials
+    from feddx.federated.deploy.local import LocalFederation, LocalFederationConfig
+
+    monkeypatch.chdir(tmp_path)
+    generate_credentials(Path("certs"), ["hospital-a"])
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "pyproject.toml").write_text("[tool.flwr.app]\npublisher = 'x'\n")
+    fed = LocalFederation(
+        LocalFederationConfig(
+            run_dir=Path("run"),
+            credentials=Path("certs"),
+            nodes=[NodeSpec.for_data("hospital-a", "jsonl", Path("a.jsonl"))],
+            app_dir=Path("app"),
+        )
+    )
+    assert fed.creds.ca_cert.is_absolute() and fed.creds.server_key.is_absolute()
+    assert fed.creds.node("hospital-a").private_key.is_absolute()
+    assert fed.run_dir.is_absolute()
+    assert fed.procs.processes == [], "constructing a federation starts nothing"

@@ -343,7 +343,8 @@ class LocalFederation:
         self.config = config
         validate_node_names([n.name for n in config.nodes])
         self.run_dir = config.run_dir.resolve()
-        self.creds: FederationCredentials = load_credentials(config.credentials)
+        # Absolute: every process runs in its own working directory.
+        self.creds: FederationCredentials = load_credentials(config.credentials.resolve())
         for node in config.nodes:
             keys = self.creds.node(node.name)
             if not keys.private_key.is_file():
