@@ -1,0 +1,315 @@
+"""Every knob of a federated run, in one typed model shared by the Flower app and the CLI.
+
+The same settings arrive two ways:
+
+* through Flower: ``[tool.flwr.app.config]`` in ``pyproject.toml`` (overridable with
+  ``flwr run . CONN --run-config "num-rounds=5 strategy='fedprox'"``), read by the ServerApp and
+  every ClientApp from ``context.run_config``;
+* through ``feddx federate --config FILE`` (TOML, YAML or JSON with the same keys), which turns
+  the file into that run config.
+
+Keys are kebab-case as Flower apps expect (``num-rounds``); a file may also use snake_case.
+Every value is a TOML scalar (Flower's run config allows nothing else), so lists are written as
+comma-separated strings (``lora-targets = "q_proj,v_proj"``) and "unset" is ``0`` or ``""``.
+A bad key or value raises :class:`~feddx.errors.ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from feddx.errors import ConfigError
+
+if TYPE_CHECKING:
+    from feddx.data.partition import PartitionSpec
+    from feddx.train.config import LoraSpec, TrainConfig
+
+StrategyName = Literal[
+    "fedavg",
+    "fedprox",
+    "fedadam",
+    "fedyogi",
+    "fedadagrad",
+    "fedavgm",
+    "fedmedian",
+    "fedtrimmedavg",
+    "krum",
+]
+STRATEGIES: tuple[str, ...] = StrategyName.__args__  # type: ignore[attr-defined]
+Compression = Literal["none", "float16", "int8", "topk"]
+DPMode = Literal["none", "central", "local"]
+PartitionKind = Literal["attribute", "iid", "dirichlet", "size-skew"]
+
+
+def _kebab(name: str) -> str:
+    return name.replace("_", "-")
+
+
+class FederatedConfig(BaseModel):
+    """A federated fine-tuning run (see the module docstring for how it is supplied).
+
+    Data
+        ``data`` is a ``SOURCE[:PATH]`` spec (as ``feddx data stats``). The server holds out a
+        stratified ``validation-fraction`` of it for centralised evaluation; in simulation each
+        client partitions the rest (``partition``, ``partition-*``, ``num-clients``) and keeps
+        its own share. ``eval-data`` gives the server a separate validation set instead (a
+        deployment, where clients bring their own data through their node config).
+        ``max-cases`` / ``max-eval-cases`` cap the cases used (``0``: all), for runs that must
+        fit a small machine; report them with the results.
+    Rounds and sampling
+        ``num-rounds`` rounds; ``fraction-train`` of the connected clients train each round, at
+        least ``min-train-clients``; the server waits for ``min-available-clients`` to connect.
+        A round waits ``round-timeout`` seconds for replies and aggregates those that arrived
+        in time, if at least ``min-train-clients`` passed validation (else the global adapter
+        is kept). ``eval-every``: evaluate the global adapter every N rounds (and always after
+        the last); ``eval-initial``: also evaluate the initial adapter (the base model) as
+        round 0.
+    Strategy
+        ``strategy`` names a Flower strategy; ``proximal-mu`` (FedProx, also sent to clients
+        for the proximal term), ``server-lr``/``server-momentum`` (FedAvgM), ``fedopt-eta``,
+        ``fedopt-beta1``, ``fedopt-beta2``, ``fedopt-tau`` (FedAdam/FedYogi/FedAdagrad),
+        ``trim-beta`` (FedTrimmedAvg), ``num-malicious`` (Krum).
+    Local training
+        ``local-epochs``, ``local-steps`` (cap on optimizer steps per round, ``0``: none),
+        ``batch-size``, ``learning-rate``, ``max-prompt-tokens`` and the LoRA shape
+        (``lora-rank``, ``lora-alpha``, ``lora-dropout``, ``lora-targets``,
+        ``lora-top-layers``: adapters on the last N layers only, ``0``: every layer).
+    Communication
+        ``compression`` of client updates: ``none`` (float32 adapter), ``float16``, ``int8``
+        (per-tensor affine 8-bit) or ``topk`` (the ``topk-fraction`` largest entries, with
+        error feedback); ``deflate`` adds lossless DEFLATE to compressed payloads.
+    Privacy
+        ``dp = "central"``: Flower's server-side fixed clipping wrapper (updates clipped to
+        ``dp-clipping-norm``, Gaussian noise ``dp-noise-multiplier``); ``dp = "local"``:
+        DP-SGD on each client (Opacus, per-example clipping to ``dp-clipping-norm``). Epsilon is
+        reported at ``dp-delta``.
+    Robustness
+        Replies with non-finite values, wrong keys or shapes are always rejected; an update
+        whose L2 norm exceeds ``max-update-norm`` (``0``: no absolute limit) or
+        ``outlier-factor`` times the round's median update norm (``0``: off; needs 3+
+        replies) is rejected too.
+    Output
+        ``out-dir`` receives the checkpoints, the global adapter, ``history.json`` and plots;
+        with ``resume`` a restarted server continues from the last completed round.
+        ``client-state-dir`` is where simulated clients keep their error-feedback residuals and
+        DP ledgers (default: ``<out-dir>/clients``); ``activation-cache-dir`` holds the cached
+        frozen-layer activations (default: ``$FEDDX_CACHE/activations``; entries are keyed by
+        base weights and token ids, so runs and nodes on one machine can share it).
+    """
+
+    model_config = ConfigDict(
+        alias_generator=_kebab, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+    # data
+    model: str = "smollm2-135m-instruct"
+    data: str = "uci-heart"
+    eval_data: str = ""
+    validation_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
+    max_cases: int = Field(default=0, ge=0)
+    max_eval_cases: int = Field(default=0, ge=0)
+    num_clients: int = Field(default=4, ge=1)
+    partition: PartitionKind = "attribute"
+    partition_attribute: str = "institution"
+    partition_alpha: float = Field(default=0.5, gt=0.0)
+    partition_sigma: float = Field(default=1.0, gt=0.0)
+    partition_min_size: int = Field(default=1, ge=1)
+    seed: int = 0
+    # rounds
+    num_rounds: int = Field(default=3, ge=1)
+    fraction_train: float = Field(default=1.0, gt=0.0, le=1.0)
+    min_train_clients: int = Field(default=2, ge=1)
+    min_available_clients: int = Field(default=2, ge=1)
+    round_timeout: float = Field(default=3600.0, gt=0.0)
+    eval_every: int = Field(default=1, ge=1)
+    eval_initial: bool = True
+    # strategy
+    strategy: StrategyName = "fedavg"
+    proximal_mu: float = Field(default=0.01, ge=0.0)
+    server_lr: float = Field(default=1.0, gt=0.0)
+    server_momentum: float = Field(default=0.9, ge=0.0, lt=1.0)
+    fedopt_eta: float = Field(default=0.01, gt=0.0)
+    fedopt_beta1: float = Field(default=0.9, ge=0.0, lt=1.0)
+    fedopt_beta2: float = Field(default=0.99, ge=0.0, lt=1.0)
+    fedopt_tau: float = Field(default=1e-3, gt=0.0)
+    trim_beta: float = Field(default=0.2, ge=0.0, lt=0.5)
+    num_malicious: int = Field(default=0, ge=0)
+    # local training
+    local_epochs: int = Field(default=1, ge=1)
+    local_steps: int = Field(default=0, ge=0)
+    batch_size: int = Field(default=8, ge=1)
+    learning_rate: float = Field(default=5e-4, gt=0.0)
+    max_prompt_tokens: int = Field(default=320, ge=16)
+    lora_rank: int = Field(default=8, ge=1)
+    lora_alpha: float = Field(default=16.0, gt=0.0)
+    lora_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    lora_targets: str = "q_proj,v_proj"
+    lora_top_layers: int = Field(default=2, ge=0)
+    # communication
+    compression: Compression = "none"
+    topk_fraction: float = Field(default=0.1, gt=0.0, le=1.0)
+    deflate: bool = True
+    # privacy
+    dp: DPMode = "none"
+    dp_noise_multiplier: float = Field(default=1.0, gt=0.0)
+    dp_clipping_norm: float = Field(default=1.0, gt=0.0)
+    dp_delta: float = Field(default=1e-5, gt=0.0, lt=1.0)
+    # robustness
+    max_update_norm: float = Field(default=0.0, ge=0.0)
+    outlier_factor: float = Field(default=10.0, ge=0.0)
+    # output
+    out_dir: str = "runs/federated"
+    resume: bool = True
+    client_state_dir: str = ""
+    activation_cache_dir: str = ""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FederatedConfig:
+        for name in ("validation_fraction", "partition_alpha", "learning_rate", "round_timeout"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{_kebab(name)} must be finite")
+        if not self.target_modules():
+            raise ValueError("lora-targets must name at least one module")
+        if self.min_available_clients < self.min_train_clients:
+            raise ValueError("min-available-clients must be >= min-train-clients")
+        if self.partition == "attribute" and not self.partition_attribute:
+            raise ValueError("partition-attribute is required for partition = 'attribute'")
+        if self.strategy == "krum" and self.dp == "central":
+            raise ValueError("dp = 'central' needs an averaging strategy, not krum")
+        return self
+
+    # ---------------------------------------------------------------- construction
+    @classmethod
+    def from_mapping(
+        cls, data: Mapping[str, Any], *, origin: str = "run config"
+    ) -> FederatedConfig:
+        """Validate plain data; raise :class:`ConfigError` naming ``origin`` and the key."""
+        try:
+            return cls.model_validate(dict(data))
+        except ValidationError as e:
+            raise ConfigError(f"{origin}: {_describe(e)}") from None
+
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, Any]) -> FederatedConfig:
+        """The config of a Flower run (``context.run_config``)."""
+        return cls.from_mapping(run_config, origin="run config")
+
+    @classmethod
+    def from_file(cls, path: Path) -> FederatedConfig:
+        """Load a TOML/YAML/JSON file of settings (flat, or under ``[federated]``)."""
+        from feddx.train.config import read_config_file
+
+        data = read_config_file(path)
+        if set(data) == {"federated"} and isinstance(data["federated"], dict):
+            data = data["federated"]
+        return cls.from_mapping(data, origin=str(path))
+
+    def to_run_config(self) -> dict[str, bool | int | float | str]:
+        """The kebab-case scalar mapping Flower's ``--run-config`` and ``run_config`` carry."""
+        return self.model_dump(by_alias=True)
+
+    def replace(self, **changes: Any) -> FederatedConfig:
+        """A copy with some settings changed (snake_case or kebab-case keys), re-validated."""
+        data = self.model_dump()
+        data.update({k.replace("-", "_"): v for k, v in changes.items()})
+        return type(self).from_mapping(data, origin="config override")
+
+    # ---------------------------------------------------------------- derived values
+    def target_modules(self) -> tuple[str, ...]:
+        return tuple(m.strip() for m in self.lora_targets.split(",") if m.strip())
+
+    def out_path(self) -> Path:
+        return Path(self.out_dir).expanduser()
+
+    def client_state_path(self) -> Path:
+        return (
+            Path(self.client_state_dir).expanduser()
+            if self.client_state_dir
+            else (self.out_path() / "clients")
+        )
+
+    def activation_cache_path(self) -> Path:
+        from feddx.model.loading import cache_root
+
+        return (
+            Path(self.activation_cache_dir).expanduser()
+            if self.activation_cache_dir
+            else cache_root() / "activations"
+        )
+
+    def train_config(self, *, seed: int, proximal_mu: float = 0.0) -> TrainConfig:
+        """The trainer's config for one client's local round."""
+        from feddx.train.config import DPConfig, TrainConfig
+
+        return TrainConfig(
+            lora=self.lora_spec(),
+            learning_rate=self.learning_rate,
+            epochs=self.local_epochs,
+            batch_size=self.batch_size,
+            seed=seed,
+            max_prompt_tokens=self.max_prompt_tokens,
+            max_steps=self.local_steps or None,
+            proximal_mu=proximal_mu,
+            dp=(
+                DPConfig(
+                    noise_multiplier=self.dp_noise_multiplier,
+                    max_grad_norm=self.dp_clipping_norm,
+                    delta=self.dp_delta,
+                )
+                if self.dp == "local"
+                else None
+            ),
+        )
+
+    def lora_spec(self) -> LoraSpec:
+        from feddx.train.config import LoraSpec
+
+        return LoraSpec(
+            rank=self.lora_rank,
+            alpha=self.lora_alpha,
+            dropout=self.lora_dropout,
+            target_modules=self.target_modules(),
+            top_layers=self.lora_top_layers or None,
+        )
+
+    def partition_spec(self, num_clients: int | None = None) -> PartitionSpec:
+        """The data layer's partition spec for ``num_clients`` (default ``num-clients``)."""
+        from feddx.data.partition import PartitionSpec
+
+        return PartitionSpec(
+            kind=self.partition,
+            num_clients=num_clients or self.num_clients,
+            attribute=self.partition_attribute if self.partition == "attribute" else None,
+            alpha=self.partition_alpha,
+            sigma=self.partition_sigma,
+            seed=self.seed,
+            min_size=self.partition_min_size,
+        )
+
+    def fingerprint(
+        self, *, ignore: tuple[str, ...] = ("num_rounds", "resume", "round_timeout")
+    ) -> str:
+        """A hash of the settings that determine a run's result; a checkpoint written under a
+        different fingerprint is not resumed. Settings that only extend or pace a run (the
+        number of rounds, the timeout) are left out, so a finished run can be extended."""
+        data = {k: v for k, v in self.model_dump().items() if k not in ignore}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _describe(err: ValidationError) -> str:
+    """Name the offending key(s) without echoing values (a path might be sensitive)."""
+    parts = []
+    for e in err.errors(include_input=False, include_url=False):
+        key = ".".join(str(x) for x in e["loc"]) or "<config>"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown setting"
+        parts.append(f"{_kebab(key)}: {msg}" if key != "<config>" else msg)
+    return "; ".join(parts)

@@ -1,0 +1,157 @@
+"""Differential-privacy accounting for federated rounds, and why there is no SecAgg+ here.
+
+Two mechanisms, selected by ``dp`` in the run config:
+
+``central`` (client-level DP, trusted server)
+    Flower's ``DifferentialPrivacyServerSideFixedClipping`` wraps the strategy: each client's
+    update is clipped to ``dp-clipping-norm`` and Gaussian noise of standard deviation
+    ``noise_multiplier * clip / n_sampled`` is added to the (uniformly weighted) average. One
+    round is one Gaussian release over the participating clients. Flower's own accountant hook
+    (``accountant=`` on the wrapper) needs the optional ``dp-accounting`` package and makes a
+    round with any missing reply skip aggregation altogether; we account ourselves instead,
+    with the *effective* noise multiplier of each round: when only ``m < n`` clients answered,
+    the noise (calibrated for ``n``) is relative to a sensitivity of ``clip / m``, so the round
+    is charged ``z * m / n``, never more privacy than was really given.
+``local`` (example-level DP on every client, untrusted server)
+    DP-SGD (Opacus, through :func:`feddx.train.trainer.train_adapter`): per-example gradients
+    clipped to ``dp-clipping-norm``, noise ``dp-noise-multiplier``, Poisson sampling at rate
+    ``batch_size / n``. Each client composes its own rounds (:class:`RdpLedger`, persisted on its
+    disk) and reports the epsilon spent in the round and in total; the server records the
+    largest total over clients.
+
+Both use the RDP analysis of the sampled Gaussian mechanism (Mironov et al.; ``opacus``'
+implementation), converted to (epsilon, delta) at ``dp-delta``.
+
+Secure aggregation (SecAgg+)
+    Not available for this app, for reasons in Flower 1.42 itself: ``SecAggPlusWorkflow``
+    (``flwr.server.workflow``) drives the *legacy* ``flwr.server.strategy`` API
+    (``configure_fit``/``aggregate_fit`` on ``FitIns``/``FitRes`` through a ``LegacyContext``),
+    and its client half ``secaggplus_mod`` lives in ``flwr.client.mod`` and converts replies to
+    ``FitRes``; neither accepts a message-API ``flwr.serverapp.strategy`` strategy, and 1.42's
+    ``flwr.clientapp.mod`` has no SecAgg mod. Using it would mean leaving the Message API and
+    its strategies. Even there it could only serve plain weighted averaging: masked vectors
+    reveal only their sum, so the robust aggregators (FedMedian, FedTrimmedAvg, Krum) and our
+    per-update validation (:mod:`feddx.federated.guard`) cannot run on them, and lossy update
+    compression would have to happen before masking. What protects updates here instead:
+    only adapters leave a node, TLS on every link (deployment), and central or local DP.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+_ORDERS: list[float] = [1 + x / 10.0 for x in range(1, 100)] + [float(x) for x in range(12, 64)]
+
+
+@dataclass(frozen=True)
+class GaussianRelease:
+    """``steps`` compositions of a sampled Gaussian mechanism: sampling rate ``q`` and noise
+    multiplier ``z`` (noise standard deviation over sensitivity)."""
+
+    q: float
+    z: float
+    steps: int = 1
+
+
+@dataclass
+class RdpLedger:
+    """Releases composed under Renyi DP; ``epsilon(delta)`` is the total spent so far."""
+
+    releases: list[GaussianRelease] = field(default_factory=list)
+
+    def add(self, release: GaussianRelease) -> None:
+        if not (0 < release.q <= 1 and release.z > 0 and release.steps >= 0):
+            raise ValueError(f"invalid Gaussian release {release}")
+        self.releases.append(release)
+
+    def epsilon(self, delta: float) -> float:
+        """Total epsilon at ``delta`` (0 before any release)."""
+        return epsilon_of(self.releases, delta)
+
+    def to_dict(self) -> list[dict[str, float]]:
+        return [{"q": r.q, "z": r.z, "steps": r.steps} for r in self.releases]
+
+    @classmethod
+    def from_dict(cls, data: list[dict[str, Any]]) -> RdpLedger:
+        return cls([GaussianRelease(float(d["q"]), float(d["z"]), int(d["steps"])) for d in data])
+
+
+def epsilon_of(releases: list[GaussianRelease], delta: float) -> float:
+    """Epsilon at ``delta`` of the composition of ``releases`` (RDP, opacus' analysis)."""
+    import warnings
+
+    import numpy as np
+    from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
+
+    if not releases or all(r.steps == 0 for r in releases):
+        return 0.0
+    rdp = np.zeros(len(_ORDERS))
+    for r in releases:
+        rdp = rdp + np.asarray(
+            compute_rdp(q=r.q, noise_multiplier=r.z, steps=r.steps, orders=_ORDERS)
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter(
+            "ignore"
+        )  # "optimal order is the largest alpha": still an upper bound
+        eps, _ = get_privacy_spent(orders=_ORDERS, rdp=rdp, delta=delta)
+    return float(eps)
+
+
+def central_round_release(
+    noise_multiplier: float, num_sampled: int, num_aggregated: int
+) -> GaussianRelease:
+    """The release of one central-DP round where ``num_aggregated`` of the ``num_sampled``
+    clients the noise was calibrated for were averaged (see the module docstring)."""
+    if num_aggregated < 1 or num_sampled < 1:
+        raise ValueError("a release needs at least one aggregated client")
+    return GaussianRelease(q=1.0, z=noise_multiplier * num_aggregated / num_sampled, steps=1)
+
+
+class ClientPrivacyLedger:
+    """A client's DP-SGD rounds, on its own disk: ``round -> release``. Keyed by round so a
+    replayed round (after a server restart) replaces its entry instead of counting twice."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def _read(self) -> dict[int, GaussianRelease]:
+        try:
+            raw = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return {
+            int(k): GaussianRelease(float(v["q"]), float(v["z"]), int(v["steps"]))
+            for k, v in raw.items()
+        }
+
+    def record(self, server_round: int, release: GaussianRelease) -> None:
+        entries = self._read()
+        entries[server_round] = release
+        data = {str(k): {"q": r.q, "z": r.z, "steps": r.steps} for k, r in sorted(entries.items())}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(data, f)
+            os.replace(tmp, self.path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    def epsilon_through(self, server_round: int, delta: float) -> float:
+        """Total epsilon of every round up to and including ``server_round``."""
+        return epsilon_of([r for k, r in self._read().items() if k <= server_round], delta)
+
+
+def dp_sgd_release(
+    *, batch_size: int, num_examples: int, noise_multiplier: float, steps: int
+) -> GaussianRelease:
+    """One client's local round of DP-SGD with Poisson sampling at ``batch_size / n``."""
+    q = min(1.0, batch_size / max(1, num_examples))
+    return GaussianRelease(q=q, z=noise_multiplier, steps=steps)

@@ -1,0 +1,110 @@
+"""One factory from a strategy name to Flower's implementation, wrapped as the run asks.
+
+Every strategy is Flower's own (``flwr.serverapp.strategy``); feddx only chooses the parameters:
+
+===============  ==========================================================================
+``fedavg``       FedAvg, weighted by ``num-examples``
+``fedprox``      FedProx: FedAvg on the server; ``proximal-mu`` goes to clients in the train
+                 config and the trainer adds ``mu/2 ||w - w_global||^2`` to the local loss
+``fedadam``      FedAdam (``fedopt-eta``, ``fedopt-beta1``, ``fedopt-beta2``, ``fedopt-tau``)
+``fedyogi``      FedYogi (same parameters)
+``fedadagrad``   FedAdagrad (``fedopt-eta``, ``fedopt-tau``)
+``fedavgm``      FedAvgM (``server-lr``, ``server-momentum``)
+``fedmedian``    FedMedian (coordinate-wise median)
+``fedtrimmedavg`` FedTrimmedAvg (``trim-beta`` cut from each tail)
+``krum``         Krum (``num-malicious``)
+===============  ==========================================================================
+
+With ``dp = "central"`` the strategy is wrapped in Flower's
+``DifferentialPrivacyServerSideFixedClipping`` and aggregation weights are uniform (the noise
+calibration assumes equal weights). The outermost layer is always the
+:class:`~feddx.federated.guard.GuardedStrategy` validation filter. Federated evaluation on
+clients is off (``fraction_evaluate = 0``): the server evaluates the global adapter itself.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flwr.serverapp.strategy import (
+    DifferentialPrivacyServerSideFixedClipping,
+    FedAdagrad,
+    FedAdam,
+    FedAvg,
+    FedAvgM,
+    FedMedian,
+    FedProx,
+    FedTrimmedAvg,
+    FedYogi,
+    Krum,
+    Strategy,
+)
+
+from feddx.federated.config import FederatedConfig
+from feddx.federated.guard import GuardedStrategy
+
+NUM_EXAMPLES = "num-examples"
+UNIT_WEIGHT = "unit-weight"  # every client reports 1.0: uniform weights for central DP
+
+
+def build_base_strategy(cfg: FederatedConfig) -> Strategy:
+    """Flower's strategy for ``cfg.strategy`` with the run's sampling settings."""
+    common: dict[str, Any] = {
+        "fraction_train": cfg.fraction_train,
+        "fraction_evaluate": 0.0,
+        "min_train_nodes": cfg.min_train_clients,
+        "min_evaluate_nodes": 0,
+        "min_available_nodes": cfg.min_available_clients,
+        "weighted_by_key": UNIT_WEIGHT if cfg.dp == "central" else NUM_EXAMPLES,
+    }
+    fedopt = {"eta": cfg.fedopt_eta, "eta_l": cfg.learning_rate, "tau": cfg.fedopt_tau}
+    name = cfg.strategy
+    if name == "fedavg":
+        return FedAvg(**common)
+    if name == "fedprox":
+        return FedProx(**common, proximal_mu=cfg.proximal_mu)
+    if name == "fedadam":
+        return FedAdam(**common, **fedopt, beta_1=cfg.fedopt_beta1, beta_2=cfg.fedopt_beta2)
+    if name == "fedyogi":
+        return FedYogi(**common, **fedopt, beta_1=cfg.fedopt_beta1, beta_2=cfg.fedopt_beta2)
+    if name == "fedadagrad":
+        return FedAdagrad(**common, **fedopt)
+    if name == "fedavgm":
+        return FedAvgM(
+            **common, server_learning_rate=cfg.server_lr, server_momentum=cfg.server_momentum
+        )
+    if name == "fedmedian":
+        return FedMedian(**common)
+    if name == "fedtrimmedavg":
+        return FedTrimmedAvg(**common, beta=cfg.trim_beta)
+    if name == "krum":
+        return Krum(**common, num_malicious_nodes=cfg.num_malicious)
+    raise AssertionError(f"unhandled strategy {name!r}")  # the config type forbids this
+
+
+def expected_clients_per_round(cfg: FederatedConfig, num_nodes: int) -> int:
+    """How many clients Flower's sampling picks per round out of ``num_nodes``."""
+    return max(int(num_nodes * cfg.fraction_train), cfg.min_train_clients)
+
+
+def build_strategy(cfg: FederatedConfig, num_nodes: int) -> GuardedStrategy:
+    """The full server-side stack: validation filter -> (central DP) -> Flower strategy.
+
+    ``num_nodes`` is the federation size (simulation: ``num-clients``), needed to calibrate
+    central DP noise for the number of clients sampled each round.
+    """
+    strategy = build_base_strategy(cfg)
+    if cfg.dp == "central":
+        strategy = DifferentialPrivacyServerSideFixedClipping(
+            strategy,
+            noise_multiplier=cfg.dp_noise_multiplier,
+            clipping_norm=cfg.dp_clipping_norm,
+            num_sampled_clients=expected_clients_per_round(cfg, num_nodes),
+        )
+    return GuardedStrategy(
+        strategy,
+        min_replies=cfg.min_train_clients,
+        max_update_norm=cfg.max_update_norm,
+        outlier_factor=cfg.outlier_factor,
+        weight_key=UNIT_WEIGHT if cfg.dp == "central" else NUM_EXAMPLES,
+    )

@@ -1,0 +1,71 @@
+"""Fixtures for the federated tests: a tiny Llama saved as a model directory, a small labeled
+dataset with a canary string in every free-text field, and a config that runs a federation
+of two clients in seconds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fed_helpers import make_cases
+
+from feddx.data.jsonl import write_jsonl
+from feddx.federated.config import FederatedConfig
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer: Any) -> Path:
+    """A tiny random Llama with SmolLM2's tokenizer, saved as a Hugging Face model folder."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    d = tmp_path_factory.mktemp("tiny-llama")
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(config).eval()
+    model.save_pretrained(d)
+    tokenizer.save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("fed-data") / "cases.jsonl"
+    write_jsonl(make_cases(24), path)
+    return path
+
+
+@pytest.fixture()
+def fed_config(tiny_model_dir: Path, tiny_data: Path, tmp_path: Path) -> FederatedConfig:
+    """Two IID clients, two rounds, adapters on the top layer, all outputs under tmp_path."""
+    return FederatedConfig(
+        model=str(tiny_model_dir),
+        data=f"jsonl:{tiny_data}",
+        validation_fraction=0.25,
+        num_clients=2,
+        partition="iid",
+        num_rounds=2,
+        eval_every=2,
+        max_eval_cases=4,
+        min_train_clients=2,
+        min_available_clients=2,
+        local_epochs=1,
+        batch_size=4,
+        learning_rate=5e-3,
+        max_prompt_tokens=64,
+        lora_rank=4,
+        lora_alpha=8.0,
+        lora_top_layers=1,
+        out_dir=str(tmp_path / "run"),
+        activation_cache_dir=str(tmp_path / "activations"),
+    )
