@@ -380,6 +380,7 @@ class LocalFederation:
         self.timings: dict[str, float] = {}
         self.leftover_pids: list[int] = []
         self.run_id: int | None = None
+        self._supernodes_t0: float | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -474,8 +475,8 @@ class LocalFederation:
         )
 
     def start_supernode(self, node: NodeSpec) -> ManagedProcess:
-        if self.timings.get("supernodes_start_begin") is None:
-            self.timings["supernodes_start_begin"] = time.monotonic()
+        if self._supernodes_t0 is None:
+            self._supernodes_t0 = time.monotonic()
         keys = self.creds.node(node.name)
         argv = self._supernode_argv(node.name, keys.private_key, self.node_ports[node.name])
         argv += ["--node-config", node_config_arg(node.node_config)]
@@ -507,7 +508,7 @@ class LocalFederation:
 
     def wait_online(self) -> None:
         """Poll ``flwr supernode ls`` until every registered node of ours is online."""
-        begin = self.timings.pop("supernodes_start_begin", time.monotonic())
+        begin = self._supernodes_t0 or time.monotonic()
         deadline = time.monotonic() + self.config.startup_timeout
         wanted = {str(i): name for name, i in self.node_ids.items()}
         while True:
