@@ -87,3 +87,11 @@ def test_answer_is_the_diagnosis_closed_by_end_of_turn(tokenizer: Any) -> None:
     ids = answer_ids(tokenizer, label)
     assert ids[-1] == tokenizer.eos_token_id
     assert tokenizer.decode(ids[:-1]) == "Pneumonia"
+
+
+def test_undated_history_most_recent_first() -> None:
+    history = History(
+        encounters=(Encounter(diagnoses=("older stay",)), Encounter(diagnoses=("newer stay",)))
+    )
+    text = case_to_text(_case(history=history))
+    assert text.index("newer stay") < text.index("older stay")

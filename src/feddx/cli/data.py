@@ -28,7 +28,7 @@ from feddx.errors import DataError
 data_app = typer.Typer(help="Inspect, prepare and partition datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
-SOURCE_HELP = "Data source: ddxplus, ddxplus-v0, csv, jsonl, uci-heart or fhir."
+SOURCE_HELP = "Data source: ddxplus, ddxplus-v0, csv, jsonl, uci-heart, fhir or eicu."
 PATH_HELP = "File or directory of the data (not needed for uci-heart)."
 SHOW_SKIPPED = 5
 
@@ -210,7 +210,7 @@ def stats(
 ) -> None:
     """Count a dataset's cases, labels, skipped records and demographics.
 
-    SOURCE is one of ddxplus, ddxplus-v0, csv, jsonl, uci-heart, fhir; PATH is its file or
+    SOURCE is one of ddxplus, ddxplus-v0, csv, jsonl, uci-heart, fhir, eicu; PATH is its file or
     directory (not needed for uci-heart). With --json, print one JSON object (n_cases, labels, n_skipped, skipped_reasons, ...).
     """
     report = LoadReport(source)

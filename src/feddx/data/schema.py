@@ -44,7 +44,10 @@ class Encounter(_Frozen):
 
 
 class History(_Frozen):
-    """What was known about the patient before this case."""
+    """What was known about the patient before this case.
+
+    ``encounters`` are in chronological order (oldest first); loaders that know dates set them.
+    """
 
     prior_conditions: tuple[str, ...] = ()
     medications: tuple[str, ...] = ()

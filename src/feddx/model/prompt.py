@@ -55,8 +55,13 @@ def _history_pieces(case: Case) -> list[str]:
     if h.medications:
         pieces.append("Medications: " + ", ".join(h.medications) + ".")
     # Most recent encounters first: they are the most informative and survive truncation.
-    dated = sorted(h.encounters, key=lambda e: e.date.isoformat() if e.date else "", reverse=True)
-    for e in dated:
+    # Undated encounters keep the schema's chronological tuple order, reversed.
+    order = sorted(
+        range(len(h.encounters)),
+        key=lambda i: (h.encounters[i].date.isoformat() if h.encounters[i].date else "", i),  # type: ignore[union-attr]
+        reverse=True,
+    )
+    for e in (h.encounters[i] for i in order):
         what = ", ".join(e.diagnoses) or e.reason or e.kind or "visit"
         when = e.date.isoformat() if e.date else "undated"
         pieces.append(f"Earlier visit {when}: {what}.")
