@@ -1,0 +1,91 @@
+"""The results-table plan: which runs it holds, that finished runs are reused, and how the
+markdown reads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from feddx.federated import experiments
+from feddx.federated.experiments import PlanSettings, base_config, default_plan, write_results
+
+
+def test_plan_covers_partitions_strategies_compression_privacy_and_hospitals() -> None:
+    plan = default_plan(PlanSettings(ddxplus=Path("/data/ddxplus")))
+    names = [e.name for e in plan]
+    assert "ddxplus-centralized" in names and "uci-centralized" in names
+    for alpha in (1.0, 0.5, 0.1):
+        assert f"ddxplus-fedavg-dirichlet-{alpha}" in names
+    for s in (
+        "fedprox",
+        "fedadam",
+        "fedyogi",
+        "fedadagrad",
+        "fedavgm",
+        "fedmedian",
+        "fedtrimmedavg",
+        "krum",
+    ):
+        assert f"ddxplus-{s}-dirichlet-0.5" in names
+    assert {"ddxplus-fedavg-int8", "ddxplus-fedavg-topk", "ddxplus-fedavg-central-dp"} <= set(names)
+    hospitals = next(e for e in plan if e.name == "uci-fedavg-hospitals")
+    assert hospitals.overrides["partition"] == "attribute"
+    assert [e.name for e in default_plan(PlanSettings())] == [
+        "uci-centralized",
+        "uci-fedavg-hospitals",
+        "uci-fedavg-iid",
+    ]
+
+
+def fake_summary(top1: float, nbytes: float = 4096.0) -> dict[str, Any]:
+    return {
+        "final": {"n": 100, "top1": top1, "top3": min(1.0, top1 + 0.1), "macro_f1": top1 / 2},
+        "mean_bytes_per_reply": nbytes,
+        "seconds": 60.0,
+        "train_cases": 400,
+        "epsilon_total": 3.5,
+    }
+
+
+def test_finished_runs_are_reused_and_the_table_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = PlanSettings(ddxplus=Path("/data/ddxplus"), groups=("partition", "compression"))
+    plan = default_plan(settings)
+    base = base_config(settings, tmp_path, "smollm2-135m-instruct")
+    calls: list[str] = []
+
+    def fake_fed(cfg: Any, engine: str) -> dict[str, Any]:
+        calls.append(cfg.out_dir)
+        nbytes = {"int8": 1000.0, "float16": 2048.0, "topk": 800.0}.get(cfg.compression, 4096.0)
+        return fake_summary(0.8 if cfg.partition == "iid" else 0.7, nbytes)
+
+    monkeypatch.setattr(experiments, "run_federated", fake_fed)
+    monkeypatch.setattr(experiments, "run_centralized", lambda cfg: fake_summary(0.82))
+    results = experiments.run_plan(plan, base, tmp_path, engine="inprocess")
+    n_federated = sum(not e.centralized for e in plan)
+    assert len(calls) == n_federated and len(results) == len(plan)
+    experiments.run_plan(plan, base, tmp_path, engine="inprocess")  # everything cached
+    assert len(calls) == n_federated
+
+    sizes = {
+        "full_model": 538 * 2**20,
+        "adapter": 123 * 1024,
+        "full_model_params": 134_515_008,
+        "adapter_params": 30_720,
+    }
+    md = write_results(
+        results,
+        settings,
+        base,
+        tmp_path / "federated.md",
+        engine="inprocess",
+        sizes=sizes,
+        command="feddx federate experiments",
+    ).read_text()
+    assert "| FedAvg, IID | 100 | 400 | 80.0 |" in md
+    assert "| FedAvg, Dirichlet alpha=0.5 | 100 | 400 | 70.0 | 80.0 | 35.0 | -12.0 |" in md
+    assert "int8 4.10x" in md
+    assert "4,479x smaller" in md
