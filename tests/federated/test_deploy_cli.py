@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-import feddx.cli.deploy  # noqa: F401  # registers `feddx deploy` (until cli/__init__ imports it)
 from feddx.cli import main
 from feddx.data.partition import PartitionSpec, partition_cases, write_partition
 from feddx.data.schema import Case, Label

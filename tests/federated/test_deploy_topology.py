@@ -129,7 +129,7 @@ def test_sigterm_stops_the_whole_federation(tmp_path: Path) -> None:
     certs = tmp_path / "certs"
     generate_credentials(certs, ["hospital-a", "hospital-b"])
     run_dir = tmp_path / "run"
-    cli = "import sys, feddx.cli.deploy\nfrom feddx.cli import main\nsys.exit(main(sys.argv[1:]))"
+    cli = "import sys\nfrom feddx.cli import main\nsys.exit(main(sys.argv[1:]))"
     argv = [
         sys.executable, "-c", cli, "deploy", "local", "--certs", str(certs),
         "--node", f"hospital-a=jsonl:{shard}", "--node", f"hospital-b=jsonl:{shard}",
