@@ -15,7 +15,12 @@ from feddx.errors import ModelError
 from feddx.train.adapter import adapter_state, load_adapter_state
 from feddx.train.batching import Batch, collate, encode_cases
 from feddx.train.features import ActivationCache, frozen_fingerprint
-from feddx.train.forward import DecoderRunner, check_equivalence, reduce_losses
+from feddx.train.forward import (
+    DecoderRunner,
+    check_equivalence,
+    check_model_once,
+    reduce_losses,
+)
 
 
 def _random_lora(model: Any) -> None:
@@ -41,20 +46,23 @@ def _hf_masked_loss(model: Any, tokenizer: Any, examples: list[Any]) -> torch.Te
 
 
 def _our_loss(runner: DecoderRunner, batch: Batch, reduction: str) -> torch.Tensor:
-    hidden = runner.run_layers(runner.embed(batch.input_ids), 0, runner.n_layers)
-    total, _ = reduce_losses(runner.token_losses(hidden, batch), batch, reduction)
+    losses = runner.answer_losses(runner.embed(batch.input_ids), 0, batch)
+    total, _ = reduce_losses(losses, batch, reduction)
     return total / (batch.n_answer_tokens if reduction == "token" else len(batch.indices))
 
 
+@pytest.mark.parametrize("prune", [False, True])
 def test_loss_equals_hugging_face_masked_loss(
-    make_model: Callable[..., Any], tokenizer: Any, cases: list[Case]
+    make_model: Callable[..., Any], tokenizer: Any, cases: list[Case], prune: bool
 ) -> None:
-    model = make_model()
+    model = make_model(target_modules=("q_proj", "v_proj", "o_proj", "down_proj"))
     _random_lora(model)
     model.eval()
     examples = encode_cases(cases[:5], tokenizer, 320)
     batch = collate(examples, range(5), tokenizer.pad_token_id)
     runner = DecoderRunner(model)
+    assert runner.can_prune_last_layer
+    runner.prune_last_layer = prune
     with torch.no_grad():
         ours = _our_loss(runner, batch, "token")
         reference = _hf_masked_loss(model, tokenizer, examples)
@@ -62,6 +70,28 @@ def test_loss_equals_hugging_face_masked_loss(
         ours_example = _our_loss(runner, batch, "example")
     torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(ours_example, per_example.mean(), rtol=1e-5, atol=1e-6)
+
+
+def test_pruned_last_layer_gives_the_same_gradients(
+    make_model: Callable[..., Any], tokenizer: Any, cases: list[Case]
+) -> None:
+    model = make_model(target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "down_proj"))
+    _random_lora(model)
+    model.eval()
+    runner = DecoderRunner(model)
+    examples = encode_cases(cases[:6], tokenizer, 320)
+    batch = collate(examples, [5, 0, 3], tokenizer.pad_token_id)
+    assert check_model_once(runner, examples[0], tokenizer.pad_token_id) < 1e-5
+    assert runner.prune_last_layer  # verified on this model, so switched on
+    grads = []
+    for prune in (False, True):
+        runner.prune_last_layer = prune
+        model.zero_grad()
+        _our_loss(runner, batch, "token").backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) == 3 * 2 * 5
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g, rtol=1e-4, atol=1e-5)
 
 
 def test_lm_head_sees_only_answer_positions(

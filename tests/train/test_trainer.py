@@ -18,6 +18,7 @@ from feddx.train.adapter import adapter_state, load_adapter_state
 from feddx.train.config import DPConfig, LoraSpec, TrainConfig
 from feddx.train.trainer import lr_at, proximal_term, train_adapter
 
+ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 FAST = TrainConfig(learning_rate=5e-3, batch_size=4, epochs=2, lora=LoraSpec(dropout=0.1))
 
 
@@ -250,7 +251,8 @@ def test_proximal_term_gradient_and_effect(
 def test_dp_sgd_reports_a_finite_epsilon_and_leaves_the_model_clean(
     make_model: Callable[..., Any], tokenizer: Any, cases: list[Case]
 ) -> None:
-    model = make_model(top_layers=1)
+    # Adapters on every module of the last layer, which runs pruned to answer positions.
+    model = make_model(top_layers=1, target_modules=ALL_LINEAR)
     config = FAST.replace(
         dp=DPConfig(noise_multiplier=1.0, max_grad_norm=0.5),
         batch_size=3,

@@ -16,13 +16,17 @@ some detail is refused instead of trained wrongly.
 
 from __future__ import annotations
 
+import logging
+import sys
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from feddx.errors import ModelError
-from feddx.train.batching import Batch
+from feddx.train.batching import Batch, Example, collate
+
+log = logging.getLogger(__name__)
 
 
 class DecoderRunner:
@@ -51,41 +55,135 @@ class DecoderRunner:
         self.lm_head = head
         self.n_layers = len(self.layers)
         self.hidden_size = int(base.config.hidden_size)
+        self.can_prune_last_layer = _prunable(self.layers[-1], base.config)
+        self.prune_last_layer = False  # switched on by check_model_once where it verifies
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Token embeddings ``[B, L, H]`` (the input of layer 0)."""
         return self.embed_tokens(input_ids)
 
+    def rotary(self, hidden: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """Position ids ``0..L-1`` and the rotary tables for them."""
+        positions = torch.arange(hidden.shape[1], device=hidden.device)[None]
+        return positions, self.rotary_emb(hidden, positions)
+
     def run_layers(
-        self, hidden: torch.Tensor, start: int, end: int, *, checkpoint: bool = False
+        self,
+        hidden: torch.Tensor,
+        start: int,
+        end: int,
+        *,
+        checkpoint: bool = False,
+        rotary: tuple[torch.Tensor, Any] | None = None,
     ) -> torch.Tensor:
         """Decoder layers ``start..end-1`` on right-padded hidden states ``[B, L, H]``.
 
         No attention mask: with right padding and causal attention, real positions never see
         the padding, and position ids are ``0..L-1`` in every row.
         """
-        positions = torch.arange(hidden.shape[1], device=hidden.device)[None]
-        rotary = self.rotary_emb(hidden, positions)
+        positions, tables = rotary if rotary is not None else self.rotary(hidden)
         for layer in self.layers[start:end]:
             if checkpoint and torch.is_grad_enabled():
                 hidden = torch.utils.checkpoint.checkpoint(
-                    _call_layer, layer, hidden, positions, rotary, use_reentrant=False
+                    _call_layer, layer, hidden, positions, tables, use_reentrant=False
                 )
             else:
-                hidden = _call_layer(layer, hidden, positions, rotary)
+                hidden = _call_layer(layer, hidden, positions, tables)
         return hidden
 
-    def answer_logits(self, hidden: torch.Tensor, batch: Batch) -> torch.Tensor:
-        """Vocabulary logits ``[n, V]`` at the batch's answer-predicting positions only.
+    def answer_states(
+        self, hidden: torch.Tensor, start: int, batch: Batch, *, checkpoint: bool = False
+    ) -> torch.Tensor:
+        """Run layers ``start..`` on ``hidden`` and return the last layer's output at the
+        batch's answer-predicting positions, ``[n, H]``.
 
-        The final norm works per position, so gathering before it is exact.
+        With ``prune_last_layer`` (set by :func:`check_model_once` where it verifies), the last
+        layer computes keys and values for every position but queries, attention output, MLP
+        and residual only at answer positions: nothing else of it is ever read.
         """
-        picked = hidden[batch.rows, batch.cols]
-        return self.lm_head(self.norm(picked)).float()
+        rotary = self.rotary(hidden)
+        if not self.prune_last_layer or start >= self.n_layers:
+            out = self.run_layers(
+                hidden, start, self.n_layers, checkpoint=checkpoint, rotary=rotary
+            )
+            return out[batch.rows, batch.cols]
+        hidden = self.run_layers(
+            hidden, start, self.n_layers - 1, checkpoint=checkpoint, rotary=rotary
+        )
+        return _last_layer_at(self.layers[-1], hidden, batch, rotary[1])
+
+    def logits(self, states: torch.Tensor) -> torch.Tensor:
+        """Vocabulary logits of last-layer states (the final norm works per position)."""
+        return self.lm_head(self.norm(states)).float()
+
+    def answer_logits(self, hidden: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Vocabulary logits ``[n, V]`` at the answer-predicting positions of the last layer's
+        full output ``hidden``."""
+        return self.logits(hidden[batch.rows, batch.cols])
 
     def token_losses(self, hidden: torch.Tensor, batch: Batch) -> torch.Tensor:
         """Cross-entropy of every answer token ``[n]`` (``hidden`` is the last layer's output)."""
         return F.cross_entropy(self.answer_logits(hidden, batch), batch.targets, reduction="none")
+
+    def answer_losses(
+        self, hidden: torch.Tensor, start: int, batch: Batch, *, checkpoint: bool = False
+    ) -> torch.Tensor:
+        """Cross-entropy ``[n]`` of every answer token, from the input of layer ``start``."""
+        states = self.answer_states(hidden, start, batch, checkpoint=checkpoint)
+        return F.cross_entropy(self.logits(states), batch.targets, reduction="none")
+
+
+def _prunable(layer: Any, config: Any) -> bool:
+    """Whether :func:`_last_layer_at` knows this layer's structure (Llama-style attention with
+    rotary embeddings, no extra q/k norms, no attention dropout)."""
+    attn = getattr(layer, "self_attn", None)
+    parts = ("q_proj", "k_proj", "v_proj", "o_proj", "head_dim", "scaling")
+    return (
+        attn is not None
+        and all(hasattr(attn, p) for p in parts)
+        and not any(hasattr(attn, p) for p in ("q_norm", "k_norm", "sliding_window"))
+        and all(hasattr(layer, p) for p in ("input_layernorm", "post_attention_layernorm", "mlp"))
+        and not getattr(config, "attention_dropout", 0.0)
+        and hasattr(sys.modules.get(type(attn).__module__), "apply_rotary_pos_emb")
+    )
+
+
+def _last_layer_at(layer: Any, hidden: torch.Tensor, batch: Batch, tables: Any) -> torch.Tensor:
+    """The decoder layer ``layer`` evaluated only at the answer positions of ``batch``.
+
+    Queries are laid out ``[B, A, H]`` (``A``: most answer tokens in a row; unused slots are
+    padding whose outputs are never read), so every module still sees a leading batch
+    dimension, as Opacus' per-example gradients require.
+    """
+    attn = layer.self_attn
+    rope = sys.modules[type(attn).__module__].apply_rotary_pos_emb
+    b, length, _ = hidden.shape
+    counts = torch.bincount(batch.rows, minlength=b)
+    starts = torch.cumsum(counts, 0) - counts
+    slot = torch.arange(batch.rows.numel()) - starts[batch.rows]
+    width = int(counts.max())
+    pos = torch.zeros(b, width, dtype=torch.long)
+    pos[batch.rows, slot] = batch.cols
+    residual = hidden.new_zeros(b, width, hidden.shape[-1])
+    residual[batch.rows, slot] = hidden[batch.rows, batch.cols]
+
+    normed = layer.input_layernorm(hidden)
+    d = attn.head_dim
+    q = attn.q_proj(layer.input_layernorm(residual)).view(b, width, -1, d).transpose(1, 2)
+    k = attn.k_proj(normed).view(b, length, -1, d).transpose(1, 2)
+    v = attn.v_proj(normed).view(b, length, -1, d).transpose(1, 2)
+    cos, sin = tables
+    q, _ = rope(q, q, cos[0][pos], sin[0][pos])
+    _, k = rope(k, k, cos, sin)
+    groups = q.shape[1] // k.shape[1]
+    if groups > 1:
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    visible = torch.arange(length)[None, None, None, :] <= pos[:, None, :, None]
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=visible, scale=attn.scaling)
+    out = attn.o_proj(out.transpose(1, 2).reshape(b, width, -1))
+    h = residual + out
+    h = h + layer.mlp(layer.post_attention_layernorm(h))
+    return h[batch.rows, slot]
 
 
 def _call_layer(
@@ -109,27 +207,71 @@ def reduce_losses(
     return total, per_example
 
 
-def check_equivalence(runner: DecoderRunner, batch: Batch, *, tolerance: float = 1e-4) -> float:
-    """Compare the split forward with the model's own forward on ``batch`` (eval mode).
+_CHECKED = "_feddx_split_forward_checked"
+
+
+def probe_batch(example: Example, pad_id: int) -> Batch:
+    """Two short sequences cut from ``example`` (24 and 15 tokens, 4 "answer" positions each):
+    enough to exercise every piece of the split forward, including padding, at a few percent
+    of the cost of a real example."""
+    ids = example.input_ids
+    probes = []
+    for n in (min(24, len(ids) - 1), min(15, len(ids) - 2)):
+        if n < 2:
+            continue
+        a = min(4, n - 1)
+        probes.append(Example(tuple(ids[:n]), tuple(ids[n - a + 1 : n + 1])))
+    return collate(probes or [example], range(len(probes) or 1), pad_id)
+
+
+def check_model_once(runner: DecoderRunner, example: Example, pad_id: int) -> float:
+    """:func:`check_equivalence` on a :func:`probe_batch`, remembered on the model so that
+    repeated training calls (federated rounds) pay for it once. Also decides whether the
+    last layer can be pruned to answer positions (only where that, too, matches)."""
+    done = runner.model.__dict__.get(_CHECKED)
+    if not isinstance(done, tuple):
+        batch = probe_batch(example, pad_id)
+        diff = check_equivalence(runner, batch, prune=False)
+        prune = False
+        if runner.can_prune_last_layer:
+            try:
+                check_equivalence(runner, batch, prune=True)
+                prune = True
+            except ModelError:
+                log.info("last-layer pruning does not match this model; running it in full")
+        done = (diff, prune)
+        runner.model.__dict__[_CHECKED] = done
+    runner.prune_last_layer = done[1]
+    return float(done[0])
+
+
+def check_equivalence(
+    runner: DecoderRunner, batch: Batch, *, prune: bool = False, tolerance: float = 1e-4
+) -> float:
+    """Compare the split forward (with or without last-layer pruning) with the model's own
+    forward on ``batch``, in eval mode.
 
     Returns the largest absolute logit difference relative to the logits' scale; raises
     :class:`ModelError` above ``tolerance``.
     """
     model = runner.model
-    was_training = model.training
+    modes = {m: m.training for m in model.modules()}
+    saved = runner.prune_last_layer
     model.eval()
     try:
+        runner.prune_last_layer = prune
         with torch.no_grad():
-            ours = runner.answer_logits(
-                runner.run_layers(runner.embed(batch.input_ids), 0, runner.n_layers), batch
-            )
+            states = runner.answer_states(runner.embed(batch.input_ids), 0, batch)
+            ours = runner.logits(states)
             mask = torch.zeros_like(batch.input_ids)
             for r, n in enumerate(batch.lengths):
                 mask[r, :n] = 1
             ref = model(input_ids=batch.input_ids, attention_mask=mask).logits
             ref = ref[batch.rows, batch.cols].float()
     finally:
-        model.train(was_training)
+        runner.prune_last_layer = saved
+        for module, mode in modes.items():
+            module.training = mode
     scale = float(ref.abs().max()) + 1.0
     diff = float((ours - ref).abs().max()) / scale
     if not diff <= tolerance:

@@ -61,7 +61,7 @@ from feddx.train.checkpoint import CheckpointStore, TrainState, set_rng_state
 from feddx.train.config import TrainConfig
 from feddx.train.dp import DPSGD
 from feddx.train.features import ActivationCache, frozen_fingerprint
-from feddx.train.forward import DecoderRunner, check_equivalence, reduce_losses
+from feddx.train.forward import DecoderRunner, check_model_once, reduce_losses
 
 log = logging.getLogger(__name__)
 
@@ -292,12 +292,10 @@ class _Trainer:
     def micro_batch_loss(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor, Batch]:
         batch = collate(self.examples, indices, self.pad_id)
         hidden, start = self.layer_input(batch)
-        hidden = self.runner.run_layers(
-            hidden, start, self.runner.n_layers, checkpoint=self.config.gradient_checkpointing
+        losses = self.runner.answer_losses(
+            hidden, start, batch, checkpoint=self.config.gradient_checkpointing
         )
-        total, per_example = reduce_losses(
-            self.runner.token_losses(hidden, batch), batch, self.reduction
-        )
+        total, per_example = reduce_losses(losses, batch, self.reduction)
         self.counters["slots"] += batch.n_slots
         self.counters["real_tokens"] += batch.n_tokens
         self.counters["answer_tokens"] += batch.n_answer_tokens
@@ -441,12 +439,8 @@ def train_adapter(
     trainer = _Trainer(model, examples, config, int(pad_id), proximal_reference)
     plan = trainer.plan
 
-    # The split forward must match the model's own forward (guards unsupported architectures);
-    # checked on the two shortest examples of different lengths, which also exercises padding.
-    by_len = sorted(range(len(examples)), key=lambda i: len(examples[i]))
-    other = [i for i in by_len if len(examples[i]) != len(examples[by_len[0]])]
-    probe = [by_len[0], *other[:1]]
-    self_check = check_equivalence(trainer.runner, collate(examples, probe, int(pad_id)))
+    # The split forward must match the model's own forward (guards unsupported architectures).
+    self_check = check_model_once(trainer.runner, examples[0], int(pad_id))
 
     store = CheckpointStore(out_dir, _identity(trainer)) if out_dir is not None else None
     state = TrainState()
@@ -470,6 +464,7 @@ def train_adapter(
         "split_layer": float(trainer.split),
         "n_layers": float(trainer.runner.n_layers),
         "self_check_max_rel_diff": self_check,
+        "pruned_last_layer": float(trainer.runner.prune_last_layer),
         "resumed_from_step": float(resumed_from),
         "total_steps": float(plan.total_steps),
     }
@@ -578,6 +573,7 @@ def train_adapter(
                         on_step(state.step, step_loss)
                 if state.step_in_epoch == 0 and state.epoch >= config.epochs:
                     break
+            stats["loop_seconds"] = time.perf_counter() - loop_start
             if store is not None:
                 _save(store, trainer, state, seconds_so_far())
     finally:
