@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-import psutil  # type: ignore[import-untyped]  # pinned via accelerate/peft; no stubs
+import psutil
 
 from feddx.errors import FeddxError
 
