@@ -137,6 +137,9 @@ class TrainConfig:
         Larger chunks mean less padding and a less random order.
     activation_cache_dtype
         Storage dtype of the cached frozen-layer activations (compute stays float32).
+        ``float16`` halves the cache; measured on SmolLM2 with DDXPlus prompts it moves a
+        token's loss by at most 0.004 (0.00007 on average; ``bfloat16``: 0.03), and entries
+        whose values would overflow float16 are kept in float32.
     activation_cache_max_mb
         Memory budget of that cache; beyond it, activations are read back from
         ``feature_cache_dir`` (or recomputed each epoch when there is none).

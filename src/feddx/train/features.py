@@ -117,7 +117,8 @@ class ActivationCache:
         except (SafetensorError, OSError, KeyError, ValueError):
             tensor = None
         expected = (len(self.examples[i]), self.runner.hidden_size)
-        if tensor is None or tuple(tensor.shape) != expected or tensor.dtype != self.dtype:
+        dtype_ok = tensor is not None and tensor.dtype in (self.dtype, torch.float32)
+        if tensor is None or tuple(tensor.shape) != expected or not dtype_ok:
             log.warning("activation cache entry %s is corrupt; recomputing it", path.name)
             self.stats["recomputed_corrupt"] += 1
             return None
@@ -136,6 +137,14 @@ class ActivationCache:
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+
+    def _storable(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``hidden`` in the storage dtype, except where float16 would overflow: some models'
+        residual streams carry outliers in the tens of thousands (SmolLM2: ~25,000), and an
+        entry that does not fit is kept in float32 rather than turned into infinities."""
+        if self.dtype == torch.float16 and float(hidden.abs().max()) > 6e4:
+            return hidden.clone()
+        return hidden.to(self.dtype).clone()
 
     def _keep(self, i: int, tensor: torch.Tensor) -> None:
         size = tensor.numel() * tensor.element_size()
@@ -189,7 +198,7 @@ class ActivationCache:
             start += size
             hidden = self.compute(chunk)
             for row, i in enumerate(chunk):
-                tensor = hidden[row, : len(self.examples[i])].to(self.dtype).clone()
+                tensor = self._storable(hidden[row, : len(self.examples[i])])
                 self.stats["computed"] += 1
                 self.stats["tokens"] += hidden.shape[1]
                 if self.directory is not None:
@@ -223,7 +232,7 @@ class ActivationCache:
             for k, row in enumerate(missing):
                 n = len(self.examples[indices[row]])
                 # Round-trip through the storage dtype so every path sees the same numbers.
-                out[row, :n] = fresh[k, :n].to(self.dtype)
+                out[row, :n] = self._storable(fresh[k, :n])
         return out
 
     @property
