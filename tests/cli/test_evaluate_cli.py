@@ -1,0 +1,168 @@
+"""``feddx evaluate``: one JSON object on stdout, and one-line errors with non-zero exits for
+an empty dataset, a label outside the candidates, and a wrong or corrupt adapter."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import feddx.cli.evaluate  # noqa: F401  (registers the command until cli/__init__ imports it)
+from feddx.cli import main
+from feddx.data.jsonl import write_jsonl
+from feddx.data.schema import Case, Finding, Label
+
+_DX = {"Angina": "chest pain: pressure", "GERD": "chest pain: burning", "Pneumonia": "cough"}
+
+
+def _cases(n: int) -> list[Case]:
+    names = list(_DX)
+    return [
+        Case(
+            case_id=f"c{i}",
+            age=20 + i,
+            sex="female" if i % 2 else "male",
+            institution="H1" if i % 3 else "H2",
+            findings=(Finding(name=_DX[names[i % 3]]),),
+            label=Label(diagnosis=names[i % 3]),
+        )
+        for i in range(n)
+    ]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer: Any) -> Path:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    d = tmp_path_factory.mktemp("tiny-llama")
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+    )
+    LlamaForCausalLM(config).save_pretrained(d)
+    tokenizer.save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "cases.jsonl"
+    write_jsonl(_cases(15), path)
+    return path
+
+
+def _one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("feddx: error:") and "\n" not in err and "Traceback" not in err
+    return err
+
+
+def test_json_output_shape_and_report(
+    model_dir: Path, data_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    html = tmp_path / "report.html"
+    argv = ["evaluate", "--data", f"jsonl:{data_file}", "--model", str(model_dir), "--json"]
+    assert main([*argv, "--report", str(html), "--result", str(tmp_path / "r.json")]) == 0
+    out = capsys.readouterr().out.strip()
+    assert out.count("\n") == 0  # exactly one JSON object, nothing else on stdout
+    result = json.loads(out)
+    for key in ("n", "top1", "top3", "top5", "macro_f1", "latency_ms_p50"):
+        assert isinstance(result[key], int | float), key
+    assert result["n"] == 3  # the stratified 20% test split of 15 cases
+    assert result["meta"]["split"] == "test" and result["meta"]["n_train"] == 12
+    assert result["baseline"]["summary"]["n"] == 3
+    assert result["candidates"] == sorted(_DX)
+    assert html.read_text().startswith("<!doctype html>")
+    assert json.loads((tmp_path / "r.json").read_text())["n"] == 3
+
+
+def test_split_all_and_limit(
+    model_dir: Path, data_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["evaluate", "--data", f"jsonl:{data_file}", "--model", str(model_dir), "--json"]
+    assert main([*argv, "--split", "all", "--limit", "5", "--scoring", "constrained"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["n"] == 5 and result["baseline"] is None
+    assert result["scoring_method"] == "constrained"
+
+
+def test_empty_dataset_is_one_line(
+    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert main(["evaluate", "--data", f"jsonl:{empty}", "--model", str(model_dir)]) == 2
+    assert "dataset is empty" in _one_line_error(capsys)
+
+
+def test_label_outside_candidates_is_one_line(
+    model_dir: Path, data_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cands = tmp_path / "candidates.txt"
+    cands.write_text("Angina\nGERD\n")
+    argv = ["evaluate", "--data", f"jsonl:{data_file}", "--model", str(model_dir)]
+    assert main([*argv, "--candidates", str(cands), "--split", "all"]) == 2
+    err = _one_line_error(capsys)
+    assert "label outside the candidate list" in err and "'Pneumonia'" in err
+
+
+def test_unknown_source_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["evaluate", "--data", "nonsense:/tmp/x"]) == 2
+    assert "unknown data source" in _one_line_error(capsys)
+
+
+def test_adapter_for_another_base_model_is_one_line(
+    model_dir: Path, data_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    adapter_mod = pytest.importorskip("feddx.train.adapter")
+    from transformers import AutoModelForCausalLM
+
+    from feddx.train.config import LoraSpec
+
+    net = adapter_mod.attach_lora(AutoModelForCausalLM.from_pretrained(model_dir), LoraSpec(rank=4))
+    adapter_dir = tmp_path / "adapter"
+    adapter_mod.save_adapter(net, adapter_dir, base_fingerprint="other-model:123", metadata={})
+    argv = ["evaluate", "--data", f"jsonl:{data_file}", "--model", str(model_dir)]
+    assert main([*argv, "--adapter", str(adapter_dir)]) == 1
+    assert "trained for base model 'other-model:123'" in _one_line_error(capsys)
+
+
+def test_corrupt_adapter_is_one_line(
+    model_dir: Path, data_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("feddx.train.adapter")
+    bad = tmp_path / "bad-adapter"
+    bad.mkdir()
+    (bad / "feddx_adapter.json").write_text("{not json")
+    argv = ["evaluate", "--data", f"jsonl:{data_file}", "--model", str(model_dir)]
+    assert main([*argv, "--adapter", str(bad)]) == 1
+    assert "corrupt" in _one_line_error(capsys)
+
+
+def test_matching_adapter_is_loaded_and_recorded(
+    model_dir: Path, data_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    adapter_mod = pytest.importorskip("feddx.train.adapter")
+    from feddx.model.loading import load_base_model
+    from feddx.train.config import LoraSpec
+
+    loaded = load_base_model(str(model_dir))
+    net = adapter_mod.attach_lora(loaded.model, LoraSpec(rank=4))
+    adapter_dir = tmp_path / "adapter"
+    adapter_mod.save_adapter(
+        net, adapter_dir, base_fingerprint=loaded.fingerprint, metadata={"max_prompt_tokens": 96}
+    )
+    argv = ["evaluate", "--data", f"jsonl:{data_file}", "--model", str(model_dir), "--json"]
+    assert main([*argv, "--adapter", str(adapter_dir), "--no-baseline"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["meta"]["adapter"] == str(adapter_dir)
+    assert result["meta"]["max_prompt_tokens"] == 96  # the adapter's own prompt budget
