@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from feddx.data.csvio import FIELD_LIMIT
 from feddx.data.ddxplus import (
     DDXPlusRelease,
     DDXPlusStats,
@@ -255,7 +256,8 @@ def test_rows_are_streamed_not_read_up_front(tmp_path: Path) -> None:
 def test_a_byte_order_mark_and_an_oversized_cell_are_handled(tmp_path: Path) -> None:
     root = _copy_without(tmp_path, "patients.csv")
     lines = (EN / "patients.csv").read_text(encoding="utf-8").splitlines(keepends=True)
-    huge = f"30,[],M,Migraine,\"['{'E_3' * 50_000}']\",E_3\n"  # over csv's field size limit
+    # over the loaders' shared csv field-size cap (feddx.data.csvio.FIELD_LIMIT)
+    huge = f"30,[],M,Migraine,\"['{'E_3' * (FIELD_LIMIT // 3 + 1)}']\",E_3\n"
     (root / "patients.csv").write_text("\ufeff" + lines[0] + huge + lines[1], encoding="utf-8")
     cases, report, _ = _load(root)
     assert [c.case_id for c in cases] == ["patients:3"]  # the header was recognised

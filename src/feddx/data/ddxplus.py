@@ -51,6 +51,7 @@ from typing import IO, Any, Literal
 
 from pydantic import ValidationError
 
+from feddx.data.csvio import allow_long_fields
 from feddx.data.ddxplus_names import VALUE_FIXES, finding_name
 from feddx.data.icd10 import normalize_icd10
 from feddx.data.report import LoadReport, describe_error
@@ -401,6 +402,7 @@ def _stream(
 ) -> Iterator[Case]:
     for pf in files:
         with _open_lines(pf) as lines:
+            allow_long_fields()
             reader = csv.reader(lines)
             header = _next_row(reader, pf)
             if header is None:

@@ -79,6 +79,7 @@ from typing import IO, TypeVar
 
 from pydantic import ValidationError
 
+from feddx.data.csvio import allow_long_fields
 from feddx.data.icd10 import curated_map, label_key, lookup_icd10, normalize_icd10
 from feddx.data.report import LoadReport, describe_error
 from feddx.data.schema import Case, Encounter, Finding, History, Label, Sex
@@ -132,7 +133,6 @@ COLUMNS: dict[str, tuple[str, ...]] = {
 }
 MAX_AGE = 90.0  # eICU writes ages above 89 as "> 89"
 MAX_ENCOUNTER_DIAGNOSES = 5
-_FIELD_LIMIT = 16 * 2**20
 _T = TypeVar("_T")
 
 _SEX: dict[str, Sex] = {"male": "male", "female": "female", "other": "other", "unknown": "unknown"}
@@ -444,7 +444,7 @@ def _rows(file: Path, stem: str, report: LoadReport) -> Iterator[tuple[int, dict
     """The (line, {column: value}) records of one table, limited to the columns in
     :data:`COLUMNS`; records with the wrong number of fields are skipped into ``report``."""
     name = file.name
-    csv.field_size_limit(min(sys.maxsize, _FIELD_LIMIT))
+    allow_long_fields()
     try:
         binary = _open_binary(file)
     except OSError as e:

@@ -17,12 +17,12 @@ reject duplicates).
 from __future__ import annotations
 
 import csv
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 from pydantic import ValidationError
 
+from feddx.data.csvio import allow_long_fields
 from feddx.data.icd10 import lookup_icd10, normalize_icd10, normalize_label
 from feddx.data.report import LoadReport, describe_error
 from feddx.data.schema import Case, Label, Sex
@@ -54,8 +54,6 @@ _SEX: dict[str, Sex] = {
     "unknown": "unknown",
     "u": "unknown",
 }
-# Clinical notes can be long; the csv module's default cap is 128 KiB per field.
-_FIELD_LIMIT = 16 * 2**20
 
 
 class _RowError(ValueError):
@@ -207,7 +205,7 @@ def load_text_csv(path: Path, report: LoadReport | None = None) -> Iterator[Case
             raise DataError(f"no .csv files in {path}")
     else:
         files = [path]
-    csv.field_size_limit(min(_FIELD_LIMIT, sys.maxsize))
+    allow_long_fields()
     seen_ids: set[str] = set()
     for file in files:
         yield from _load_file(file, report, seen_ids)
