@@ -116,8 +116,9 @@ def load_model(model: str, adapter: Path | None) -> tuple[Any, Any, dict[str, An
     from feddx.model.loading import load_base_model
 
     if adapter is not None:
-        from feddx.train.adapter import adapter_lora_spec
+        from feddx.train.adapter import adapter_lora_spec, resolve_adapter_dir
 
+        adapter = resolve_adapter_dir(adapter)  # 'feddx train --out OUT' folder or OUT/adapter
         spec = adapter_lora_spec(adapter)  # ModelError if missing or corrupt
     loaded = load_base_model(model)
     meta: dict[str, Any] = {"model": loaded.source.name, "base_fingerprint": loaded.fingerprint}
@@ -176,7 +177,10 @@ def evaluate(
         ),
     ],
     adapter: Annotated[
-        Path | None, typer.Option(help="LoRA adapter directory written by 'feddx train'.")
+        Path | None,
+        typer.Option(
+            help="LoRA adapter written by 'feddx train' (its --out folder or OUT/adapter)."
+        ),
     ] = None,
     model: Annotated[
         str, typer.Option(help="Base model: alias, .gguf file, directory or hub id.")
