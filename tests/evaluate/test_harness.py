@@ -13,6 +13,7 @@ from evaluate_fixtures import LABELS, make_cases  # type: ignore[import-not-foun
 from feddx.data.schema import Case, Label
 from feddx.evaluate.harness import evaluate_cases
 from feddx.evaluate.report import render_html, write_html, write_json
+from feddx.model.scoring import DEFAULT_METHOD
 
 CANDIDATES = [*LABELS, "Influenza"]
 
@@ -36,7 +37,7 @@ def test_end_to_end_with_baseline_calibration_and_report(
     for key in ("n", "top1", "top3", "top5", "macro_f1", "balanced_accuracy", "latency_ms_p50"):
         assert key in data
     assert data["n"] == 12 and data["top5"] == 1.0  # only 4 candidates
-    assert data["scoring_method"] == "likelihood"
+    assert data["scoring_method"] == DEFAULT_METHOD
     # 12 cases: the temperature is cross-fitted on the other half, ECE before and after
     assert data["temperature"]["method"] == "cross-fit"
     assert len(data["temperature"]["fold_values"]) == 2

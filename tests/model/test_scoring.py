@@ -60,7 +60,7 @@ def test_likelihood_scores_equal_one_full_forward_per_candidate(
 ) -> None:
     prompt = _prompt(tokenizer)
     cset = prepare_candidates(tokenizer, CANDIDATES)
-    scores = candidate_scores(tiny_model, prompt, cset)
+    scores = candidate_scores(tiny_model, prompt, cset, method="likelihood")
     for name, score in zip(CANDIDATES, scores, strict=True):
         ref = _full_forward_token_logps(tiny_model, prompt, answer_ids(tokenizer, name))
         assert score == pytest.approx(sum(ref) / len(ref), abs=1e-4), name
@@ -188,7 +188,7 @@ def test_smollm2_scores_equal_full_forwards() -> None:
     loaded = load_base_model()
     prompt = _prompt(loaded.tokenizer)
     cset = prepare_candidates(loaded.tokenizer, CANDIDATES)
-    scores = candidate_scores(loaded.model, prompt, cset)
+    scores = candidate_scores(loaded.model, prompt, cset, method="likelihood")
     for name, score in zip(CANDIDATES[:3], scores, strict=False):
         ref = _full_forward_token_logps(loaded.model, prompt, answer_ids(loaded.tokenizer, name))
         assert score == pytest.approx(sum(ref) / len(ref), abs=2e-4)

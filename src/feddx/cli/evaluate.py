@@ -207,7 +207,7 @@ def evaluate(
     scoring: Annotated[
         ScoringOption,
         typer.Option(help="likelihood: mean token log-likelihood; constrained: trie decoding."),
-    ] = ScoringOption.likelihood,
+    ] = ScoringOption.constrained,
     candidates: Annotated[
         Path | None, typer.Option(help="File with one candidate diagnosis per line.")
     ] = None,

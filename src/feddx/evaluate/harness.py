@@ -35,7 +35,7 @@ from feddx.evaluate.metrics import confusion, summary
 from feddx.evaluate.predict import Prediction, check_labels, predict_cases, with_temperature
 from feddx.evaluate.text_metrics import text_overlap
 from feddx.model.prompt import DEFAULT_MAX_PROMPT_TOKENS, render_answer
-from feddx.model.scoring import ScoringMethod, prepare_candidates
+from feddx.model.scoring import DEFAULT_METHOD, ScoringMethod, prepare_candidates
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 Calibration = Literal["cross-fit", "none"]
@@ -149,7 +149,7 @@ def evaluate_cases(
     train_cases_for_baseline: Sequence[Case] | None = None,
     generate_n: int = 0,
     max_new_tokens: int = 24,
-    method: ScoringMethod = "likelihood",
+    method: ScoringMethod = DEFAULT_METHOD,
     temperature: float | None = None,
     calibration: Calibration = "cross-fit",
     differential_threshold: float = DDXPLUS_THRESHOLD,

@@ -11,6 +11,7 @@ from typing import Any
 from feddx.data.schema import Case
 from feddx.model.prompt import DEFAULT_MAX_PROMPT_TOKENS, render_prompt
 from feddx.model.scoring import (
+    DEFAULT_METHOD,
     CandidateSet,
     ScoredCandidate,
     ScoringMethod,
@@ -90,7 +91,7 @@ def predict_cases(
     max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS,
     icd10: Mapping[str, str] | None = None,
     on_case: Callable[[int], None] | None = None,
-    method: ScoringMethod = "likelihood",
+    method: ScoringMethod = DEFAULT_METHOD,
     require_labels: bool = False,
 ) -> list[Prediction]:
     """Score every case against ``candidates``; ``on_case(i)`` reports progress.
