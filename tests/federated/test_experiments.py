@@ -54,7 +54,7 @@ def test_finished_runs_are_reused_and_the_table_is_written(
 ) -> None:
     settings = PlanSettings(ddxplus=Path("/data/ddxplus"), groups=("partition", "compression"))
     plan = default_plan(settings)
-    base = base_config(settings, tmp_path, "smollm2-135m-instruct")
+    base = base_config(settings, tmp_path / "runs", "smollm2-135m-instruct")
     calls: list[str] = []
 
     def fake_fed(cfg: Any, engine: str) -> dict[str, Any]:
@@ -64,10 +64,10 @@ def test_finished_runs_are_reused_and_the_table_is_written(
 
     monkeypatch.setattr(experiments, "run_federated", fake_fed)
     monkeypatch.setattr(experiments, "run_centralized", lambda cfg: fake_summary(0.82))
-    results = experiments.run_plan(plan, base, tmp_path, engine="inprocess")
+    results = experiments.run_plan(plan, base, tmp_path / "runs", engine="inprocess")
     n_federated = sum(not e.centralized for e in plan)
     assert len(calls) == n_federated and len(results) == len(plan)
-    experiments.run_plan(plan, base, tmp_path, engine="inprocess")  # everything cached
+    experiments.run_plan(plan, base, tmp_path / "runs", engine="inprocess")  # all cached
     assert len(calls) == n_federated
 
     sizes = {

@@ -157,9 +157,10 @@ def _print_history(history: dict[str, Any]) -> None:
 
 @federate_app.command("experiments")
 def experiments(
-    out: Annotated[Path, typer.Option(help="Folder for federated.md and the runs.")] = Path(
-        "results"
-    ),
+    out: Annotated[Path, typer.Option(help="Folder for federated.md.")] = Path("results"),
+    runs: Annotated[
+        Path, typer.Option(help="Folder for the runs (checkpoints, adapters, activation cache).")
+    ] = Path("runs/federated-experiments"),
     ddxplus: Annotated[
         Path | None,
         typer.Option(
@@ -178,6 +179,9 @@ def experiments(
         int, typer.Option(min=0, help="Validation cases scored per run (0: all).")
     ] = 150,
     top_layers: Annotated[int, typer.Option(min=1, help="LoRA on the top N layers.")] = 2,
+    rank: Annotated[int, typer.Option(min=1, help="LoRA rank.")] = 8,
+    targets: Annotated[str, typer.Option(help="LoRA target modules.")] = "q_proj,v_proj",
+    lr: Annotated[float, typer.Option(min=0.0, help="Client learning rate.")] = 1e-3,
     strategies: Annotated[
         str, typer.Option(help="Comma-separated strategy names, or 'all'.")
     ] = "all",
@@ -212,6 +216,7 @@ def experiments(
         raise typer.BadParameter(
             f"unknown strategies: {', '.join(sorted(unknown))}", param_hint="--strategies"
         )
+    out_arg, runs_arg = out, runs  # as typed, for the command line in the results file
     out = out.resolve()
     settings = PlanSettings(
         ddxplus=ddxplus.resolve() if ddxplus else None,
@@ -220,18 +225,26 @@ def experiments(
         max_cases=max_cases,
         max_eval_cases=max_eval_cases,
         lora_top_layers=top_layers,
+        lora_rank=rank,
+        lora_targets=targets,
+        learning_rate=lr,
         strategies=chosen,
         groups=tuple(g.strip() for g in groups.split(",") if g.strip()),
     )
     if Path(model).expanduser().exists():
         model = str(Path(model).expanduser().resolve())
-    base = base_config(settings, out, model)
+    runs = runs.resolve()
+    base = base_config(settings, runs, model)
     plan = default_plan(settings)
     console.print(
         f"[bold]feddx federate experiments[/]: {len(plan)} runs, engine {engine}, "
         f"results in {out / RESULTS_FILE}"
     )
-    parts = ["feddx federate experiments", f"--out {shlex.quote(str(out))}"]
+    parts = [
+        "feddx federate experiments",
+        f"--out {shlex.quote(str(out_arg))}",
+        f"--runs {shlex.quote(str(runs_arg))}",
+    ]
     if ddxplus is not None:
         parts.append(f"--ddxplus {shlex.quote(str(ddxplus))}")
     parts += [
@@ -240,6 +253,9 @@ def experiments(
         f"--max-cases {max_cases}",
         f"--max-eval-cases {max_eval_cases}",
         f"--top-layers {top_layers}",
+        f"--rank {rank}",
+        f"--targets {targets}",
+        f"--lr {lr:g}",
         f"--strategies {strategies}",
         f"--groups {groups}",
         f"--engine {engine}",
@@ -268,5 +284,5 @@ def experiments(
             command=command,
         )
 
-    run_plan(plan, base, out, engine=cast(Engine, engine), on_done=done)
+    run_plan(plan, base, runs, engine=cast(Engine, engine), on_done=done)
     console.print(f"Results: {out / RESULTS_FILE}")

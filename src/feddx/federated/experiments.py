@@ -11,7 +11,7 @@ A plan is a list of :class:`Experiment` s, each a set of overrides of one base
 "Same budget": the centralised run makes ``num-rounds x local-epochs`` passes over the union
 of the clients' cases with the same optimiser settings, so every example is seen as often as
 in the federation. Every run evaluates on the same held-out validation cases (``max-eval-cases``
-of them). Each experiment writes ``<out>/experiments/<name>/result.json`` (plus the usual run
+of them). Each experiment writes ``<runs>/<name>/result.json`` (plus the usual run
 folder); a finished experiment is skipped when the command is run again, so an interrupted plan
 resumes. :func:`write_results` turns the results into ``federated.md``.
 
@@ -63,6 +63,7 @@ class PlanSettings:
     max_eval_cases: int = 150
     lora_top_layers: int = 2
     lora_rank: int = 8
+    lora_targets: str = "q_proj,v_proj"
     learning_rate: float = 1e-3
     batch_size: int = 8
     max_prompt_tokens: int = 256
@@ -71,7 +72,9 @@ class PlanSettings:
     seed: int = 0
 
 
-def base_config(settings: PlanSettings, out: Path, model: str) -> FederatedConfig:
+def base_config(settings: PlanSettings, runs: Path, model: str) -> FederatedConfig:
+    """The settings every experiment starts from; runs go under ``runs/<name>`` and share one
+    activation cache (``runs/activations``)."""
     return FederatedConfig(
         model=model,
         num_rounds=settings.rounds,
@@ -83,14 +86,15 @@ def base_config(settings: PlanSettings, out: Path, model: str) -> FederatedConfi
         lora_top_layers=settings.lora_top_layers,
         lora_rank=settings.lora_rank,
         lora_alpha=2.0 * settings.lora_rank,
+        lora_targets=settings.lora_targets,
         learning_rate=settings.learning_rate,
         batch_size=settings.batch_size,
         max_prompt_tokens=settings.max_prompt_tokens,
         seed=settings.seed,
         min_train_clients=2,
         min_available_clients=2,
-        out_dir=str(out / "experiments"),
-        activation_cache_dir=str(out / "activations"),
+        out_dir=str(runs),
+        activation_cache_dir=str(runs / "activations"),
     )
 
 
@@ -268,19 +272,19 @@ def run_federated(cfg: FederatedConfig, engine: Engine) -> dict[str, Any]:
 def run_plan(
     plan: Sequence[Experiment],
     base: FederatedConfig,
-    out: Path,
+    runs: Path,
     *,
     engine: Engine = "flower",
     on_done: Callable[[Experiment, dict[str, Any]], None] | None = None,
 ) -> list[tuple[Experiment, dict[str, Any]]]:
-    """Run every experiment not already finished under ``out/experiments``; returns all
-    results in plan order."""
+    """Run every experiment not already finished under ``runs/<name>``; returns all results
+    in plan order."""
     results = []
     for exp in plan:
-        cfg = base.replace(**exp.overrides).replace(out_dir=str(out / "experiments" / exp.name))
+        cfg = base.replace(**exp.overrides).replace(out_dir=str(runs / exp.name))
         if exp.centralized:
             cfg = cfg.replace(partition="iid")
-        result_path = out / "experiments" / exp.name / "result.json"
+        result_path = runs / exp.name / "result.json"
         fingerprint = cfg.fingerprint(ignore=("resume", "round_timeout", "out_dir"))
         cached = _read_result(result_path, fingerprint)
         if cached is None:
