@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
 from rich.table import Table
 
 from feddx import __version__
 from feddx.cli._app import app, console, quiet_libraries
+from feddx.demo import DEFAULT_OUT, STAGES
 from feddx.model.loading import DEFAULT_MODEL, list_cached_models
 
 
@@ -42,9 +46,34 @@ def demo(
     test_fraction: float = typer.Option(0.2, min=0.05, max=0.5, help="Share of cases held out."),
     seed: int = typer.Option(0, help="Seed of the train/test split."),
     limit: int = typer.Option(0, min=0, help="Evaluate at most this many test cases (0: all)."),
+    out: Annotated[
+        Path, typer.Option(help="Folder for adapters, histories and plots.")
+    ] = DEFAULT_OUT,
+    stages: str = typer.Option(
+        ",".join(STAGES), help="Comma-separated stages to run: zero-shot, centralized, federated."
+    ),
+    epochs: int = typer.Option(2, min=1, help="Centralized epochs (= federated rounds x 1 epoch)."),
+    rounds: int = typer.Option(2, min=1, help="Federated rounds."),
 ) -> None:
     """Run the end-to-end pipeline on the 4-hospital UCI Heart data and the default model."""
+    chosen = tuple(s.strip() for s in stages.split(",") if s.strip())
+    unknown = [s for s in chosen if s not in STAGES]
+    if unknown or not chosen:
+        raise typer.BadParameter(
+            f"unknown stage(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(STAGES)}",
+            param_hint="--stages",
+        )
     quiet_libraries()
     from feddx.demo import DemoOptions, run_demo
 
-    run_demo(DemoOptions(model=model, test_fraction=test_fraction, seed=seed, limit=limit), console)
+    opts = DemoOptions(
+        model=model,
+        test_fraction=test_fraction,
+        seed=seed,
+        limit=limit,
+        out_dir=out,
+        stages=chosen,
+        epochs=epochs,
+        rounds=rounds,
+    )
+    run_demo(opts, console)
