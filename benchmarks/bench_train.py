@@ -1,0 +1,373 @@
+"""Training throughput, peak memory and accuracy: feddx's trainer against Hugging Face's
+``Trainer`` + peft LoRA, on the same DDXPlus cases and epochs, in one process.
+
+    .venv/bin/python benchmarks/bench_train.py [--train 64] [--test 40] [--epochs 3]
+        [--top-layers 4] [--targets q_proj,v_proj,...] [--dropout 0] [--lr 1e-3] [--threads N]
+        [--skip-reference] [--skip-eval]
+
+The default (64 training cases) takes a few minutes on an idle 2-core machine and shows
+speed and memory; its top-1 figures are noise (49 classes, 64 examples). For a meaningful
+accuracy comparison use e.g. ``--train 256 --test 98`` (about 40 minutes).
+
+Runs, in this order (ours first, so the reference's freed memory cannot inflate our peak):
+
+* **ours**: :func:`feddx.train.trainer.train_adapter` with the given settings (by default
+  rank-16 LoRA on every linear module of the top 4 of SmolLM2's 30 layers, no LoRA dropout,
+  frozen-layer activations cached, last layer and LM head evaluated at answer tokens only,
+  length-bucketed batches of 8);
+* **reference**: ``transformers.Trainer`` + peft LoRA rank 16 on q,v of every layer, the
+  model's own loss (vocabulary logits for every position), batches of 8 padded to their longest
+  example, labels masked to the answer tokens (the same loss target as ours), the same
+  learning rate, schedule shape (5% warm-up, cosine) and epochs.
+
+Both train from the same base weights on the same training cases (a stratified split of
+``../shared/data/ddxplus``, rendered by the one prompt renderer), and both are scored with
+:func:`feddx.evaluate.predict.predict_cases` on the same held-out cases against all 49 DDXPlus
+pathologies. Printed: wall seconds, examples/s and their ratio, peak RSS during each run
+(sampled every 20 ms), top-1/top-3 of both, and, for our training loop, the achieved FLOP/s
+as a fraction of this machine's float32 matmul peak measured in the same run. FLOPs are
+counted analytically (see ``_our_flops``). Never asserts: figures only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import math
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data" / "ddxplus"
+
+
+@contextmanager
+def peak_rss() -> Iterator[dict[str, float]]:
+    """Sample this process's RSS every 20 ms; yields a dict that gets ``peak_gib`` and
+    ``start_gib`` when the block ends."""
+    import psutil
+
+    proc = psutil.Process()
+    out = {"start_gib": proc.memory_info().rss / 2**30, "peak_gib": 0.0}
+    stop = threading.Event()
+    peak = [proc.memory_info().rss]
+
+    def sample() -> None:
+        while not stop.wait(0.02):
+            peak[0] = max(peak[0], proc.memory_info().rss)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield out
+    finally:
+        stop.set()
+        thread.join()
+        out["peak_gib"] = max(peak[0], proc.memory_info().rss) / 2**30
+
+
+def matmul_peak_gflops(seconds: float = 3.0) -> float:
+    """Best float32 GEMM rate over a few shapes (the ceiling any training step can reach)."""
+    import torch
+
+    best = 0.0
+    for m, k, n in ((2048, 576, 1536), (2048, 1536, 576), (1024, 1024, 1024), (2048, 2048, 2048)):
+        a, b = torch.randn(m, k), torch.randn(k, n)
+        a @ b
+        deadline = time.perf_counter() + seconds / 4
+        while time.perf_counter() < deadline:
+            start = time.perf_counter()
+            for _ in range(5):
+                a @ b
+            best = max(best, 5 * 2 * m * k * n / (time.perf_counter() - start) / 1e9)
+    return best
+
+
+def _layer_params(config: Any) -> tuple[float, float]:
+    """(all weights of one decoder layer, its k/v projections only)."""
+    h, i = config.hidden_size, config.intermediate_size
+    heads, kv = config.num_attention_heads, config.num_key_value_heads
+    d = getattr(config, "head_dim", None) or h // heads
+    kv_params = h * kv * d * 2
+    return h * heads * d * 2 + kv_params + 3 * h * i, kv_params
+
+
+def _our_flops(config: Any, result: Any, lora_params_per_layer: float) -> float:
+    """FLOPs of our training loop (not counting the one-off activation cache).
+
+    Per token slot (padding included) in each trainable layer: forward ``2P``, backward to the
+    layer input ``2P`` (frozen weights need no weight gradient), LoRA weight gradients
+    ``~6 P_lora``; attention ``2 L H`` forward and twice that backward per token (causal, so
+    half of ``4 L H``). A pruned last layer does its k/v projections for every slot and the
+    rest only at answer tokens. LM head: ``2 V H`` forward plus ``2 V H`` backward per answer
+    token.
+    """
+    n_top = result.stats["n_layers"] - result.stats["split_layer"]
+    pruned = result.stats.get("pruned_last_layer", 0.0)
+    slots, answers = result.stats["trainable_slots"], result.stats["answer_tokens"]
+    p, p_kv = _layer_params(config)
+    h = config.hidden_size
+    mean_len = slots / max(1, result.examples)
+    per_full_layer = (4 * p + 6 * lora_params_per_layer + 6 * mean_len * h) * slots
+    last = (
+        4 * p_kv * slots + (4 * (p - p_kv) + 6 * lora_params_per_layer + 6 * mean_len * h) * answers
+    )
+    head = 4 * config.vocab_size * h * answers
+    return float((n_top - pruned) * per_full_layer + pruned * last + head)
+
+
+def _top_k(preds: Sequence[Any], k: int) -> float:
+    hits = [p.case.require_label().diagnosis in [r.name for r in p.ranked[:k]] for p in preds]
+    return sum(hits) / len(hits) if hits else float("nan")
+
+
+def _evaluate(
+    model: Any, tokenizer: Any, cases: Sequence[Any], candidates: list[str]
+) -> dict[str, float]:
+    import torch
+
+    from feddx.evaluate.predict import predict_cases
+
+    model.eval()
+    start = time.perf_counter()
+    with torch.no_grad():
+        preds = predict_cases(model, tokenizer, cases, candidates)
+    return {
+        "top1": _top_k(preds, 1),
+        "top3": _top_k(preds, 3),
+        "eval_seconds": time.perf_counter() - start,
+    }
+
+
+def run_ours(args: argparse.Namespace, train: list[Any]) -> tuple[Any, Any, dict[str, float]]:
+    import torch
+
+    from feddx.model.loading import load_base_model
+    from feddx.train.adapter import attach_lora, lora_parameters
+    from feddx.train.config import LoraSpec, TrainConfig
+    from feddx.train.trainer import train_adapter
+
+    loaded = load_base_model(args.model)
+    spec = LoraSpec(
+        rank=args.rank,
+        alpha=2 * args.rank,
+        dropout=args.dropout,
+        target_modules=tuple(args.targets.split(",")),
+        top_layers=args.top_layers or None,
+    )
+    config = TrainConfig(
+        lora=spec,
+        learning_rate=args.lr,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        activation_cache_dtype=args.cache_dtype,
+    )
+    torch.manual_seed(args.seed)
+    model = attach_lora(loaded.model, spec)
+    n_lora_layers = spec.top_layers or model.get_base_model().config.num_hidden_layers
+    lora_per_layer = sum(p.numel() for p in lora_parameters(model).values()) / n_lora_layers
+    gc.collect()
+    with peak_rss() as mem:
+        start, cpu = time.perf_counter(), time.process_time()
+        result = train_adapter(model, loaded.tokenizer, train, config, show_progress=args.progress)
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    flops = _our_flops(model.get_base_model().config, result, lora_per_layer)
+    figures = {
+        "seconds": seconds,
+        "cpu_seconds": cpu,
+        "examples_per_second": result.examples / seconds,
+        "peak_rss_gib": mem["peak_gib"],
+        "start_rss_gib": mem["start_gib"],
+        "loop_seconds": result.stats["loop_seconds"],
+        "cache_seconds": result.stats.get("cache_seconds", 0.0),
+        "padding_ratio": result.stats["padding_ratio"],
+        "loop_gflops": flops / result.stats["loop_seconds"] / 1e9,
+        "first_loss": result.loss_history[0],
+        "last_loss": sum(result.loss_history[-3:]) / len(result.loss_history[-3:]),
+    }
+    return model, loaded.tokenizer, figures
+
+
+def run_reference(args: argparse.Namespace, train: list[Any]) -> tuple[Any, Any, dict[str, float]]:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
+
+    from feddx.model.loading import load_base_model
+    from feddx.model.prompt import answer_ids, render_prompt
+
+    loaded = load_base_model(args.model)
+    tokenizer = loaded.tokenizer
+    rows = []
+    for case in train:
+        prompt = render_prompt(case, tokenizer, 320).input_ids
+        answer = answer_ids(tokenizer, case.require_label())
+        ids = prompt + answer
+        rows.append(
+            {
+                "input_ids": ids,
+                "attention_mask": [1] * len(ids),
+                "labels": [-100] * len(prompt) + answer,
+            }
+        )
+    torch.manual_seed(args.seed)
+    lora = LoraConfig(
+        r=16,
+        lora_alpha=32,
+        lora_dropout=0.05,
+        target_modules=["q_proj", "v_proj"],
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(loaded.model, lora)
+    with tempfile.TemporaryDirectory() as tmp:
+        targs = TrainingArguments(
+            output_dir=tmp,
+            per_device_train_batch_size=args.batch_size,
+            num_train_epochs=args.epochs,
+            learning_rate=args.lr,
+            lr_scheduler_type="cosine",
+            warmup_steps=0.05,
+            weight_decay=0.0,
+            max_grad_norm=1.0,
+            save_strategy="no",
+            logging_strategy="no",
+            report_to="none",
+            use_cpu=True,
+            seed=args.seed,
+            disable_tqdm=not args.progress,
+            dataloader_pin_memory=False,
+        )
+        collator = DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100)
+        trainer = Trainer(model=model, args=targs, train_dataset=rows, data_collator=collator)
+        gc.collect()
+        with peak_rss() as mem:
+            start, cpu = time.perf_counter(), time.process_time()
+            out = trainer.train()
+            seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    n = len(rows) * args.epochs
+    figures = {
+        "seconds": seconds,
+        "cpu_seconds": cpu,
+        "examples_per_second": n / seconds,
+        "peak_rss_gib": mem["peak_gib"],
+        "start_rss_gib": mem["start_gib"],
+        "train_loss": float(out.training_loss),
+    }
+    return model, tokenizer, figures
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", type=Path, default=SHARED, help="DDXPlus folder")
+    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--train", type=int, default=64, help="training cases")
+    ap.add_argument("--test", type=int, default=40, help="held-out cases scored for top-1")
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--rank", type=int, default=16)
+    ap.add_argument(
+        "--top-layers", type=int, default=4, help="ours: adapters on the last N layers (0: all)"
+    )
+    ap.add_argument(
+        "--targets",
+        default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+        help="ours: LoRA target modules",
+    )
+    ap.add_argument("--dropout", type=float, default=0.0, help="ours: LoRA dropout")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--cache-dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--skip-reference", action="store_true")
+    ap.add_argument("--skip-eval", action="store_true")
+    ap.add_argument("--progress", action="store_true")
+    args = ap.parse_args()
+
+    if not args.data.is_dir():
+        print(f"DDXPlus data not found at {args.data}; pass --data", file=sys.stderr)
+        return 2
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from feddx.data.ddxplus import ddxplus_candidates
+    from feddx.data.sources import load_source
+    from feddx.data.split import stratified_split
+
+    cases = list(load_source("ddxplus", args.data))
+    train_all, test_all = stratified_split(cases, test_fraction=0.3, seed=args.seed)
+    train, test = train_all[: args.train], test_all[: args.test]
+    candidates = ddxplus_candidates(args.data)
+    peak = matmul_peak_gflops()
+    print(
+        f"# DDXPlus {len(train)} training cases x {args.epochs} epochs, {len(test)} held-out, "
+        f"{len(candidates)} candidates; torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
+
+    results: dict[str, dict[str, float]] = {}
+    model, tokenizer, results["ours"] = run_ours(args, train)
+    # The machine is shared: measure the peak again right after our loop and keep the better.
+    peak = max(peak, matmul_peak_gflops())
+    if not args.skip_eval:
+        results["ours"].update(_evaluate(model, tokenizer, test, candidates))
+    del model
+    gc.collect()
+    if not args.skip_reference:
+        model, tokenizer, results["reference"] = run_reference(args, train)
+        if not args.skip_eval:
+            results["reference"].update(_evaluate(model, tokenizer, test, candidates))
+        del model
+        gc.collect()
+
+    ours = results["ours"]
+    print(f"float32 matmul peak (best of before/after our run): {peak:.1f} GFLOP/s")
+    top = f"top {args.top_layers} layers" if args.top_layers else "all layers"
+    print(
+        f"\nours: LoRA r{args.rank} {args.targets} on {top}, dropout {args.dropout}, "
+        f"cache {args.cache_dtype}, lr {args.lr}"
+    )
+    print(
+        f"  {ours['seconds']:.1f} s ({ours['cache_seconds']:.1f} s caching, "
+        f"{ours['loop_seconds']:.1f} s loop; {ours['cpu_seconds']:.0f} CPU s), "
+        f"{ours['examples_per_second']:.2f} examples/s, "
+        f"peak RSS {ours['peak_rss_gib']:.2f} GiB, padding {ours['padding_ratio']:.1%}, "
+        f"loss {ours['first_loss']:.3f} -> {ours['last_loss']:.3f}"
+    )
+    print(
+        f"  training loop: {ours['loop_gflops']:.1f} GFLOP/s = "
+        f"{ours['loop_gflops'] / peak:.0%} of the measured matmul peak"
+    )
+    if "reference" in results:
+        ref = results["reference"]
+        print("reference: HF Trainer + peft LoRA r16 q_proj,v_proj on all layers, padded batches")
+        print(
+            f"  {ref['seconds']:.1f} s ({ref['cpu_seconds']:.0f} CPU s), "
+            f"{ref['examples_per_second']:.2f} examples/s, "
+            f"peak RSS {ref['peak_rss_gib']:.2f} GiB, mean train loss {ref['train_loss']:.3f}"
+        )
+        print(
+            f"speed-up (examples/s, ours / reference): "
+            f"{ours['examples_per_second'] / ref['examples_per_second']:.2f}x wall, "
+            f"{ref['cpu_seconds'] / ours['cpu_seconds']:.2f}x CPU time"
+        )
+    if not args.skip_eval:
+        for name, r in results.items():
+            print(
+                f"{name:>9}: top-1 {r['top1']:.3f}  top-3 {r['top3']:.3f}  "
+                f"(scored {len(test)} cases in {r['eval_seconds']:.0f} s)"
+            )
+    if math.isnan(ours.get("top1", 0.0)):
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
