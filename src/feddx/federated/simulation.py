@@ -140,7 +140,11 @@ def run_simulation(
         flower_executable,
         process_env,
     )
-    from feddx.federated.deploy.local import free_loopback_ports
+    from feddx.federated.deploy.local import (
+        free_loopback_ports,
+        signals_as_exceptions,
+        signals_deferred,
+    )
     from feddx.federated.deploy.processes import ProcessSet
     from feddx.federated.history import HISTORY_FILE
 
@@ -164,56 +168,62 @@ def run_simulation(
     )
     started = time.monotonic()
     procs = ProcessSet(out / "pids.txt", grace_seconds=15.0)
-    try:
-        superlink = procs.start(
-            "superlink",
-            [
-                flower_executable("flower-superlink"),
-                "--insecure",
-                "--simulation",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--disable-runtime-dependency-installation",
-            ],
-            log_path=logs / "superlink.log",
-            env=env,
-            cwd=out,
-        )
-        _wait_healthy(port, superlink, startup_timeout)
-        control = FlowerControl(flwr_home, env)
-        fed_config = f"num-supernodes={cfg.num_clients} client-resources-num-cpus={client_cpus}"
-        # FlowerControl.submit_run has no --federation-config; the simulation needs it.
-        submitted = control._call(
-            [
-                "run",
-                str(app_dir.parent),
-                CONNECTION,
-                "--format",
-                "json",
-                "--federation-config",
-                fed_config,
-            ],
-            timeout=300.0,
-        )
-        run_id = int(submitted["run-id"])
-        log.info("simulation run %d: %d clients, log %s", run_id, cfg.num_clients, logs / "run.log")
-        finished = control.stream_logs(
-            run_id, logs / "run.log", timeout, tick=procs.refresh_descendants
-        )
-        if not finished:
-            with contextlib.suppress(FeddxError):
-                control.stop_run(run_id)
-            raise SimulationError(f"run {run_id} did not finish within {timeout:.0f} s")
-        status = control.run_status(run_id)
-        deadline = time.monotonic() + 30
-        while not status.finished and time.monotonic() < deadline:
-            time.sleep(1.0)
+    # SIGTERM/SIGHUP become exceptions, so the finally below stops the Flower processes even
+    # when this process is killed politely; the stop itself is not interruptible.
+    with signals_as_exceptions():
+        try:
+            superlink = procs.start(
+                "superlink",
+                [
+                    flower_executable("flower-superlink"),
+                    "--insecure",
+                    "--simulation",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--disable-runtime-dependency-installation",
+                ],
+                log_path=logs / "superlink.log",
+                env=env,
+                cwd=out,
+            )
+            _wait_healthy(port, superlink, startup_timeout)
+            control = FlowerControl(flwr_home, env)
+            fed_config = f"num-supernodes={cfg.num_clients} client-resources-num-cpus={client_cpus}"
+            # FlowerControl.submit_run has no --federation-config; the simulation needs it.
+            submitted = control._call(
+                [
+                    "run",
+                    str(app_dir.parent),
+                    CONNECTION,
+                    "--format",
+                    "json",
+                    "--federation-config",
+                    fed_config,
+                ],
+                timeout=300.0,
+            )
+            run_id = int(submitted["run-id"])
+            log.info(
+                "simulation run %d: %d clients, log %s", run_id, cfg.num_clients, logs / "run.log"
+            )
+            finished = control.stream_logs(
+                run_id, logs / "run.log", timeout, tick=procs.refresh_descendants
+            )
+            if not finished:
+                with contextlib.suppress(FeddxError):
+                    control.stop_run(run_id)
+                raise SimulationError(f"run {run_id} did not finish within {timeout:.0f} s")
             status = control.run_status(run_id)
-    finally:
-        leftover = procs.stop()
-        shutil.rmtree(ray_tmp, ignore_errors=True)
+            deadline = time.monotonic() + 30
+            while not status.finished and time.monotonic() < deadline:
+                time.sleep(1.0)
+                status = control.run_status(run_id)
+        finally:
+            with signals_deferred():
+                leftover = procs.stop()
+            shutil.rmtree(ray_tmp, ignore_errors=True)
     history_path = out / HISTORY_FILE
     if not status.completed:
         raise SimulationError(
