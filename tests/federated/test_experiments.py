@@ -89,3 +89,24 @@ def test_finished_runs_are_reused_and_the_table_is_written(
     assert "| FedAvg, Dirichlet alpha=0.5 | 100 | 400 | 70.0 | 80.0 | 35.0 | -12.0 |" in md
     assert "int8 4.10x" in md
     assert "4,479x smaller" in md
+
+
+def test_demo_federation_is_one_client_per_hospital_on_the_demo_split(tmp_path: Path) -> None:
+    from feddx.data.report import LoadReport
+    from feddx.data.split import stratified_split
+    from feddx.data.uci_heart import load_uci_heart
+    from feddx.federated.demo import demo_config
+    from feddx.federated.task import task_data
+
+    cfg = demo_config(
+        model="smollm2-135m-instruct", seed=3, test_fraction=0.2, out_dir=tmp_path / "demo"
+    )
+    assert (cfg.partition, cfg.partition_attribute, cfg.num_clients) == (
+        "attribute",
+        "institution",
+        4,
+    )
+    assert Path(cfg.out_dir).is_absolute()
+    # the federation is evaluated on exactly the demo's held-out cases
+    _, test = stratified_split(list(load_uci_heart(None, LoadReport("uci-heart"))), 0.2, 3)
+    assert [c.case_id for c in task_data(cfg).validation] == [c.case_id for c in test]
