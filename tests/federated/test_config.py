@@ -3,6 +3,7 @@ pyproject's [tool.flwr.app.config], refusing bad keys by name."""
 
 from __future__ import annotations
 
+import itertools
 import tomllib
 from pathlib import Path
 
@@ -85,7 +86,21 @@ def test_train_config_carries_lora_dp_and_proximal_settings() -> None:
     assert FederatedConfig().train_config(seed=0).dp is None
 
 
+def test_round_schedule_decays_over_rounds_and_is_constant_within_one() -> None:
+    cfg = FederatedConfig(learning_rate=0.01, num_rounds=4)
+    lrs = [cfg.round_learning_rate(r) for r in range(1, 5)]
+    assert lrs[0] == 0.01 and all(a > b > 0 for a, b in itertools.pairwise(lrs))
+    first, later = cfg.train_config(seed=0), cfg.train_config(seed=0, server_round=3)
+    assert (first.lr_schedule, first.warmup_ratio > 0) == ("constant", True)
+    assert (later.lr_schedule, later.warmup_ratio, later.learning_rate) == ("constant", 0.0, lrs[2])
+    local = cfg.replace(lr_schedule="local").train_config(seed=0, server_round=3)
+    assert (local.lr_schedule, local.learning_rate) == ("cosine", 0.01)
+
+
 def test_fingerprint_ignores_rounds_but_not_what_changes_results() -> None:
-    base = FederatedConfig()
+    base = FederatedConfig(lr_schedule="local")
     assert base.fingerprint() == base.replace(num_rounds=9, round_timeout=5.0).fingerprint()
+    # Under the round schedule the number of rounds sets every round's learning rate.
+    rounds = base.replace(lr_schedule="rounds")
+    assert rounds.fingerprint() != rounds.replace(num_rounds=9).fingerprint()
     assert base.fingerprint() != base.replace(learning_rate=1e-3).fingerprint()

@@ -127,3 +127,28 @@ def test_empty_or_missing_data_is_one_line(
     assert "no case has a label" in _one_line_error(capsys)
     assert main(["train", "--data", "jsonl:x", "--out", "o", "--learning-rate", "0"]) == 2
     assert "learning_rate must be > 0" in _one_line_error(capsys)
+
+
+def test_extra_data_trains_on_more_cases_and_must_share_the_labels(
+    model_dir: Path, data_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    extra = tmp_path / "extra.jsonl"
+    write_jsonl(make_cases(6, offset=100), extra)
+    out = tmp_path / "run"
+    base = ["train", "--data", f"jsonl:{data_file}", "--model", str(model_dir), "--out", str(out)]
+    argv = [*base, "--extra-data", f"jsonl:{extra}", "--max-steps", "1", "--top-layers", "1"]
+    assert main(argv) == 0
+    meta = json.loads((out / "train_result.json").read_text())
+    assert meta["extra_data"] == {f"jsonl:{extra}": 6}
+    assert meta["n_train"] == 24 + 6  # the 80% training split of 30, plus every extra case
+
+    alien = make_cases(2)
+    alien = [
+        c.model_copy(update={"label": c.label.model_copy(update={"diagnosis": "Gout"})})
+        for c in alien
+    ]  # type: ignore[union-attr]
+    odd = tmp_path / "odd.jsonl"
+    write_jsonl(alien, odd)
+    assert main([*base, "--extra-data", f"jsonl:{odd}"]) == 2
+    err = _one_line_error(capsys)
+    assert "1 label(s) do not occur" in err and "'Gout'" in err

@@ -95,6 +95,8 @@ def test_schedule_warms_up_then_decays() -> None:
     lrs = [lr_at(s, 10, 2, 1.0) for s in range(10)]
     assert lrs[0] < lrs[1] < lrs[2] == 1.0
     assert all(x > y for x, y in itertools.pairwise(lrs[2:])) and lrs[-1] > 0
+    flat = [lr_at(s, 10, 2, 1.0, "constant") for s in range(10)]
+    assert flat[:2] == lrs[:2] and flat[2:] == [1.0] * 8
 
 
 class _Interrupt(Exception):

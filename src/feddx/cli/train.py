@@ -113,8 +113,19 @@ def train(
         Path | None,
         typer.Option(help="Directory caching frozen-layer activations across runs."),
     ] = None,
+    extra_data: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--extra-data",
+            help="SOURCE:PATH of more training cases (all of them; repeatable), e.g. the "
+            "DDXPlus v0 release beside the English one. Their labels must occur in --data.",
+        ),
+    ] = None,
 ) -> None:
-    """Fine-tune a LoRA adapter on a dataset's training split and save it to --out."""
+    """Fine-tune a LoRA adapter on a dataset's training split and save it to --out.
+
+    The held-out split of --data is never trained on, so `feddx evaluate` with the same
+    --data, --test-fraction and --seed scores unseen cases even when --extra-data is given."""
     quiet_libraries()
     from feddx.data.split import stratified_split
     from feddx.train.config import TrainConfig
@@ -142,6 +153,21 @@ def train(
         held_out = []
     if not cases:
         raise DataError(f"{data}: the training split is empty")
+    extra_info: dict[str, int] = {}
+    if extra_data:
+        known = {c.label.diagnosis for c in [*cases, *held_out] if c.label is not None}
+        for spec in extra_data:
+            more, _ = _load_training_cases(spec)
+            unknown = sorted({c.label.diagnosis for c in more if c.label is not None} - known)
+            if unknown:
+                shown = ", ".join(repr(u) for u in unknown[:5])
+                raise DataError(
+                    f"{spec}: {len(unknown)} label(s) do not occur in {data} ({shown}"
+                    + (", ..." if len(unknown) > 5 else "")
+                    + "); a model trained on them could not be evaluated against --data"
+                )
+            extra_info[spec] = len(more)
+            cases = cases + more
 
     import torch
 
@@ -169,6 +195,7 @@ def train(
         "seed": seed,
         "n_train": len(cases),
         "n_held_out": len(held_out),
+        "extra_data": extra_info,
         "max_prompt_tokens": cfg.max_prompt_tokens,
         "model": loaded.source.name,
         "base_fingerprint": loaded.fingerprint,

@@ -178,7 +178,9 @@ def handle_train(msg: Message, context: Context) -> Message:
     am = adapter_model(cfg)
     global_state = numpy_to_torch_state(global_arrays)
     load_adapter_state(am.model, global_state)
-    train_cfg = cfg.train_config(seed=local_seed(cfg, server_round, node.index), proximal_mu=mu)
+    train_cfg = cfg.train_config(
+        seed=local_seed(cfg, server_round, node.index), proximal_mu=mu, server_round=server_round
+    )
     start = time.perf_counter()
     result = train_adapter(
         am.model,

@@ -78,9 +78,16 @@ class FederatedConfig(BaseModel):
         ``trim-beta`` (FedTrimmedAvg), ``num-malicious`` (Krum).
     Local training
         ``local-epochs``, ``local-steps`` (cap on optimizer steps per round, ``0``: none),
-        ``batch-size``, ``learning-rate``, ``max-prompt-tokens`` and the LoRA shape
+        ``batch-size``, ``learning-rate``, ``lr-schedule``, ``max-prompt-tokens`` and the LoRA
+        shape
         (``lora-rank``, ``lora-alpha``, ``lora-dropout``, ``lora-targets``,
         ``lora-top-layers``: adapters on the last N layers only, ``0``: every layer).
+        ``lr-schedule = "rounds"`` (the default) lays one cosine decay over the rounds: round
+        r of R trains at ``learning-rate * (1 + cos(pi * (r - 1) / R)) / 2``, constant within
+        the round (round 1 warms up over its first 5% of steps), so a federation and a
+        centralised run of ``R * local-epochs`` epochs see the same learning-rate curve.
+        ``"local"`` gives every round its own warm-up and full cosine decay: each round then
+        spends much of its steps at a small rate, which slows FedAvg several-fold.
     Communication
         ``compression`` of client updates: ``none`` (float32 adapter), ``float16``, ``int8``
         (per-tensor affine 8-bit) or ``topk`` (the ``topk-fraction`` largest entries, with
@@ -146,6 +153,7 @@ class FederatedConfig(BaseModel):
     local_steps: int = Field(default=0, ge=0)
     batch_size: int = Field(default=8, ge=1)
     learning_rate: float = Field(default=5e-4, gt=0.0)
+    lr_schedule: Literal["rounds", "local"] = "rounds"
     max_prompt_tokens: int = Field(default=320, ge=16)
     lora_rank: int = Field(default=8, ge=1)
     lora_alpha: float = Field(default=16.0, gt=0.0)
@@ -244,13 +252,25 @@ class FederatedConfig(BaseModel):
             else cache_root() / "activations"
         )
 
-    def train_config(self, *, seed: int, proximal_mu: float = 0.0) -> TrainConfig:
+    def round_learning_rate(self, server_round: int) -> float:
+        """A client's learning rate in ``server_round`` (1-based) under ``lr-schedule``."""
+        if self.lr_schedule == "local":
+            return self.learning_rate
+        r = min(max(server_round, 1), self.num_rounds)
+        return self.learning_rate * 0.5 * (1.0 + math.cos(math.pi * (r - 1) / self.num_rounds))
+
+    def train_config(
+        self, *, seed: int, proximal_mu: float = 0.0, server_round: int = 1
+    ) -> TrainConfig:
         """The trainer's config for one client's local round."""
         from feddx.train.config import DPConfig, TrainConfig
 
+        by_rounds = self.lr_schedule == "rounds"
         return TrainConfig(
             lora=self.lora_spec(),
-            learning_rate=self.learning_rate,
+            learning_rate=self.round_learning_rate(server_round),
+            lr_schedule="constant" if by_rounds else "cosine",
+            warmup_ratio=0.0 if by_rounds and server_round > 1 else 0.05,
             epochs=self.local_epochs,
             batch_size=self.batch_size,
             seed=seed,
@@ -293,12 +313,16 @@ class FederatedConfig(BaseModel):
             min_size=self.partition_min_size,
         )
 
-    def fingerprint(
-        self, *, ignore: tuple[str, ...] = ("num_rounds", "resume", "round_timeout")
-    ) -> str:
+    def fingerprint(self, *, ignore: tuple[str, ...] | None = None) -> str:
         """A hash of the settings that determine a run's result; a checkpoint written under a
-        different fingerprint is not resumed. Settings that only extend or pace a run (the
-        number of rounds, the timeout) are left out, so a finished run can be extended."""
+        different fingerprint is not resumed. Settings that only pace a run (the timeout) are
+        left out by default, and so is the number of rounds under ``lr-schedule = "local"``,
+        where it only extends a run (a finished run can be extended); under ``"rounds"`` it
+        shapes every round's learning rate, so it counts."""
+        if ignore is None:
+            ignore = ("resume", "round_timeout")
+            if self.lr_schedule == "local":
+                ignore += ("num_rounds",)
         data = {k: v for k, v in self.model_dump().items() if k not in ignore}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 

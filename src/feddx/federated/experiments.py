@@ -192,7 +192,14 @@ def run_centralized(cfg: FederatedConfig) -> dict[str, Any]:
     data = task_data(cfg)
     am = adapter_model(cfg)
     load_adapter_state(am.model, numpy_to_torch_state(am.initial))
-    train_cfg = cfg.train_config(seed=cfg.seed).replace(epochs=cfg.num_rounds * cfg.local_epochs)
+    # One warm-up and cosine decay over the whole budget: the curve a federation with
+    # lr-schedule "rounds" follows round by round.
+    train_cfg = cfg.train_config(seed=cfg.seed).replace(
+        epochs=cfg.num_rounds * cfg.local_epochs,
+        learning_rate=cfg.learning_rate,
+        lr_schedule="cosine",
+        warmup_ratio=0.05,
+    )
     t0 = time.perf_counter()
     result = train_adapter(
         am.model,
@@ -285,7 +292,7 @@ def run_plan(
         if exp.centralized:
             cfg = cfg.replace(partition="iid")
         result_path = runs / exp.name / "result.json"
-        fingerprint = cfg.fingerprint(ignore=("resume", "round_timeout", "out_dir"))
+        fingerprint = cfg.fingerprint(ignore=("resume", "round_timeout", "out_dir"))  # rounds count
         cached = _read_result(result_path, fingerprint)
         if cached is None:
             log.info("experiment %s: running", exp.name)

@@ -30,6 +30,7 @@ from feddx.errors import ConfigError
 
 LossReduction = Literal["token", "example"]
 CacheDtype = Literal["float32", "float16", "bfloat16"]
+LrSchedule = Literal["cosine", "constant"]
 
 
 @dataclass
@@ -106,7 +107,8 @@ class TrainConfig:
         Adapter placement and size (:class:`LoraSpec`).
     learning_rate, weight_decay
         AdamW settings; the learning rate warms up linearly over ``warmup_ratio`` of the steps
-        and then follows a cosine decay to zero.
+        and then follows ``lr_schedule``: a cosine decay to zero, or ``"constant"`` (a
+        federated client's round, whose decay is laid out over the rounds instead).
     epochs, batch_size, grad_accum
         Passes over the data, examples per forward/backward, and micro-batches per optimizer
         step (the effective batch is ``batch_size * grad_accum``).
@@ -154,6 +156,7 @@ class TrainConfig:
     batch_size: int = 8
     grad_accum: int = 1
     warmup_ratio: float = 0.05
+    lr_schedule: LrSchedule = "cosine"
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     seed: int = 0
@@ -186,6 +189,11 @@ class TrainConfig:
         _check(self.batch_size >= 1, "batch_size", "must be >= 1")
         _check(self.grad_accum >= 1, "grad_accum", "must be >= 1")
         _check(0 <= self.warmup_ratio < 1, "warmup_ratio", "must be in [0, 1)")
+        _check(
+            self.lr_schedule in get_args(LrSchedule),
+            "lr_schedule",
+            f"must be one of {', '.join(get_args(LrSchedule))}",
+        )
         _check(self.weight_decay >= 0, "weight_decay", "must be >= 0")
         _check(self.max_grad_norm >= 0, "max_grad_norm", "must be >= 0 (0 disables clipping)")
         _check(self.max_prompt_tokens >= 16, "max_prompt_tokens", "must be >= 16")

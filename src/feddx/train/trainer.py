@@ -126,10 +126,13 @@ def _check_reference(
     return out
 
 
-def lr_at(step: int, total: int, warmup: int, base: float) -> float:
-    """Linear warm-up over ``warmup`` steps, then cosine decay towards zero at ``total``."""
+def lr_at(step: int, total: int, warmup: int, base: float, schedule: str = "cosine") -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay towards zero at ``total`` (or
+    ``base`` to the end for the ``"constant"`` schedule)."""
     if step < warmup:
         return base * (step + 1) / (warmup + 1)
+    if schedule == "constant":
+        return base
     progress = (step - warmup) / max(1, total - warmup)
     return base * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
@@ -361,7 +364,13 @@ class _Trainer:
                 p.grad = delta if p.grad is None else p.grad.add_(delta)
 
     def _set_lr(self, step: int) -> None:
-        lr = lr_at(step, self.plan.total_steps, self.plan.warmup_steps, self.config.learning_rate)
+        lr = lr_at(
+            step,
+            self.plan.total_steps,
+            self.plan.warmup_steps,
+            self.config.learning_rate,
+            self.config.lr_schedule,
+        )
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
