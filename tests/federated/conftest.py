@@ -12,27 +12,14 @@ from fed_helpers import make_cases
 
 from feddx.data.jsonl import write_jsonl
 from feddx.federated.config import FederatedConfig
+from tiny_llama import make_tiny_llama
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer: Any) -> Path:
     """A tiny random Llama with SmolLM2's tokenizer, saved as a Hugging Face model folder."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     d = tmp_path_factory.mktemp("tiny-llama")
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        tie_word_embeddings=True,
-    )
-    model = LlamaForCausalLM(config).eval()
+    model = make_tiny_llama(len(tokenizer))
     model.save_pretrained(d)
     tokenizer.save_pretrained(d)
     return d

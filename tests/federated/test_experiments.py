@@ -30,6 +30,13 @@ def test_plan_covers_partitions_strategies_compression_privacy_and_hospitals() -
     ):
         assert f"ddxplus-{s}-dirichlet-0.5" in names
     assert {"ddxplus-fedavg-int8", "ddxplus-fedavg-topk", "ddxplus-fedavg-central-dp"} <= set(names)
+    # The main answers come first, so an interrupted plan has them.
+    assert names[:3] == [
+        "ddxplus-centralized",
+        "ddxplus-fedavg-dirichlet-0.5",
+        "ddxplus-fedavg-int8",
+    ]
+    assert len(names) == len(set(names))
     hospitals = next(e for e in plan if e.name == "uci-fedavg-hospitals")
     assert hospitals.overrides["partition"] == "attribute"
     assert [e.name for e in default_plan(PlanSettings())] == [

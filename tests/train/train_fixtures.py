@@ -7,6 +7,7 @@ import random
 from typing import Any
 
 from feddx.data.schema import Case, Finding, Label
+from tiny_llama import make_tiny_llama as _make_tiny_llama
 
 DIAGNOSES = {
     "Pneumonia": ("fever", "productive cough", "crackles"),
@@ -38,22 +39,7 @@ def make_cases(n: int, *, offset: int = 0, seed: int = 0) -> list[Case]:
 
 
 def make_tiny_llama(vocab_size: int, layers: int = 3, seed: int = 0) -> Any:
-    """A randomly initialised Llama small enough to train in a unit test (float32, eval)."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        tie_word_embeddings=True,
-        # Larger than Llama's 0.02 so the tied LM head can express confident predictions
-        # with 32 dimensions: the loss then visibly falls within a few steps.
-        initializer_range=0.2,
-    )
-    return LlamaForCausalLM(config).eval()
+    """The shared tiny Llama with 3 layers and a larger initialisation than Llama's 0.02, so
+    the tied LM head can express confident predictions with 32 dimensions: the loss then
+    visibly falls within a few steps."""
+    return _make_tiny_llama(vocab_size, layers, seed, initializer_range=0.2)

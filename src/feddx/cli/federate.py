@@ -182,6 +182,7 @@ def experiments(
     rank: Annotated[int, typer.Option(min=1, help="LoRA rank.")] = 8,
     targets: Annotated[str, typer.Option(help="LoRA target modules.")] = "q_proj,v_proj",
     lr: Annotated[float, typer.Option(min=0.0, help="Client learning rate.")] = 1e-3,
+    batch_size: Annotated[int, typer.Option(min=1, help="Client batch size.")] = 8,
     strategies: Annotated[
         str, typer.Option(help="Comma-separated strategy names, or 'all'.")
     ] = "all",
@@ -228,6 +229,7 @@ def experiments(
         lora_rank=rank,
         lora_targets=targets,
         learning_rate=lr,
+        batch_size=batch_size,
         strategies=chosen,
         groups=tuple(g.strip() for g in groups.split(",") if g.strip()),
     )
@@ -256,6 +258,7 @@ def experiments(
         f"--rank {rank}",
         f"--targets {targets}",
         f"--lr {lr:g}",
+        f"--batch-size {batch_size}",
         f"--strategies {strategies}",
         f"--groups {groups}",
         f"--engine {engine}",

@@ -99,84 +99,76 @@ def base_config(settings: PlanSettings, runs: Path, model: str) -> FederatedConf
 
 
 def default_plan(settings: PlanSettings) -> list[Experiment]:
-    """The experiments of the results table (see the module docstring)."""
-    plan: list[Experiment] = []
-    if settings.ddxplus is not None:
-        data = {
-            "data": f"ddxplus:{settings.ddxplus.resolve()}",
-            "num-clients": settings.ddxplus_clients,
-        }
-        dir05 = {**data, "partition": "dirichlet", "partition-alpha": 0.5}
-        groups = set(settings.groups)
-        plan.append(
-            Experiment("ddxplus-centralized", "ddxplus", "partition", data, centralized=True)
-        )
-        if "partition" in groups:
-            plan.append(
-                Experiment(
-                    "ddxplus-fedavg-iid", "ddxplus", "partition", {**data, "partition": "iid"}
-                )
-            )
-            for alpha in (1.0, 0.5, 0.1):
-                plan.append(
-                    Experiment(
-                        f"ddxplus-fedavg-dirichlet-{alpha}",
-                        "ddxplus",
-                        "partition",
-                        {**data, "partition": "dirichlet", "partition-alpha": alpha},
-                    )
-                )
-        elif "strategy" in groups or "compression" in groups or "privacy" in groups:
-            plan.append(Experiment("ddxplus-fedavg-dirichlet-0.5", "ddxplus", "partition", dir05))
-        if "strategy" in groups:
-            for name in settings.strategies:
-                if name != "fedavg":
-                    plan.append(
-                        Experiment(
-                            f"ddxplus-{name}-dirichlet-0.5",
-                            "ddxplus",
-                            "strategy",
-                            {**dir05, "strategy": name},
-                        )
-                    )
-        if "compression" in groups:
-            for scheme in ("float16", "int8", "topk"):
-                plan.append(
-                    Experiment(
-                        f"ddxplus-fedavg-{scheme}",
-                        "ddxplus",
-                        "compression",
-                        {**dir05, "compression": scheme},
-                    )
-                )
-        if "privacy" in groups:
-            plan.append(
-                Experiment(
-                    "ddxplus-fedavg-central-dp",
-                    "ddxplus",
-                    "privacy",
-                    {**dir05, "dp": "central", "dp-noise-multiplier": 0.3, "dp-clipping-norm": 1.0},
-                )
-            )
-            plan.append(
-                Experiment(
-                    "ddxplus-fedavg-local-dp",
-                    "ddxplus",
-                    "privacy",
-                    {**dir05, "dp": "local", "dp-noise-multiplier": 0.8, "dp-clipping-norm": 1.0},
-                )
-            )
+    """The experiments of the results table (see the module docstring), cheapest answers to
+    the main questions first: an interrupted plan has already produced the centralised
+    reference, FedAvg on Dirichlet alpha 0.5, its 8-bit compressed twin and the other
+    partitions (UCI's hospitals included) before it reaches the strategy sweep."""
+    groups = set(settings.groups)
     uci = {"data": "uci-heart", "num-clients": 4, "max-cases": 0}
-    plan.append(Experiment("uci-centralized", "uci-heart", "partition", uci, centralized=True))
-    plan.append(
-        Experiment(
-            "uci-fedavg-hospitals",
-            "uci-heart",
-            "partition",
-            {**uci, "partition": "attribute", "partition-attribute": "institution"},
-        )
+    uci_central = Experiment("uci-centralized", "uci-heart", "partition", uci, centralized=True)
+    uci_hospitals = Experiment(
+        "uci-fedavg-hospitals",
+        "uci-heart",
+        "partition",
+        {**uci, "partition": "attribute", "partition-attribute": "institution"},
     )
-    plan.append(Experiment("uci-fedavg-iid", "uci-heart", "partition", {**uci, "partition": "iid"}))
+    uci_iid = Experiment("uci-fedavg-iid", "uci-heart", "partition", {**uci, "partition": "iid"})
+    if settings.ddxplus is None:
+        return [uci_central, uci_hospitals, uci_iid]
+
+    data = {
+        "data": f"ddxplus:{settings.ddxplus.resolve()}",
+        "num-clients": settings.ddxplus_clients,
+    }
+    dir05 = {**data, "partition": "dirichlet", "partition-alpha": 0.5}
+
+    def ddx(name: str, group: str, overrides: Mapping[str, Any]) -> Experiment:
+        return Experiment(f"ddxplus-{name}", "ddxplus", group, overrides)
+
+    def compressed(scheme: str) -> Experiment:
+        return ddx(f"fedavg-{scheme}", "compression", {**dir05, "compression": scheme})
+
+    plan = [
+        Experiment("ddxplus-centralized", "ddxplus", "partition", data, centralized=True),
+        ddx("fedavg-dirichlet-0.5", "partition", dir05),
+    ]
+    if "compression" in groups:
+        plan.append(compressed("int8"))
+    if "partition" in groups:
+        plan.append(ddx("fedavg-iid", "partition", {**data, "partition": "iid"}))
+        for alpha in (1.0, 0.1):
+            plan.append(
+                ddx(
+                    f"fedavg-dirichlet-{alpha}",
+                    "partition",
+                    {**data, "partition": "dirichlet", "partition-alpha": alpha},
+                )
+            )
+    plan += [uci_central, uci_hospitals]
+    if "strategy" in groups:
+        plan += [
+            ddx(f"{name}-dirichlet-0.5", "strategy", {**dir05, "strategy": name})
+            for name in settings.strategies
+            if name != "fedavg"
+        ]
+    if "compression" in groups:
+        plan += [compressed("float16"), compressed("topk")]
+    plan.append(uci_iid)
+    if "privacy" in groups:
+        plan.append(
+            ddx(
+                "fedavg-central-dp",
+                "privacy",
+                {**dir05, "dp": "central", "dp-noise-multiplier": 0.3, "dp-clipping-norm": 1.0},
+            )
+        )
+        plan.append(
+            ddx(
+                "fedavg-local-dp",
+                "privacy",
+                {**dir05, "dp": "local", "dp-noise-multiplier": 0.8, "dp-clipping-norm": 1.0},
+            )
+        )
     return plan
 
 
@@ -374,9 +366,15 @@ def write_results(
     lines += [
         f"Model {base.model}, LoRA rank {base.lora_rank} on {base.lora_targets} of the top "
         f"{base.lora_top_layers} layers; {settings.rounds} rounds x {settings.local_epochs} local "
-        f"epoch(s), batch {base.batch_size}, learning rate {base.learning_rate:g}, prompts <= "
-        f"{base.max_prompt_tokens} tokens; every client trains in each round. The centralised "
-        "baseline trains on the union of the clients' cases for the same number of epochs. "
+        f"epoch(s), batch {base.batch_size}, learning rate {base.learning_rate:g}"
+        + (
+            " decayed by one cosine over the rounds (constant within a round)"
+            if base.lr_schedule == "rounds"
+            else " with a warm-up and cosine decay inside every round"
+        )
+        + f", prompts <= {base.max_prompt_tokens} tokens; every client trains in each round. "
+        "The centralised baseline trains on the union of the clients' cases for the same "
+        "number of epochs (rounds x local epochs), with one warm-up and cosine decay. "
         f"Validation: a stratified {100 * base.validation_fraction:.0f}% hold-out, of which the "
         f"first {settings.max_eval_cases or 'all'} cases are scored (same cases for every row).",
         "",
