@@ -332,12 +332,25 @@ def message_sizes(cfg: FederatedConfig) -> dict[str, int]:
     )
     sizes = {
         "full_model": content_bytes(RecordDict({"arrays": full})),
-        "adapter": content_bytes(RecordDict({"arrays": to_array_record(am.initial)})),
+        # A trained adapter's values: the initial one has all-zero LoRA B matrices, whose
+        # identical chunks Flower's content-addressed transport sends once, which would
+        # flatter the ratio.
+        "adapter": content_bytes(
+            RecordDict({"arrays": to_array_record(_like_trained(am.initial))})
+        ),
         "full_model_params": int(sum(np.prod(a.shape) for a in full.values())),
         "adapter_params": int(sum(v.size for v in am.initial.values())),
     }
     del full
     return sizes
+
+
+def _like_trained(arrays: Mapping[str, Any]) -> dict[str, Any]:
+    """Seeded random tensors of the adapter's shapes (no two chunks alike, as after training)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    return {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in arrays.items()}
 
 
 def _pct(x: float | None) -> str:
@@ -375,8 +388,13 @@ def write_results(
         + f", prompts <= {base.max_prompt_tokens} tokens; every client trains in each round. "
         "The centralised baseline trains on the union of the clients' cases for the same "
         "number of epochs (rounds x local epochs), with one warm-up and cosine decay. "
-        f"Validation: a stratified {100 * base.validation_fraction:.0f}% hold-out, of which the "
-        f"first {settings.max_eval_cases or 'all'} cases are scored (same cases for every row).",
+        f"Validation: a stratified {100 * base.validation_fraction:.0f}% hold-out"
+        + (
+            f", of which the first {settings.max_eval_cases} cases are scored"
+            if settings.max_eval_cases
+            else ", all of it scored"
+        )
+        + " (the same cases for every row).",
         "",
     ]
 
