@@ -31,7 +31,7 @@ from feddx.data.report import LoadReport
 from feddx.data.schema import Case
 from feddx.data.split import stratified_split
 from feddx.data.uci_heart import DIAGNOSES, ICD10, load_uci_heart
-from feddx.model.loading import DEFAULT_MODEL, load_base_model
+from feddx.model.loading import DEFAULT_MODEL, activation_cache_root, load_base_model
 
 if TYPE_CHECKING:  # the harness pulls in scikit-learn and torch: import it when evaluating
     from feddx.evaluate.harness import EvaluationResult
@@ -123,9 +123,8 @@ def _comparison_table(columns: Sequence[_Column], test: Sequence[Case], majority
         table.add_row(group, str(len(rows)), *cells, f"{maj:.3f}")
     extra = {"macro-F1": "macro_f1", "top-3": "top3", "latency p50 ms": "latency_ms_p50"}
     for label, key in extra.items():
-        values = [f"{c.overall[key]:.3f}" if key in c.overall else "-" for c in columns]
-        if key == "latency_ms_p50":
-            values = [f"{c.overall[key]:.0f}" if key in c.overall else "-" for c in columns]
+        spec = ".0f" if key == "latency_ms_p50" else ".3f"
+        values = [format(c.overall[key], spec) if key in c.overall else "-" for c in columns]
         table.add_row(f"[dim]{label} (all)[/]", "", *values, "")
     return table
 
@@ -153,15 +152,13 @@ def _centralized(
     )
     torch.manual_seed(opts.seed)
     net = attach_lora(loaded.model, config.lora)
-    from feddx.model.loading import cache_root
-
     result = train_adapter(
         net,
         loaded.tokenizer,
         train,
         config,
         show_progress=console.is_terminal,
-        feature_cache_dir=cache_root() / "activations",
+        feature_cache_dir=activation_cache_root(),
     )
     adapter_dir = opts.out_dir / "centralized-adapter"
     save_adapter(

@@ -244,12 +244,12 @@ class FederatedConfig(BaseModel):
         )
 
     def activation_cache_path(self) -> Path:
-        from feddx.model.loading import cache_root
+        from feddx.model.loading import activation_cache_root
 
         return (
             Path(self.activation_cache_dir).expanduser()
             if self.activation_cache_dir
-            else cache_root() / "activations"
+            else activation_cache_root()
         )
 
     def round_learning_rate(self, server_round: int) -> float:
@@ -270,7 +270,7 @@ class FederatedConfig(BaseModel):
             lora=self.lora_spec(),
             learning_rate=self.round_learning_rate(server_round),
             lr_schedule="constant" if by_rounds else "cosine",
-            warmup_ratio=0.0 if by_rounds and server_round > 1 else 0.05,
+            warmup_ratio=0.0 if by_rounds and server_round > 1 else TrainConfig.warmup_ratio,
             epochs=self.local_epochs,
             batch_size=self.batch_size,
             seed=seed,

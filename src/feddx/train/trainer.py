@@ -58,7 +58,7 @@ from feddx.train.batching import (
     split_by_length,
 )
 from feddx.train.checkpoint import CheckpointStore, TrainState, set_rng_state
-from feddx.train.config import TrainConfig
+from feddx.train.config import LrSchedule, TrainConfig
 from feddx.train.dp import DPSGD
 from feddx.train.features import ActivationCache, frozen_fingerprint
 from feddx.train.forward import DecoderRunner, check_model_once, reduce_losses
@@ -126,7 +126,9 @@ def _check_reference(
     return out
 
 
-def lr_at(step: int, total: int, warmup: int, base: float, schedule: str = "cosine") -> float:
+def lr_at(
+    step: int, total: int, warmup: int, base: float, schedule: LrSchedule = "cosine"
+) -> float:
     """Linear warm-up over ``warmup`` steps, then cosine decay towards zero at ``total`` (or
     ``base`` to the end for the ``"constant"`` schedule)."""
     if step < warmup:
