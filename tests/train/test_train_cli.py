@@ -152,3 +152,24 @@ def test_extra_data_trains_on_more_cases_and_must_share_the_labels(
     assert main([*base, "--extra-data", f"jsonl:{odd}"]) == 2
     err = _one_line_error(capsys)
     assert "1 label(s) do not occur" in err and "'Gout'" in err
+
+
+def test_candidate_loss_trains_against_the_candidate_list(
+    model_dir: Path, data_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "train.yaml"
+    config.write_text("answer_loss: candidates\nbatch_size: 4\n")
+    out = tmp_path / "run"
+    base = ["train", "--data", f"jsonl:{data_file}", "--model", str(model_dir), "--out", str(out)]
+    argv = [*base, "--config", str(config), "--max-steps", "2", "--top-layers", "1"]
+    assert main(argv) == 0
+    result = json.loads((out / "train_result.json").read_text())
+    assert result["config"]["answer_loss"] == "candidates"
+    assert result["result"]["steps"] == 2
+
+    # A --candidates file without a training label is one clear line.
+    short = tmp_path / "candidates.txt"
+    short.write_text("Pneumonia\nAsthma\n")
+    assert main([*argv, "--no-resume", "--candidates", str(short)]) == 2
+    err = _one_line_error(capsys)
+    assert "outside the 2 candidates" in err

@@ -121,6 +121,13 @@ def train(
             "DDXPlus v0 release beside the English one. Their labels must occur in --data.",
         ),
     ] = None,
+    candidates: Annotated[
+        Path | None,
+        typer.Option(
+            help="With answer_loss 'candidates': file with one candidate diagnosis per line "
+            "(default: as in 'feddx evaluate', the dataset's list or its training labels)."
+        ),
+    ] = None,
 ) -> None:
     """Fine-tune a LoRA adapter on a dataset's training split and save it to --out.
 
@@ -169,6 +176,16 @@ def train(
             extra_info[spec] = len(more)
             cases = cases + more
 
+    names: list[str] | None = None
+    if cfg.answer_loss == "candidates":
+        # The same list `feddx evaluate` scores against, so training optimises that ranking.
+        from feddx.cli.evaluate import dataset_candidates
+        from feddx.data.sources import parse_data_spec
+
+        source, path = parse_data_spec(data)
+        train_part = cases[: len(cases) - sum(extra_info.values())]
+        names, _ = dataset_candidates(source, path, train_part, candidates)
+
     import torch
 
     from feddx.model.loading import load_base_model
@@ -187,6 +204,7 @@ def train(
         resume=resume,
         show_progress=console_err.is_terminal,
         feature_cache_dir=feature_cache,
+        candidates=names,
     )
     meta: dict[str, Any] = {
         "data": data,

@@ -151,6 +151,24 @@ def _build_trie(
     return tokens, parents, depths, paths
 
 
+def trie_choices(sequences: Sequence[Sequence[int]]) -> list[tuple[tuple[int, ...], ...]]:
+    """For every sequence and position, the tokens that may come next after that prefix in
+    some sequence (sorted; the sequence's own token among them).
+
+    These are the supports of the renormalised next-token distributions of ``"constrained"``
+    scoring: training with a softmax over exactly these tokens (``answer_loss="candidates"``)
+    optimises the probabilities that this scoring ranks by.
+    """
+    following: dict[tuple[int, ...], set[int]] = {}
+    for seq in sequences:
+        for k, tok in enumerate(seq):
+            following.setdefault(tuple(seq[:k]), set()).add(int(tok))
+    return [
+        tuple(tuple(sorted(following[tuple(seq[:k])])) for k in range(len(seq)))
+        for seq in sequences
+    ]
+
+
 def _plan(sequences: Sequence[Sequence[int]], method: ScoringMethod) -> _TriePlan:
     tokens, parents, depths, paths = _build_trie(sequences)
     n = len(tokens)

@@ -30,6 +30,9 @@ class Example:
 
     input_ids: tuple[int, ...]
     answer: tuple[int, ...]
+    # Per answer token, the tokens a candidate may continue with there (``answer_loss=
+    # "candidates"``); ``None`` trains over the whole vocabulary.
+    choices: tuple[tuple[int, ...], ...] | None = None
 
     @property
     def first(self) -> int:
@@ -40,12 +43,21 @@ class Example:
         return len(self.input_ids)
 
 
-def encode_cases(cases: Sequence[Case], tokenizer: Any, max_prompt_tokens: int) -> list[Example]:
+def encode_cases(
+    cases: Sequence[Case],
+    tokenizer: Any,
+    max_prompt_tokens: int,
+    candidates: Sequence[str] | None = None,
+) -> list[Example]:
     """Render every case with the one prompt renderer and append its answer tokens.
 
-    Raises :class:`DataError` for an empty dataset or cases without a label (naming how many
-    and the first case id), and :class:`ConfigError` when ``max_prompt_tokens`` cannot hold
-    even the bare prompt template.
+    With ``candidates``, each example also gets its answer's :attr:`Example.choices` in the
+    candidates' trie (for the candidate-restricted loss).
+
+    Raises :class:`DataError` for an empty dataset, cases without a label (naming how many
+    and the first case id) or, with ``candidates``, a label outside the list; and
+    :class:`ConfigError` when ``max_prompt_tokens`` cannot hold even the bare prompt template
+    or the candidate list is unusable.
     """
     if not cases:
         raise DataError("no training cases: the dataset is empty")
@@ -55,6 +67,7 @@ def encode_cases(cases: Sequence[Case], tokenizer: Any, max_prompt_tokens: int) 
             f"{len(unlabeled)} of {len(cases)} training cases have no label "
             f"(first: case {unlabeled[0]!r}); training needs a diagnosis for every case"
         )
+    choices = None if candidates is None else _candidate_choices(cases, tokenizer, candidates)
     out: list[Example] = []
     for case in cases:
         try:
@@ -64,8 +77,39 @@ def encode_cases(cases: Sequence[Case], tokenizer: Any, max_prompt_tokens: int) 
         answer = answer_ids(tokenizer, case.require_label())
         if not answer:
             raise DataError(f"case {case.case_id!r}: the diagnosis renders to no tokens")
-        out.append(Example(tuple(prompt.input_ids) + tuple(answer[:-1]), tuple(answer)))
+        out.append(
+            Example(
+                tuple(prompt.input_ids) + tuple(answer[:-1]),
+                tuple(answer),
+                None if choices is None else choices[tuple(answer)],
+            )
+        )
     return out
+
+
+def _candidate_choices(
+    cases: Sequence[Case], tokenizer: Any, candidates: Sequence[str]
+) -> dict[tuple[int, ...], tuple[tuple[int, ...], ...]]:
+    """Each candidate answer's token ids -> its per-token choices in the candidate trie."""
+    from feddx.model.scoring import trie_choices, validate_candidates
+
+    try:
+        validate_candidates(candidates)
+    except ValueError as e:
+        raise ConfigError(f"answer_loss 'candidates': {e}") from None
+    if len(candidates) < 2:
+        raise ConfigError("answer_loss 'candidates' needs at least 2 candidates")
+    seqs = [tuple(answer_ids(tokenizer, c)) for c in candidates]
+    known = set(seqs)
+    outside = [c for c in cases if tuple(answer_ids(tokenizer, c.require_label())) not in known]
+    if outside:
+        raise DataError(
+            f"{len(outside)} of {len(cases)} training cases have a diagnosis outside the "
+            f"{len(candidates)} candidates (first: case {outside[0].case_id!r}, "
+            f"{outside[0].require_label().diagnosis!r}); the candidate-restricted loss needs "
+            "every label among them"
+        )
+    return dict(zip(seqs, trie_choices(seqs), strict=True))
 
 
 @dataclass
@@ -82,6 +126,8 @@ class Batch:
     rows: torch.Tensor  # [n] long
     cols: torch.Tensor  # [n] long
     targets: torch.Tensor  # [n] long
+    # [n, W] long, -1 padded: the tokens each answer position chooses among (candidate loss).
+    choices: torch.Tensor | None = None
 
     @property
     def n_answer_tokens(self) -> int:
@@ -97,18 +143,36 @@ class Batch:
 
 
 def collate(examples: Sequence[Example], indices: Sequence[int], pad_id: int) -> Batch:
-    """Right-pad the examples at ``indices`` into one batch."""
+    """Right-pad the examples at ``indices`` into one batch.
+
+    Examples with :attr:`Example.choices` keep only the answer positions with two or more
+    choices: a position with one continuation has probability 1 under the restricted softmax,
+    so it carries neither loss nor gradient and need not reach the LM head.
+    """
     chosen = [examples[i] for i in indices]
     width = max(len(e) for e in chosen)
     ids = torch.full((len(chosen), width), pad_id, dtype=torch.long)
     rows: list[int] = []
     cols: list[int] = []
     targets: list[int] = []
+    options: list[tuple[int, ...]] = []
+    restricted = all(e.choices is not None for e in chosen)
     for r, e in enumerate(chosen):
         ids[r, : len(e)] = torch.tensor(e.input_ids, dtype=torch.long)
-        rows.extend([r] * len(e.answer))
-        cols.extend(range(e.first, e.first + len(e.answer)))
-        targets.extend(e.answer)
+        for k, tok in enumerate(e.answer):
+            if restricted:
+                assert e.choices is not None
+                if len(e.choices[k]) < 2:
+                    continue
+                options.append(e.choices[k])
+            rows.append(r)
+            cols.append(e.first + k)
+            targets.append(tok)
+    choice_ids = None
+    if restricted:
+        choice_ids = torch.full((len(options), max(map(len, options))), -1, dtype=torch.long)
+        for j, opts in enumerate(options):
+            choice_ids[j, : len(opts)] = torch.tensor(opts, dtype=torch.long)
     return Batch(
         indices=list(indices),
         input_ids=ids,
@@ -116,6 +180,7 @@ def collate(examples: Sequence[Example], indices: Sequence[int], pad_id: int) ->
         rows=torch.tensor(rows, dtype=torch.long),
         cols=torch.tensor(cols, dtype=torch.long),
         targets=torch.tensor(targets, dtype=torch.long),
+        choices=choice_ids,
     )
 
 

@@ -31,6 +31,7 @@ from feddx.errors import ConfigError
 LossReduction = Literal["token", "example"]
 CacheDtype = Literal["float32", "float16", "bfloat16"]
 LrSchedule = Literal["cosine", "constant"]
+AnswerLoss = Literal["vocabulary", "candidates"]
 
 
 @dataclass
@@ -133,6 +134,15 @@ class TrainConfig:
         masked loss computes); ``"example"``: each example's mean token loss, averaged over
         examples, so long diagnosis names do not weigh more. DP always uses ``"example"``
         (per-example gradients need a per-example loss).
+    answer_loss
+        ``"vocabulary"``: cross-entropy of each answer token over the whole vocabulary (plain
+        language-model fine-tuning). ``"candidates"``: cross-entropy over the candidate
+        diagnoses only, i.e. at each answer token a softmax restricted to the tokens that
+        continue some candidate (the candidate trie's children), which is exactly the
+        distribution that ``"constrained"`` scoring ranks by. Training then optimises the
+        classifier that is evaluated, and spends no gradient on pushing down tokens no
+        candidate can produce; positions with a single continuation carry no loss and are
+        skipped. Needs the candidate list (``feddx train`` passes the dataset's).
     bucket_batches
         Length bucketing: the shuffled data is cut into chunks of ``bucket_batches * batch_size``
         examples, each chunk sorted by length and cut into batches, and the batches shuffled.
@@ -166,6 +176,7 @@ class TrainConfig:
     proximal_mu: float = 0.0
     dp: DPConfig | None = None
     loss_reduction: LossReduction = "token"
+    answer_loss: AnswerLoss = "vocabulary"
     bucket_batches: int = 16
     activation_cache_dtype: CacheDtype = "float32"
     activation_cache_max_mb: int = 2048
@@ -204,6 +215,11 @@ class TrainConfig:
             self.loss_reduction in get_args(LossReduction),
             "loss_reduction",
             f"must be one of {', '.join(get_args(LossReduction))}",
+        )
+        _check(
+            self.answer_loss in get_args(AnswerLoss),
+            "answer_loss",
+            f"must be one of {', '.join(get_args(AnswerLoss))}",
         )
         _check(self.bucket_batches >= 1, "bucket_batches", "must be >= 1")
         _check(

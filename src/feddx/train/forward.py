@@ -128,9 +128,29 @@ class DecoderRunner:
     def answer_losses(
         self, hidden: torch.Tensor, start: int, batch: Batch, *, checkpoint: bool = False
     ) -> torch.Tensor:
-        """Cross-entropy ``[n]`` of every answer token, from the input of layer ``start``."""
+        """Cross-entropy ``[n]`` of every answer token, from the input of layer ``start``: over
+        the vocabulary, or over ``batch.choices`` when the batch has them."""
         states = self.answer_states(hidden, start, batch, checkpoint=checkpoint)
-        return F.cross_entropy(self.logits(states), batch.targets, reduction="none")
+        if batch.choices is None:
+            return F.cross_entropy(self.logits(states), batch.targets, reduction="none")
+        return self.choice_losses(states, batch.choices, batch.targets)
+
+    def choice_losses(
+        self, states: torch.Tensor, choices: torch.Tensor, targets: torch.Tensor
+    ) -> torch.Tensor:
+        """Cross-entropy ``[n]`` of ``targets`` under a softmax restricted to each row's
+        ``choices`` (``[n, W]``, ``-1`` padded). Only the LM-head rows of those tokens are
+        used, so this costs ``W`` rather than the vocabulary's size per position."""
+        normed = self.norm(states)
+        safe = choices.clamp(min=0)
+        weight = self.lm_head.weight[safe]  # [n, W, H]
+        logits = torch.einsum("nh,nwh->nw", normed, weight)
+        bias = getattr(self.lm_head, "bias", None)
+        if bias is not None:
+            logits = logits + bias[safe]
+        logits = logits.float().masked_fill(choices < 0, float("-inf"))
+        gold = (choices == targets[:, None]).float().argmax(dim=1)
+        return F.cross_entropy(logits, gold, reduction="none")
 
 
 def _prunable(layer: Any, config: Any) -> bool:

@@ -379,6 +379,9 @@ class _Trainer:
 
 def _identity(trainer: _Trainer) -> dict[str, Any]:
     config = {k: v for k, v in trainer.config.to_dict().items() if k not in _RESUME_NEUTRAL}
+    if config.get("answer_loss") == "vocabulary":
+        # The default before the option existed: checkpoints written then still resume.
+        del config["answer_loss"]
     lora = sorted((k, list(p.shape)) for k, p in trainer.params.items())
     return {
         "model": frozen_fingerprint(trainer.runner, trainer.runner.n_layers),
@@ -408,6 +411,7 @@ def train_adapter(
     proximal_reference: dict[str, torch.Tensor] | None = None,
     feature_cache_dir: Path | None = None,
     on_step: Callable[[int, float], None] | None = None,
+    candidates: Sequence[str] | None = None,
 ) -> TrainResult:
     """Fine-tune the LoRA adapter already attached to ``model`` on ``cases``.
 
@@ -433,6 +437,9 @@ def train_adapter(
         rounds (entries are keyed by base weights and token ids, so sharing is safe).
     on_step
         Called as ``on_step(step, loss)`` after every optimizer step (and checkpoint).
+    candidates
+        The candidate diagnoses, needed by ``config.answer_loss == "candidates"`` (every
+        training label must be among them) and ignored otherwise.
 
     Raises :class:`~feddx.errors.DataError` for an empty dataset or unlabelled cases,
     :class:`~feddx.errors.ConfigError` for an invalid config, and
@@ -444,7 +451,17 @@ def train_adapter(
         config.validate()
     except ConfigError as e:
         raise ConfigError(f"training config: {e}") from None
-    examples = encode_cases(cases, tokenizer, config.max_prompt_tokens)
+    if config.answer_loss == "candidates" and candidates is None:
+        raise ConfigError(
+            "training config: answer_loss 'candidates' needs the candidate list "
+            "(train_adapter(candidates=...))"
+        )
+    examples = encode_cases(
+        cases,
+        tokenizer,
+        config.max_prompt_tokens,
+        candidates if config.answer_loss == "candidates" else None,
+    )
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     _seed_all(config.seed)
     trainer = _Trainer(model, examples, config, int(pad_id), proximal_reference)
