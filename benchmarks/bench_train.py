@@ -3,7 +3,7 @@
 
     .venv/bin/python benchmarks/bench_train.py [--train 64] [--test 40] [--epochs 3]
         [--top-layers 4] [--targets q_proj,v_proj,...] [--dropout 0] [--lr 1e-3] [--threads N]
-        [--skip-reference] [--skip-eval]
+        [--answer-loss vocabulary|candidates] [--skip-reference] [--skip-eval]
 
 The default (64 training cases) takes a few minutes on an idle 2-core machine and shows
 speed and memory; its top-1 figures are noise (49 classes, 64 examples). For a meaningful
@@ -98,7 +98,9 @@ def _layer_params(config: Any) -> tuple[float, float]:
     return h * heads * d * 2 + kv_params + 3 * h * i, kv_params
 
 
-def _our_flops(config: Any, result: Any, lora_params_per_layer: float) -> float:
+def _our_flops(
+    config: Any, result: Any, lora_params_per_layer: float, head_rows: int | None = None
+) -> float:
     """FLOPs of our training loop (not counting the one-off activation cache).
 
     Per token slot (padding included) in each trainable layer: forward ``2P``, backward to the
@@ -106,7 +108,8 @@ def _our_flops(config: Any, result: Any, lora_params_per_layer: float) -> float:
     ``~6 P_lora``; attention ``2 L H`` forward and twice that backward per token (causal, so
     half of ``4 L H``). A pruned last layer does its k/v projections for every slot and the
     rest only at answer tokens. LM head: ``2 V H`` forward plus ``2 V H`` backward per answer
-    token.
+    token, where ``V`` is the vocabulary, or ``head_rows`` (an upper bound on the choices per
+    position: the number of candidates) under the candidate-restricted loss.
     """
     n_top = result.stats["n_layers"] - result.stats["split_layer"]
     pruned = result.stats.get("pruned_last_layer", 0.0)
@@ -118,7 +121,7 @@ def _our_flops(config: Any, result: Any, lora_params_per_layer: float) -> float:
     last = (
         4 * p_kv * slots + (4 * (p - p_kv) + 6 * lora_params_per_layer + 6 * mean_len * h) * answers
     )
-    head = 4 * config.vocab_size * h * answers
+    head = 4 * (head_rows or config.vocab_size) * h * answers
     return float((n_top - pruned) * per_full_layer + pruned * last + head)
 
 
@@ -145,7 +148,9 @@ def _evaluate(
     }
 
 
-def run_ours(args: argparse.Namespace, train: list[Any]) -> tuple[Any, Any, dict[str, float]]:
+def run_ours(
+    args: argparse.Namespace, train: list[Any], candidates: list[str]
+) -> tuple[Any, Any, dict[str, float]]:
     import torch
 
     from feddx.model.loading import load_base_model
@@ -168,6 +173,7 @@ def run_ours(args: argparse.Namespace, train: list[Any]) -> tuple[Any, Any, dict
         batch_size=args.batch_size,
         seed=args.seed,
         activation_cache_dtype=args.cache_dtype,
+        answer_loss=args.answer_loss,
     )
     torch.manual_seed(args.seed)
     model = attach_lora(loaded.model, spec)
@@ -176,9 +182,17 @@ def run_ours(args: argparse.Namespace, train: list[Any]) -> tuple[Any, Any, dict
     gc.collect()
     with peak_rss() as mem:
         start, cpu = time.perf_counter(), time.process_time()
-        result = train_adapter(model, loaded.tokenizer, train, config, show_progress=args.progress)
+        result = train_adapter(
+            model,
+            loaded.tokenizer,
+            train,
+            config,
+            show_progress=args.progress,
+            candidates=candidates,
+        )
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
-    flops = _our_flops(model.get_base_model().config, result, lora_per_layer)
+    head_rows = len(candidates) if args.answer_loss == "candidates" else None
+    flops = _our_flops(model.get_base_model().config, result, lora_per_layer, head_rows)
     figures = {
         "seconds": seconds,
         "cpu_seconds": cpu,
@@ -292,6 +306,12 @@ def main() -> int:
     ap.add_argument("--skip-reference", action="store_true")
     ap.add_argument("--skip-ours", action="store_true")
     ap.add_argument("--skip-eval", action="store_true")
+    ap.add_argument(
+        "--answer-loss",
+        default="vocabulary",
+        choices=["vocabulary", "candidates"],
+        help="ours: loss over the vocabulary, or over the 49 candidates (TrainConfig.answer_loss)",
+    )
     ap.add_argument("--progress", action="store_true")
     args = ap.parse_args()
 
@@ -318,7 +338,7 @@ def main() -> int:
 
     results: dict[str, dict[str, float]] = {}
     if not args.skip_ours:
-        model, tokenizer, results["ours"] = run_ours(args, train)
+        model, tokenizer, results["ours"] = run_ours(args, train, candidates)
         # The machine is shared: measure the peak again right after our loop, keep the better.
         peak = max(peak, matmul_peak_gflops())
         if not args.skip_eval:
@@ -338,7 +358,7 @@ def main() -> int:
         top = f"top {args.top_layers} layers" if args.top_layers else "all layers"
         print(
             f"\nours: LoRA r{args.rank} {args.targets} on {top}, dropout {args.dropout}, "
-            f"cache {args.cache_dtype}, lr {args.lr}"
+            f"cache {args.cache_dtype}, lr {args.lr}, {args.answer_loss} loss"
         )
         print(
             f"  {ours['seconds']:.1f} s ({ours['cache_seconds']:.1f} s caching, "
