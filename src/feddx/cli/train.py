@@ -160,6 +160,7 @@ def train(
         held_out = []
     if not cases:
         raise DataError(f"{data}: the training split is empty")
+    own_train = cases  # --data's training split, before any --extra-data
     extra_info: dict[str, int] = {}
     if extra_data:
         known = {c.label.diagnosis for c in [*cases, *held_out] if c.label is not None}
@@ -183,8 +184,7 @@ def train(
         from feddx.data.sources import parse_data_spec
 
         source, path = parse_data_spec(data)
-        train_part = cases[: len(cases) - sum(extra_info.values())]
-        names, _ = dataset_candidates(source, path, train_part, candidates)
+        names, _ = dataset_candidates(source, path, own_train, candidates)
 
     import torch
 

@@ -67,41 +67,47 @@ def encode_cases(
             f"{len(unlabeled)} of {len(cases)} training cases have no label "
             f"(first: case {unlabeled[0]!r}); training needs a diagnosis for every case"
         )
-    choices = None if candidates is None else _candidate_choices(cases, tokenizer, candidates)
+    answers = [tuple(answer_ids(tokenizer, c.require_label())) for c in cases]
+    choices = (
+        None if candidates is None else _candidate_choices(cases, answers, tokenizer, candidates)
+    )
     out: list[Example] = []
-    for case in cases:
+    for case, answer in zip(cases, answers, strict=True):
         try:
             prompt = render_prompt(case, tokenizer, max_prompt_tokens)
         except ValueError as e:
             raise ConfigError(f"max_prompt_tokens: {e}") from None
-        answer = answer_ids(tokenizer, case.require_label())
         if not answer:
             raise DataError(f"case {case.case_id!r}: the diagnosis renders to no tokens")
         out.append(
             Example(
-                tuple(prompt.input_ids) + tuple(answer[:-1]),
-                tuple(answer),
-                None if choices is None else choices[tuple(answer)],
+                tuple(prompt.input_ids) + answer[:-1],
+                answer,
+                None if choices is None else choices[answer],
             )
         )
     return out
 
 
 def _candidate_choices(
-    cases: Sequence[Case], tokenizer: Any, candidates: Sequence[str]
+    cases: Sequence[Case],
+    answers: Sequence[tuple[int, ...]],
+    tokenizer: Any,
+    candidates: Sequence[str],
 ) -> dict[tuple[int, ...], tuple[tuple[int, ...], ...]]:
-    """Each candidate answer's token ids -> its per-token choices in the candidate trie."""
-    from feddx.model.scoring import trie_choices, validate_candidates
+    """Each candidate answer's token ids -> its per-token choices in the candidate trie
+    (``answers``: the cases' answer token ids, in order)."""
+    from feddx.model.scoring import prepare_candidates, trie_choices
 
     try:
-        validate_candidates(candidates)
+        # The scorer's own validation and tokenisation, so training and scoring agree.
+        seqs = list(prepare_candidates(tokenizer, candidates).token_ids)
     except ValueError as e:
         raise ConfigError(f"answer_loss 'candidates': {e}") from None
-    if len(candidates) < 2:
+    if len(seqs) < 2:
         raise ConfigError("answer_loss 'candidates' needs at least 2 candidates")
-    seqs = [tuple(answer_ids(tokenizer, c)) for c in candidates]
     known = set(seqs)
-    outside = [c for c in cases if tuple(answer_ids(tokenizer, c.require_label())) not in known]
+    outside = [c for c, a in zip(cases, answers, strict=True) if a not in known]
     if outside:
         raise DataError(
             f"{len(outside)} of {len(cases)} training cases have a diagnosis outside the "
