@@ -71,7 +71,9 @@ def test_json_output_shape_and_report(
 ) -> None:
     html = tmp_path / "report.html"
     argv = ["evaluate", "--data", f"jsonl:{data_file}", "--model", str(model_dir), "--json"]
-    assert main([*argv, "--report", str(html), "--result", str(tmp_path / "r.json")]) == 0
+    preds = tmp_path / "cases.jsonl"
+    extra = ["--report", str(html), "--result", str(tmp_path / "r.json"), "--predictions", str(preds)]
+    assert main([*argv, *extra]) == 0
     out = capsys.readouterr().out.strip()
     assert out.count("\n") == 0  # exactly one JSON object, nothing else on stdout
     result = json.loads(out)
@@ -83,6 +85,9 @@ def test_json_output_shape_and_report(
     assert result["candidates"] == sorted(_DX)
     assert html.read_text().startswith("<!doctype html>")
     assert json.loads((tmp_path / "r.json").read_text())["n"] == 3
+    rows = [json.loads(line) for line in preds.read_text().splitlines()]
+    assert len(rows) == 3 and all(len(r["ranked"]) == len(_DX) for r in rows)
+    assert sum(r["correct"] for r in rows) == round(result["top1"] * 3)
 
 
 def test_split_all_and_limit(

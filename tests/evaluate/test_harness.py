@@ -12,7 +12,7 @@ from evaluate_fixtures import LABELS, make_cases  # type: ignore[import-not-foun
 
 from feddx.data.schema import Case, Label
 from feddx.evaluate.harness import evaluate_cases
-from feddx.evaluate.report import render_html, write_html, write_json
+from feddx.evaluate.report import render_html, write_html, write_json, write_predictions
 from feddx.model.scoring import DEFAULT_METHOD
 
 CANDIDATES = [*LABELS, "Influenza"]
@@ -57,6 +57,20 @@ def test_end_to_end_with_baseline_calibration_and_report(
 
     write_json(result, tmp_path / "out" / "result.json")
     assert json.loads((tmp_path / "out" / "result.json").read_text())["n"] == 12
+    # per-case rows: kept out of the aggregate JSON, written to their own file
+    assert "cases" not in data and len(result.cases) == 12
+    write_predictions(result, tmp_path / "out" / "cases.jsonl")
+    rows = [json.loads(x) for x in (tmp_path / "out" / "cases.jsonl").read_text().splitlines()]
+    assert [r["case_id"] for r in rows] == [c.case_id for c in test_cases]
+    for row in rows:
+        probs = [c["probability"] for c in row["ranked"]]
+        assert probs == sorted(probs, reverse=True) and abs(sum(probs) - 1) < 1e-6
+        assert row["top1"] == row["ranked"][0]["name"]
+        assert row["ranked"][row["gold_rank"] - 1]["name"] == row["gold"]
+        assert row["correct"] == (row["top1"] == row["gold"])
+        assert row["baseline_correct"] is True  # the baseline is perfect on these cases
+    assert sum(r["correct"] for r in rows) == round(data["top1"] * 12)
+    assert "chest pain" not in (tmp_path / "out" / "cases.jsonl").read_text()
     write_html(result, tmp_path / "report.html")
     page = (tmp_path / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 4  # calibration, groups, 2 confusion

@@ -194,6 +194,12 @@ def evaluate(
     result_file: Annotated[
         Path | None, typer.Option("--result", help="Also write the JSON result to this file.")
     ] = None,
+    predictions: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write one JSON line per case (id, reference, every candidate's probability)."
+        ),
+    ] = None,
     limit: Annotated[
         int, typer.Option(min=0, help="Evaluate at most this many cases of the split (0: all).")
     ] = 0,
@@ -227,7 +233,7 @@ def evaluate(
     quiet_libraries()
     from feddx.data.split import stratified_split
     from feddx.evaluate.harness import evaluate_cases
-    from feddx.evaluate.report import write_html, write_json
+    from feddx.evaluate.report import write_html, write_json, write_predictions
 
     source, path, cases, load_info = load_cases(data)
     labeled = [c for c in cases if c.label is not None]
@@ -294,6 +300,8 @@ def evaluate(
     }
     if result_file:
         write_json(result, result_file)
+    if predictions:
+        write_predictions(result, predictions)
     if report:
         write_html(result, report, title=f"feddx evaluation: {source}")
     if as_json:

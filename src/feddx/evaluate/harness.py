@@ -5,7 +5,10 @@ probabilities with a temperature fitted on cases it does not score, optionally l
 answer freely for BLEU/ROUGE, fits the classical baseline on the training cases, and returns an
 :class:`EvaluationResult` that serialises to JSON and renders as an HTML report
 (:mod:`feddx.evaluate.report`). Only aggregates and diagnosis names are kept: no patient text,
-prompt or generated answer reaches the result.
+prompt or generated answer reaches the result. The per-case rankings (case id, reference and
+every candidate's probability, for error analysis) ride along in ``EvaluationResult.cases``
+but are left out of the JSON result; :func:`feddx.evaluate.report.write_predictions` writes
+them to their own file.
 """
 
 from __future__ import annotations
@@ -77,6 +80,7 @@ class EvaluationResult:
     seconds: float = 0.0
     meta: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    cases: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
     def headline(self) -> dict[str, float | int]:
         """The LLM's headline figures (n, top-1/3/5, macro-F1, balanced accuracy, latency)."""
@@ -84,8 +88,11 @@ class EvaluationResult:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict: the LLM's headline figures at the top level (``n``, ``top1``,
-        ``top3``, ``top5``, ``macro_f1``, ``latency_ms_p50`` ...), then every detail."""
-        body: dict[str, Any] = _finite({**self.headline(), **asdict(self)})
+        ``top3``, ``top5``, ``macro_f1``, ``latency_ms_p50`` ...), then every detail except the
+        per-case rows (a result file stays aggregate-only)."""
+        fields = asdict(self)
+        fields.pop("cases")
+        body: dict[str, Any] = _finite({**self.headline(), **fields})
         return body
 
     def to_json(self, indent: int | None = None) -> str:
@@ -285,6 +292,7 @@ def evaluate_cases(
         generation = {**text_overlap(hyps, refs), "latency_ms_p50": float(np.percentile(lat, 50))}
 
     baseline = None
+    bpreds: list[Prediction] | None = None
     if train_cases_for_baseline:
         fitted = fit_baseline(train_cases_for_baseline, seed=seed)
         bpreds = fitted.predict(cases, cset.names)
@@ -312,4 +320,40 @@ def evaluate_cases(
         generation=generation,
         seconds=time.perf_counter() - start,
         notes=notes,
+        cases=case_rows(raw, preds, bpreds),
     )
+
+
+def case_rows(
+    raw: Sequence[Prediction],
+    calibrated: Sequence[Prediction],
+    baseline: Sequence[Prediction] | None = None,
+) -> list[dict[str, Any]]:
+    """One row per case: its id, the reference, the LLM's full ranking (calibrated probability
+    and raw score of every candidate, so rankings of several adapters can be compared or
+    averaged offline) and the baseline's top answer. Ids and diagnosis names only: no text."""
+    rows = []
+    for i, (r, p) in enumerate(zip(raw, calibrated, strict=True)):
+        raw_score = {c.name: c.score for c in r.ranked}
+        row: dict[str, Any] = {
+            "case_id": p.case.case_id,
+            "gold": p.gold,
+            "top1": p.top,
+            "correct": p.top == p.gold,
+            "gold_rank": next(k for k, c in enumerate(p.ranked, 1) if c.name == p.gold),
+            "latency_ms": p.latency_ms,
+            "ranked": [
+                {
+                    "name": c.name,
+                    "icd10": c.icd10,
+                    "probability": c.probability,
+                    "score": raw_score[c.name],
+                }
+                for c in p.ranked
+            ],
+        }
+        if baseline is not None:
+            row["baseline_top1"] = baseline[i].top
+            row["baseline_correct"] = baseline[i].top == p.gold
+        rows.append(_finite(row))
+    return rows

@@ -4,7 +4,9 @@ The HTML file is self-contained (plots are PNGs embedded as base64, rendered wit
 matplotlib's Agg backend, no JavaScript, no external assets), so it can be attached to a ticket
 or opened on an air-gapped hospital machine. It shows the LLM-vs-baseline table, the confusion
 matrix, per-group accuracy and the calibration curve. Every text is HTML-escaped; only
-aggregates and diagnosis names appear. Both writers are atomic (temp file + rename).
+aggregates and diagnosis names appear. :func:`write_predictions` adds one JSON line per case
+(case id, reference, every candidate's probability) for error analysis; it holds case ids but
+never findings or text. Every writer is atomic (temp file + rename).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -38,6 +41,13 @@ def _atomic_write(path: Path, data: str) -> None:
 def write_json(result: EvaluationResult, path: Path) -> None:
     """Write ``result.to_json()`` (indented) to ``path`` atomically."""
     _atomic_write(path, result.to_json(indent=1) + "\n")
+
+
+def write_predictions(result: EvaluationResult, path: Path) -> None:
+    """Write the per-case rankings (:func:`feddx.evaluate.harness.case_rows`) as JSON lines to
+    ``path`` atomically."""
+    lines = "".join(json.dumps(row, allow_nan=False) + "\n" for row in result.cases)
+    _atomic_write(path, lines)
 
 
 def _png(fig: Any) -> str:
