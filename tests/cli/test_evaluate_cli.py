@@ -72,7 +72,14 @@ def test_json_output_shape_and_report(
     html = tmp_path / "report.html"
     argv = ["evaluate", "--data", f"jsonl:{data_file}", "--model", str(model_dir), "--json"]
     preds = tmp_path / "cases.jsonl"
-    extra = ["--report", str(html), "--result", str(tmp_path / "r.json"), "--predictions", str(preds)]
+    extra = [
+        "--report",
+        str(html),
+        "--result",
+        str(tmp_path / "r.json"),
+        "--predictions",
+        str(preds),
+    ]
     assert main([*argv, *extra]) == 0
     out = capsys.readouterr().out.strip()
     assert out.count("\n") == 0  # exactly one JSON object, nothing else on stdout
