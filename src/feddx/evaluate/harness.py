@@ -17,7 +17,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -90,7 +90,7 @@ class EvaluationResult:
         """A JSON-ready dict: the LLM's headline figures at the top level (``n``, ``top1``,
         ``top3``, ``top5``, ``macro_f1``, ``latency_ms_p50`` ...), then every detail except the
         per-case rows (a result file stays aggregate-only)."""
-        fields = asdict(self)
+        fields = asdict(replace(self, cases=[]))  # the rows are not deep-copied only to be dropped
         fields.pop("cases")
         body: dict[str, Any] = _finite({**self.headline(), **fields})
         return body
@@ -320,21 +320,18 @@ def evaluate_cases(
         generation=generation,
         seconds=time.perf_counter() - start,
         notes=notes,
-        cases=case_rows(raw, preds, bpreds),
+        cases=case_rows(preds, bpreds),
     )
 
 
 def case_rows(
-    raw: Sequence[Prediction],
-    calibrated: Sequence[Prediction],
-    baseline: Sequence[Prediction] | None = None,
+    predictions: Sequence[Prediction], baseline: Sequence[Prediction] | None = None
 ) -> list[dict[str, Any]]:
     """One row per case: its id, the reference, the LLM's full ranking (calibrated probability
     and raw score of every candidate, so rankings of several adapters can be compared or
     averaged offline) and the baseline's top answer. Ids and diagnosis names only: no text."""
     rows = []
-    for i, (r, p) in enumerate(zip(raw, calibrated, strict=True)):
-        raw_score = {c.name: c.score for c in r.ranked}
+    for i, p in enumerate(predictions):
         row: dict[str, Any] = {
             "case_id": p.case.case_id,
             "gold": p.gold,
@@ -342,13 +339,9 @@ def case_rows(
             "correct": p.top == p.gold,
             "gold_rank": next(k for k, c in enumerate(p.ranked, 1) if c.name == p.gold),
             "latency_ms": p.latency_ms,
+            # with_temperature keeps each candidate's raw score beside the new probability
             "ranked": [
-                {
-                    "name": c.name,
-                    "icd10": c.icd10,
-                    "probability": c.probability,
-                    "score": raw_score[c.name],
-                }
+                {"name": c.name, "icd10": c.icd10, "probability": c.probability, "score": c.score}
                 for c in p.ranked
             ],
         }
