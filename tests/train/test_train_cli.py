@@ -154,6 +154,41 @@ def test_extra_data_trains_on_more_cases_and_must_share_the_labels(
     assert "1 label(s) do not occur" in err and "'Gout'" in err
 
 
+def test_extra_per_label_caps_each_diagnosis_of_the_pooled_extra_data(
+    model_dir: Path, data_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    n_labels = len({c.label.diagnosis for c in make_cases(30) if c.label})
+    extra_a, extra_b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    write_jsonl(make_cases(3 * n_labels, offset=100), extra_a)  # 3 of each diagnosis
+    write_jsonl(make_cases(n_labels, offset=200), extra_b)  # 1 of each
+    out = tmp_path / "run"
+    argv = ["train", "--data", f"jsonl:{data_file}", "--model", str(model_dir), "--out", str(out)]
+    argv += ["--extra-data", f"jsonl:{extra_a}", "--extra-data", f"jsonl:{extra_b}"]
+    assert main([*argv, "--extra-per-label", "2", "--max-steps", "1", "--top-layers", "1"]) == 0
+    meta = json.loads((out / "train_result.json").read_text())
+    assert meta["extra_data"]["kept_after_per_label_cap"] == 2 * n_labels  # pooled, then capped
+    assert meta["n_train"] == 24 + 2 * n_labels
+
+    assert (
+        main(["train", "--data", f"jsonl:{data_file}", "--out", "o", "--extra-per-label", "2"]) == 2
+    )
+    assert "--extra-per-label needs --extra-data" in capsys.readouterr().err
+
+
+def test_cap_per_label_is_a_reproducible_sample_in_input_order() -> None:
+    from feddx.cli.train import cap_per_label
+
+    cases = make_cases(20)  # labels cycle, so each has several cases
+    kept = cap_per_label(cases, 2, seed=3)
+    counts: dict[str, int] = {}
+    for c in kept:
+        counts[c.label.diagnosis] = counts.get(c.label.diagnosis, 0) + 1  # type: ignore[union-attr]
+    assert set(counts.values()) == {2}
+    assert [c.case_id for c in kept] == [c.case_id for c in cases if c in kept]  # order kept
+    assert kept == cap_per_label(cases, 2, seed=3)
+    assert cap_per_label(cases, 100, seed=3) == cases  # under the cap: everything
+
+
 def test_candidate_loss_trains_against_the_candidate_list(
     model_dir: Path, data_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

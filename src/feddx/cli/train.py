@@ -54,6 +54,22 @@ def _load_training_cases(spec: str) -> tuple[list[Case], dict[str, Any]]:
     return labeled, info
 
 
+def cap_per_label(cases: list[Case], limit: int, seed: int) -> list[Case]:
+    """At most ``limit`` cases per diagnosis: a seeded random sample where a label has more,
+    every case where it has fewer. The input order is kept, so the result is reproducible."""
+    import random
+
+    by_label: dict[str, list[int]] = {}
+    for i, c in enumerate(cases):
+        by_label.setdefault(c.label.diagnosis if c.label else "", []).append(i)
+    rng = random.Random(seed)
+    keep: set[int] = set()
+    for label in sorted(by_label):
+        idx = by_label[label]
+        keep.update(idx if len(idx) <= limit else rng.sample(idx, limit))
+    return [c for i, c in enumerate(cases) if i in keep]
+
+
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -121,6 +137,15 @@ def train(
             "DDXPlus v0 release beside the English one. Their labels must occur in --data.",
         ),
     ] = None,
+    extra_per_label: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Keep at most this many --extra-data cases per diagnosis (a seeded sample of "
+            "all --extra-data pooled), so a large, skewed extra release does not swamp the "
+            "class balance of --data.",
+        ),
+    ] = None,
     candidates: Annotated[
         Path | None,
         typer.Option(
@@ -162,6 +187,11 @@ def train(
         raise DataError(f"{data}: the training split is empty")
     own_train = cases  # --data's training split, before any --extra-data
     extra_info: dict[str, int] = {}
+    extra_cases: list[Case] = []
+    if extra_per_label is not None and not extra_data:
+        raise typer.BadParameter(
+            "--extra-per-label needs --extra-data", param_hint="--extra-per-label"
+        )
     if extra_data:
         known = {c.label.diagnosis for c in [*cases, *held_out] if c.label is not None}
         for spec in extra_data:
@@ -175,7 +205,11 @@ def train(
                     + "); a model trained on them could not be evaluated against --data"
                 )
             extra_info[spec] = len(more)
-            cases = cases + more
+            extra_cases.extend(more)
+        if extra_per_label is not None:
+            extra_cases = cap_per_label(extra_cases, extra_per_label, seed=seed)
+            extra_info["kept_after_per_label_cap"] = len(extra_cases)
+        cases = cases + extra_cases
 
     names: list[str] | None = None
     if cfg.answer_loss == "candidates":
