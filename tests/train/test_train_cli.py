@@ -175,20 +175,6 @@ def test_extra_per_label_caps_each_diagnosis_of_the_pooled_extra_data(
     assert "--extra-per-label needs --extra-data" in capsys.readouterr().err
 
 
-def test_cap_per_label_is_a_reproducible_sample_in_input_order() -> None:
-    from feddx.cli.train import cap_per_label
-
-    cases = make_cases(20)  # labels cycle, so each has several cases
-    kept = cap_per_label(cases, 2, seed=3)
-    counts: dict[str, int] = {}
-    for c in kept:
-        counts[c.label.diagnosis] = counts.get(c.label.diagnosis, 0) + 1  # type: ignore[union-attr]
-    assert set(counts.values()) == {2}
-    assert [c.case_id for c in kept] == [c.case_id for c in cases if c in kept]  # order kept
-    assert kept == cap_per_label(cases, 2, seed=3)
-    assert cap_per_label(cases, 100, seed=3) == cases  # under the cap: everything
-
-
 def test_candidate_loss_trains_against_the_candidate_list(
     model_dir: Path, data_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -54,22 +54,6 @@ def _load_training_cases(spec: str) -> tuple[list[Case], dict[str, Any]]:
     return labeled, info
 
 
-def cap_per_label(cases: list[Case], limit: int, seed: int) -> list[Case]:
-    """At most ``limit`` cases per diagnosis: a seeded random sample where a label has more,
-    every case where it has fewer. The input order is kept, so the result is reproducible."""
-    import random
-
-    by_label: dict[str, list[int]] = {}
-    for i, c in enumerate(cases):
-        by_label.setdefault(c.label.diagnosis if c.label else "", []).append(i)
-    rng = random.Random(seed)
-    keep: set[int] = set()
-    for label in sorted(by_label):
-        idx = by_label[label]
-        keep.update(idx if len(idx) <= limit else rng.sample(idx, limit))
-    return [c for i, c in enumerate(cases) if i in keep]
-
-
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -159,7 +143,7 @@ def train(
     The held-out split of --data is never trained on, so `feddx evaluate` with the same
     --data, --test-fraction and --seed scores unseen cases even when --extra-data is given."""
     quiet_libraries()
-    from feddx.data.split import stratified_split
+    from feddx.data.split import cap_per_label, stratified_split
     from feddx.train.config import TrainConfig
 
     # Config and data first: a bad file fails in a second, not after the model has loaded.
@@ -178,6 +162,10 @@ def train(
         overrides["lora"] = {**cfg.lora.__dict__, "top_layers": top_layers}
     if overrides:
         cfg = TrainConfig.from_dict({**cfg.to_dict(), **overrides}, origin="command line")
+    if extra_per_label is not None and not extra_data:
+        raise typer.BadParameter(
+            "--extra-per-label needs --extra-data", param_hint="--extra-per-label"
+        )
     cases, info = _load_training_cases(data)
     if split is TrainSplit.train:
         cases, held_out = stratified_split(cases, test_fraction=test_fraction, seed=seed)
@@ -188,10 +176,6 @@ def train(
     own_train = cases  # --data's training split, before any --extra-data
     extra_info: dict[str, int] = {}
     extra_cases: list[Case] = []
-    if extra_per_label is not None and not extra_data:
-        raise typer.BadParameter(
-            "--extra-per-label needs --extra-data", param_hint="--extra-per-label"
-        )
     if extra_data:
         known = {c.label.diagnosis for c in [*cases, *held_out] if c.label is not None}
         for spec in extra_data:

@@ -37,3 +37,22 @@ def stratified_split(
     rng.shuffle(train)
     rng.shuffle(test)
     return train, test
+
+
+def cap_per_label(cases: Sequence[Case], limit: int, seed: int = 0) -> list[Case]:
+    """At most ``limit`` cases per diagnosis: a seeded random sample where a label has more,
+    every case where it has fewer. The input order is kept, so the result is reproducible.
+
+    Used to add a large, skewed extra release (e.g. DDXPlus v0's 19-pathology files) without
+    letting its majority classes swamp the class balance of the main dataset."""
+    if limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
+    by_label: dict[str, list[int]] = {}
+    for i, c in enumerate(cases):
+        by_label.setdefault(c.label.diagnosis if c.label else "", []).append(i)
+    rng = random.Random(seed)
+    keep: set[int] = set()
+    for label in sorted(by_label):
+        idx = by_label[label]
+        keep.update(idx if len(idx) <= limit else rng.sample(idx, limit))
+    return [c for i, c in enumerate(cases) if i in keep]
