@@ -99,6 +99,35 @@ class DPConfig:
 
 
 @dataclass
+class AugmentSpec:
+    """Finding-dropout augmentation (:mod:`feddx.train.augment`).
+
+    Parameters
+    ----------
+    copies
+        Augmented copies added per case that has at least two findings (``0``: off). An epoch
+        then passes over ``copies + 1`` times as many examples, so scale ``epochs`` down to
+        keep the number of steps.
+    drop_finding
+        Probability that a copy leaves out each finding (at least one is always kept).
+    shuffle_findings
+        Also put each copy's findings in a random order.
+    """
+
+    copies: int = 0
+    drop_finding: float = 0.2
+    shuffle_findings: bool = False
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first invalid field."""
+        _check(self.copies >= 0, "augment.copies", "must be >= 0")
+        _check(0 <= self.drop_finding < 1, "augment.drop_finding", "must be in [0, 1)")
+
+
+@dataclass
 class TrainConfig:
     """A LoRA fine-tuning run.
 
@@ -158,6 +187,10 @@ class TrainConfig:
     gradient_checkpointing
         Recompute each trainable layer's activations in the backward pass (less memory,
         ~30% more compute; not available with DP).
+    augment
+        Finding-dropout copies of each case (:class:`AugmentSpec`; off by default). Not
+        available with DP: copies of one patient are not independent examples, so the
+        accountant's epsilon would understate the privacy spent.
     """
 
     lora: LoraSpec = field(default_factory=LoraSpec)
@@ -181,6 +214,7 @@ class TrainConfig:
     activation_cache_dtype: CacheDtype = "float32"
     activation_cache_max_mb: int = 2048
     gradient_checkpointing: bool = False
+    augment: AugmentSpec = field(default_factory=AugmentSpec)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -189,6 +223,7 @@ class TrainConfig:
         """Raise :class:`ConfigError` naming the first invalid field (also checks the nested
         specs, so a config mutated after construction is re-checked before training)."""
         self.lora.validate()
+        self.augment.validate()
         if self.dp is not None:
             self.dp.validate()
         _check(
@@ -233,6 +268,12 @@ class TrainConfig:
             "gradient_checkpointing",
             "cannot be combined with dp (per-example gradients need the original activations)",
         )
+        _check(
+            not (self.augment.copies and self.dp is not None),
+            "augment.copies",
+            "cannot be combined with dp (copies of one patient are not independent examples, "
+            "so the reported epsilon would be wrong)",
+        )
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, origin: str = "config") -> TrainConfig:
@@ -247,6 +288,8 @@ class TrainConfig:
             kwargs = _convert_fields(cls, data, prefix="")
             if "lora" in kwargs:
                 kwargs["lora"] = _nested(LoraSpec, kwargs["lora"], "lora")
+            if "augment" in kwargs:
+                kwargs["augment"] = _nested(AugmentSpec, kwargs["augment"], "augment")
             if "dp" in kwargs:
                 dp = kwargs["dp"]
                 if dp is None or dp is False:

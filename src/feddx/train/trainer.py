@@ -48,6 +48,7 @@ from feddx.train.adapter import (
     load_adapter_state,
     lora_parameters,
 )
+from feddx.train.augment import augment_cases
 from feddx.train.batching import (
     Batch,
     Example,
@@ -382,6 +383,9 @@ def _identity(trainer: _Trainer) -> dict[str, Any]:
     if config.get("answer_loss") == "vocabulary":
         # The default before the option existed: checkpoints written then still resume.
         del config["answer_loss"]
+    if not config.get("augment", {}).get("copies"):
+        # Likewise for augmentation, which is off by default (the data fingerprint covers it).
+        config.pop("augment", None)
     lora = sorted((k, list(p.shape)) for k, p in trainer.params.items())
     return {
         "model": frozen_fingerprint(trainer.runner, trainer.runner.n_layers),
@@ -456,6 +460,8 @@ def train_adapter(
             "training config: answer_loss 'candidates' needs the candidate list "
             "(train_adapter(candidates=...))"
         )
+    n_cases = len(cases)
+    cases = augment_cases(cases, config.augment, config.seed)
     examples = encode_cases(
         cases,
         tokenizer,
@@ -495,6 +501,7 @@ def train_adapter(
         "pruned_last_layer": float(trainer.runner.prune_last_layer),
         "resumed_from_step": float(resumed_from),
         "total_steps": float(plan.total_steps),
+        "augmented_examples": float(len(cases) - n_cases),
     }
 
     def seconds_so_far() -> float:

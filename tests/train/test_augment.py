@@ -1,0 +1,104 @@
+"""Finding-dropout augmentation: what the copies hold, determinism, config, and the trainer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from feddx.data.schema import Case, Finding, Label
+from feddx.errors import ConfigError
+from feddx.train.augment import augment_cases
+from feddx.train.config import AugmentSpec, DPConfig, LoraSpec, TrainConfig
+from feddx.train.trainer import train_adapter
+
+
+def _case(i: int, n_findings: int) -> Case:
+    return Case(
+        case_id=f"c{i}",
+        age=40,
+        sex="female",
+        text="free text stays",
+        findings=tuple(Finding(name=f"f{i}-{j}") for j in range(n_findings)),
+        label=Label(diagnosis=f"dx{i % 3}"),
+    )
+
+
+def test_copies_drop_findings_keep_the_rest_and_follow_the_originals() -> None:
+    cases = [_case(i, 12) for i in range(20)]
+    out = augment_cases(cases, AugmentSpec(copies=2, drop_finding=0.3), seed=0)
+    assert out[:20] == cases  # originals first, unchanged
+    copies = out[20:]
+    assert len(copies) == 40
+    assert [c.case_id for c in copies[:2]] == ["c0~aug1", "c1~aug1"]
+    assert copies[20].case_id == "c0~aug2"
+    by_id = {c.case_id: c for c in cases}
+    dropped = 0
+    for copy in copies:
+        source = by_id[copy.case_id.split("~")[0]]
+        assert copy.label == source.label and copy.text == source.text
+        assert copy.age == source.age and copy.sex == source.sex
+        assert 1 <= len(copy.findings) <= len(source.findings)
+        # A subsequence of the source's findings: order kept without shuffle_findings.
+        it = iter(source.findings)
+        assert all(f in it for f in copy.findings)
+        dropped += len(source.findings) - len(copy.findings)
+    rate = dropped / (40 * 12)
+    assert 0.2 < rate < 0.4  # drop probability 0.3
+
+
+def test_augmentation_is_deterministic_per_seed() -> None:
+    cases = [_case(i, 8) for i in range(10)]
+    spec = AugmentSpec(copies=1, drop_finding=0.5, shuffle_findings=True)
+    assert augment_cases(cases, spec, seed=3) == augment_cases(cases, spec, seed=3)
+    assert augment_cases(cases, spec, seed=3) != augment_cases(cases, spec, seed=4)
+
+
+def test_shuffle_reorders_and_at_least_one_finding_survives() -> None:
+    cases = [_case(i, 10) for i in range(10)]
+    shuffled = augment_cases(
+        cases, AugmentSpec(copies=1, drop_finding=0.0, shuffle_findings=True), 0
+    )
+    assert any(c.findings != s.findings for c, s in zip(cases, shuffled[10:], strict=True))
+    assert all(
+        set(c.findings) == set(s.findings) for c, s in zip(cases, shuffled[10:], strict=True)
+    )
+    harsh = augment_cases(cases, AugmentSpec(copies=3, drop_finding=0.99), 0)
+    assert all(len(c.findings) >= 1 for c in harsh)
+
+
+def test_cases_with_fewer_than_two_findings_are_not_copied() -> None:
+    cases = [_case(0, 0), _case(1, 1), _case(2, 2)]
+    out = augment_cases(cases, AugmentSpec(copies=2), 0)
+    assert [c.case_id for c in out] == ["c0", "c1", "c2", "c2~aug1", "c2~aug2"]
+    assert augment_cases(cases, AugmentSpec(copies=0), 0) == cases
+
+
+def test_config_reads_validates_and_refuses_dp() -> None:
+    config = TrainConfig.from_dict({"augment": {"copies": 2, "drop_finding": 0.25}})
+    assert config.augment == AugmentSpec(copies=2, drop_finding=0.25)
+    assert TrainConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ConfigError, match=r"augment\.drop_finding must be in \[0, 1\)"):
+        TrainConfig.from_dict({"augment": {"drop_finding": 1.0}})
+    with pytest.raises(ConfigError, match=r"unknown setting 'augment\.copy'"):
+        TrainConfig.from_dict({"augment": {"copy": 1}})
+    with pytest.raises(ConfigError, match=r"augment\.copies cannot be combined with dp"):
+        TrainConfig(augment=AugmentSpec(copies=1), dp=DPConfig())
+
+
+def test_trainer_passes_over_the_originals_and_their_copies(
+    make_model: Callable[..., Any], tokenizer: Any, cases: list[Case]
+) -> None:
+    config = TrainConfig(
+        learning_rate=5e-3,
+        batch_size=4,
+        epochs=1,
+        lora=LoraSpec(dropout=0.0),
+        augment=AugmentSpec(copies=2, drop_finding=0.3),
+    )
+    result = train_adapter(make_model(), tokenizer, cases, config)
+    assert result.stats["augmented_examples"] == 2 * len(cases)
+    assert result.examples == 3 * len(cases)
+    plain = train_adapter(make_model(), tokenizer, cases, config.replace(augment=AugmentSpec()))
+    assert plain.stats["augmented_examples"] == 0 and plain.examples == len(cases)
