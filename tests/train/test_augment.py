@@ -9,7 +9,7 @@ import pytest
 
 from feddx.data.schema import Case, Finding, Label
 from feddx.errors import ConfigError
-from feddx.train.augment import augment_cases
+from feddx.train.augment import augment_cases, sentences
 from feddx.train.config import AugmentSpec, DPConfig, LoraSpec, TrainConfig
 from feddx.train.trainer import train_adapter
 
@@ -102,3 +102,20 @@ def test_trainer_passes_over_the_originals_and_their_copies(
     assert result.examples == 3 * len(cases)
     plain = train_adapter(make_model(), tokenizer, cases, config.replace(augment=AugmentSpec()))
     assert plain.stats["augmented_examples"] == 0 and plain.examples == len(cases)
+
+
+def test_sentence_dropout_copies_free_text_cases_only_when_asked() -> None:
+    note = "My skin itches. There are red patches on my arms! Do they spread? They do."
+    case = Case(case_id="t", text=note, label=Label(diagnosis="psoriasis"))
+    single = Case(case_id="s", text="Only one sentence here.", label=Label(diagnosis="x"))
+    assert augment_cases([case, single], AugmentSpec(copies=2), 0) == [case, single]
+    out = augment_cases([case, single], AugmentSpec(copies=40, drop_sentence=0.5), 0)
+    copies = out[2:]
+    assert len(copies) == 40 and all(c.case_id.startswith("t~aug") for c in copies)
+    parts = sentences(note)
+    assert parts[1] == "There are red patches on my arms!" and len(parts) == 4
+    for copy in copies:
+        kept = sentences(copy.text or "")
+        assert kept and all(s in parts for s in kept)
+        assert [parts.index(s) for s in kept] == sorted(parts.index(s) for s in kept)
+    assert any(len(sentences(c.text or "")) < 4 for c in copies)

@@ -1,4 +1,4 @@
-"""Finding-dropout augmentation: extra training copies of each case with findings removed.
+"""Dropout augmentation: extra training copies of each case with findings or sentences removed.
 
 Why: on DDXPlus the adapters memorise the training cases (training loss ~1e-4) and then lean
 on the one or two findings that separate most pairs of similar diagnoses. A held-out case
@@ -8,6 +8,9 @@ angina, although no stable-angina case has nausea). Copies with random findings 
 each finding carry the answer on its own some of the time, as feature dropout does for a
 linear model.
 
+Free-text cases (Symptom2Disease) get the same treatment one level up: copies leave out whole
+sentences of the note, so each described symptom has to carry the answer on its own.
+
 The copies are built once, before tokenisation, so each is an ordinary example: the frozen
 layers' activations of every copy are cached like any other (the copies cost caching time
 once, not per epoch), and an epoch passes over the originals and their copies together.
@@ -16,22 +19,38 @@ once, not per epoch), and an epoch passes over the originals and their copies to
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Sequence
 
 from feddx.data.schema import Case
 from feddx.train.config import AugmentSpec
 
 AUGMENT_SEED_SALT = 0x5EED_A06
+# Sentence ends: ., ! or ? followed by white space. Good enough for symptom descriptions; a
+# missed boundary only means a longer sentence is kept or dropped as one.
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def sentences(text: str) -> list[str]:
+    """``text`` cut at sentence ends (empty pieces removed)."""
+    return [s for s in _SENTENCE_END.split(text.strip()) if s]
+
+
+def _drop(items: Sequence[object], p: float, rng: random.Random) -> list[object]:
+    kept = [x for x in items if rng.random() >= p]
+    return kept or [rng.choice(list(items))]
 
 
 def augment_cases(cases: Sequence[Case], spec: AugmentSpec, seed: int) -> list[Case]:
-    """``cases`` followed by ``spec.copies`` augmented copies of each case with at least two
-    findings (a case with fewer has nothing to drop and is not copied).
+    """``cases`` followed by ``spec.copies`` augmented copies of each case that has something
+    to drop: at least two findings, or (with ``spec.drop_sentence > 0``) a note of at least two
+    sentences. Other cases are not copied.
 
     Each copy drops every finding independently with probability ``spec.drop_finding`` and
-    keeps at least one; with ``spec.shuffle_findings`` the kept findings are also put in a
-    random order. Copies are named ``<case_id>~aug<k>`` and keep the label, demographics,
-    text and history of their case. Deterministic for a given ``seed``.
+    every sentence of the note with probability ``spec.drop_sentence``, keeping at least one
+    of each; with ``spec.shuffle_findings`` the kept findings are also put in a random order.
+    Copies are named ``<case_id>~aug<k>`` and keep the label, demographics and history of
+    their case. Deterministic for a given ``seed``.
     """
     out = list(cases)
     if spec.copies == 0:
@@ -39,19 +58,19 @@ def augment_cases(cases: Sequence[Case], spec: AugmentSpec, seed: int) -> list[C
     rng = random.Random(seed ^ AUGMENT_SEED_SALT)
     for k in range(1, spec.copies + 1):
         for case in cases:
-            if len(case.findings) < 2:
-                continue
-            kept = [f for f in case.findings if rng.random() >= spec.drop_finding]
-            if not kept:
-                kept = [rng.choice(case.findings)]
-            if spec.shuffle_findings:
-                rng.shuffle(kept)
-            out.append(
-                case.model_copy(
-                    update={"case_id": f"{case.case_id}~aug{k}", "findings": tuple(kept)}
-                )
-            )
+            update: dict[str, object] = {}
+            if len(case.findings) >= 2:
+                kept = _drop(case.findings, spec.drop_finding, rng)
+                if spec.shuffle_findings:
+                    rng.shuffle(kept)
+                update["findings"] = tuple(kept)
+            parts = sentences(case.text) if case.text and spec.drop_sentence > 0 else []
+            if len(parts) >= 2:
+                update["text"] = " ".join(str(x) for x in _drop(parts, spec.drop_sentence, rng))
+            if update:
+                update["case_id"] = f"{case.case_id}~aug{k}"
+                out.append(case.model_copy(update=update))
     return out
 
 
-__all__ = ["augment_cases"]
+__all__ = ["augment_cases", "sentences"]

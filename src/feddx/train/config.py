@@ -105,18 +105,23 @@ class AugmentSpec:
     Parameters
     ----------
     copies
-        Augmented copies added per case that has at least two findings (``0``: off). An epoch
+        Augmented copies added per case that has something to drop: two or more findings, or
+        a note of two or more sentences when ``drop_sentence > 0`` (``0``: off). An epoch
         then passes over ``copies + 1`` times as many examples, so scale ``epochs`` down to
         keep the number of steps.
     drop_finding
         Probability that a copy leaves out each finding (at least one is always kept).
     shuffle_findings
         Also put each copy's findings in a random order.
+    drop_sentence
+        Probability that a copy leaves out each sentence of the case's free-text note (at
+        least one is always kept; ``0``: notes are copied whole).
     """
 
     copies: int = 0
     drop_finding: float = 0.2
     shuffle_findings: bool = False
+    drop_sentence: float = 0.0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -125,6 +130,7 @@ class AugmentSpec:
         """Raise :class:`ConfigError` naming the first invalid field."""
         _check(self.copies >= 0, "augment.copies", "must be >= 0")
         _check(0 <= self.drop_finding < 1, "augment.drop_finding", "must be in [0, 1)")
+        _check(0 <= self.drop_sentence < 1, "augment.drop_sentence", "must be in [0, 1)")
 
 
 @dataclass
