@@ -178,3 +178,66 @@ def test_matching_adapter_is_loaded_and_recorded(
     result = json.loads(capsys.readouterr().out)
     assert result["meta"]["adapter"] == str(adapter_dir)
     assert result["meta"]["max_prompt_tokens"] == 96  # the adapter's own prompt budget
+
+
+def _random_adapter(model_dir: Path, out: Path, seed: int, rank: int = 4) -> None:
+    """A saved adapter whose LoRA weights are random (a fresh one is a no-op: B starts at 0)."""
+    import torch
+
+    from feddx.model.loading import load_base_model
+    from feddx.train.adapter import attach_lora, save_adapter
+    from feddx.train.config import LoraSpec
+
+    loaded = load_base_model(str(model_dir))
+    net = attach_lora(loaded.model, LoraSpec(rank=rank))
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if "lora_" in name:
+                p.normal_(0.0, 0.5)
+    save_adapter(net, out, base_fingerprint=loaded.fingerprint, metadata={})
+
+
+def _scores(path: Path) -> dict[str, dict[str, float]]:
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    return {r["case_id"]: {c["name"]: c["score"] for c in r["ranked"]} for r in rows}
+
+
+def test_repeated_adapter_ranks_by_the_mean_probability_of_the_ensemble(
+    model_dir: Path, data_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import math
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    _random_adapter(model_dir, a, seed=1)
+    _random_adapter(model_dir, b, seed=2)
+    argv = ["evaluate", "--data", f"jsonl:{data_file}", "--model", str(model_dir), "--json"]
+    argv += ["--split", "all", "--no-baseline"]
+    for name, adapters in (("a", [a]), ("b", [b]), ("ab", [a, b])):
+        flags = [x for d in adapters for x in ("--adapter", str(d))]
+        assert main([*argv, *flags, "--predictions", str(tmp_path / f"{name}.jsonl")]) == 0
+        result = json.loads(capsys.readouterr().out)
+    assert result["meta"]["adapters"] == [str(a), str(b)]
+    sa, sb, sab = (_scores(tmp_path / f"{n}.jsonl") for n in ("a", "b", "ab"))
+    assert sa != sb  # two different members
+    for case_id, mixed in sab.items():
+
+        def softmax(s: dict[str, float]) -> dict[str, float]:
+            z = max(s.values())
+            w = {k: math.exp(v - z) for k, v in s.items()}
+            return {k: v / sum(w.values()) for k, v in w.items()}
+
+        pa, pb = softmax(sa[case_id]), softmax(sb[case_id])
+        for name, score in mixed.items():
+            assert math.exp(score) == pytest.approx((pa[name] + pb[name]) / 2, rel=1e-4)
+
+
+def test_ensemble_of_different_lora_layouts_is_one_line(
+    model_dir: Path, data_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    _random_adapter(model_dir, a, seed=1, rank=4)
+    _random_adapter(model_dir, b, seed=2, rank=8)
+    argv = ["evaluate", "--data", f"jsonl:{data_file}", "--model", str(model_dir)]
+    assert main([*argv, "--adapter", str(a), "--adapter", str(b)]) == 1
+    assert "must share their LoRA layout" in _one_line_error(capsys)

@@ -192,3 +192,19 @@ def test_smollm2_scores_equal_full_forwards() -> None:
     for name, score in zip(CANDIDATES[:3], scores, strict=False):
         ref = _full_forward_token_logps(loaded.model, prompt, answer_ids(loaded.tokenizer, name))
         assert score == pytest.approx(sum(ref) / len(ref), abs=2e-4)
+
+
+def test_mixture_scores_average_the_members_probabilities() -> None:
+    import math
+
+    from feddx.model.scoring import mixture_scores, probabilities
+
+    a, b = [0.0, -1.0, -3.0], [-2.0, 0.5, -1.0]
+    mixed = mixture_scores([a, b])
+    pa, pb = probabilities(a), probabilities(b)
+    assert probabilities(mixed) == pytest.approx([(x + y) / 2 for x, y in zip(pa, pb, strict=True)])
+    assert [math.exp(s) for s in mixture_scores([a])] == pytest.approx(pa)
+    with pytest.raises(ValueError, match="at least one member"):
+        mixture_scores([])
+    with pytest.raises(ValueError, match="same candidates"):
+        mixture_scores([a, [0.0]])

@@ -16,6 +16,7 @@ on stdout; progress goes to stderr.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -26,7 +27,7 @@ from rich.table import Table
 
 from feddx.cli._app import app, console, console_err, quiet_libraries
 from feddx.data.schema import Case
-from feddx.errors import DataError
+from feddx.errors import DataError, ModelError
 from feddx.model.loading import DEFAULT_MODEL
 from feddx.model.prompt import DEFAULT_MAX_PROMPT_TOKENS
 
@@ -107,33 +108,61 @@ def dataset_candidates(
     return names, icd10
 
 
-def load_model(model: str, adapter: Path | None) -> tuple[Any, Any, dict[str, Any]]:
+def load_model(
+    model: str, adapters: Sequence[Path] = ()
+) -> tuple[Any, Any, dict[str, Any], list[dict[str, Any]]]:
     """The base model (and adapter, if given) ready to score, with provenance for the report.
 
-    The adapter's own files are checked before the base model is loaded, so a corrupt adapter
-    fails fast; :class:`~feddx.errors.ModelError` if it was trained for another base model.
+    Several adapters form an ensemble: the model holds the first, and the LoRA states of all
+    of them are returned for :func:`~feddx.evaluate.harness.evaluate_cases` to average (one
+    state for a single adapter is returned as an empty list). They must share one LoRA layout
+    and prompt budget. The adapters' own files are checked before the base model is loaded,
+    so a corrupt adapter fails fast; :class:`~feddx.errors.ModelError` if one was trained for
+    another base model.
     """
     from feddx.model.loading import load_base_model
 
-    if adapter is not None:
+    dirs: list[Path] = []
+    specs = []
+    if adapters:
         from feddx.train.adapter import adapter_lora_spec, resolve_adapter_dir
 
-        adapter = resolve_adapter_dir(adapter)  # 'feddx train --out OUT' folder or OUT/adapter
-        spec = adapter_lora_spec(adapter)  # ModelError if missing or corrupt
+        for a in adapters:
+            dirs.append(resolve_adapter_dir(a))  # 'feddx train --out OUT' folder or OUT/adapter
+            specs.append(adapter_lora_spec(dirs[-1]))  # ModelError if missing or corrupt
+        for d, spec in zip(dirs[1:], specs[1:], strict=True):
+            if spec != specs[0]:
+                raise ModelError(
+                    f"adapters of one ensemble must share their LoRA layout: {dirs[0]} has "
+                    f"{specs[0]}, {d} has {spec}"
+                )
     loaded = load_base_model(model)
     meta: dict[str, Any] = {"model": loaded.source.name, "base_fingerprint": loaded.fingerprint}
     net = loaded.model
-    if adapter is not None:
-        from feddx.train.adapter import attach_lora, load_adapter
+    members: list[dict[str, Any]] = []
+    if dirs:
+        from feddx.train.adapter import adapter_state, attach_lora, load_adapter
 
-        net = attach_lora(net, spec)
-        adapter_meta = load_adapter(net, adapter, base_fingerprint=loaded.fingerprint)
+        net = attach_lora(net, specs[0])
+        budgets = []
+        for d in reversed(dirs):  # the first adapter is loaded last: the model keeps it
+            adapter_meta = load_adapter(net, d, base_fingerprint=loaded.fingerprint)
+            mpt = adapter_meta.get("max_prompt_tokens")
+            budgets.append(mpt if isinstance(mpt, int) and mpt > 0 else None)
+            if len(dirs) > 1:
+                members.insert(0, adapter_state(net))
+        if len(set(budgets)) > 1:
+            raise ModelError(
+                "adapters of one ensemble must share their prompt budget (max_prompt_tokens); "
+                f"got {sorted({b or 0 for b in budgets})} (0: not recorded)"
+            )
         net.eval()
-        meta["adapter"] = str(adapter)
-        mpt = adapter_meta.get("max_prompt_tokens")
-        if isinstance(mpt, int) and mpt > 0:
-            meta["adapter_max_prompt_tokens"] = mpt
-    return net, loaded.tokenizer, meta
+        meta["adapter"] = str(dirs[0])
+        if len(dirs) > 1:
+            meta["adapters"] = [str(d) for d in dirs]
+        if budgets[-1] is not None:
+            meta["adapter_max_prompt_tokens"] = budgets[-1]
+    return net, loaded.tokenizer, meta, members
 
 
 def _results_table(result: Any) -> Table:
@@ -177,9 +206,10 @@ def evaluate(
         ),
     ],
     adapter: Annotated[
-        Path | None,
+        list[Path] | None,
         typer.Option(
-            help="LoRA adapter written by 'feddx train' (its --out folder or OUT/adapter)."
+            help="LoRA adapter written by 'feddx train' (its --out folder or OUT/adapter). "
+            "Repeat it for an ensemble: candidates are ranked by the adapters' mean probability."
         ),
     ] = None,
     model: Annotated[
@@ -255,7 +285,7 @@ def evaluate(
     except ValueError as e:
         raise DataError(f"{data}: {e}") from None
 
-    net, tokenizer, model_meta = load_model(model, adapter)
+    net, tokenizer, model_meta, members = load_model(model, adapter or [])
     budget = max_prompt_tokens or model_meta.get(
         "adapter_max_prompt_tokens", DEFAULT_MAX_PROMPT_TOKENS
     )
@@ -287,6 +317,7 @@ def evaluate(
             method=scoring.value,
             seed=seed,
             on_progress=on_progress,
+            members=members,
         )
     result.meta = {
         "data": data,

@@ -164,6 +164,7 @@ def evaluate_cases(
     levels_fn: LevelsFn | None = None,
     seed: int = 0,
     on_progress: Progress | None = None,
+    members: Sequence[Mapping[str, Any]] = (),
 ) -> EvaluationResult:
     """Evaluate ``model`` on labeled ``cases`` against ``candidates``.
 
@@ -188,6 +189,10 @@ def evaluate_cases(
         Which candidates form the predicted differential (DDXPlus: probability > 0.01).
     on_progress
         ``on_progress(stage, done, total)`` after each case of each stage.
+    members
+        LoRA states of an adapter ensemble (:func:`~feddx.evaluate.predict.predict_cases`):
+        candidates are ranked by the members' mean probability; free generation uses the
+        first member.
 
     Raises :class:`ValueError` for no cases, an unlabeled case, a label outside the candidate
     list (naming it), or bad candidates.
@@ -215,6 +220,7 @@ def evaluate_cases(
         max_prompt_tokens=max_prompt_tokens,
         method=method,
         on_case=stage("scoring", len(cases)),
+        members=members,
     )
     raw_conf, raw_correct = top1_confidence(raw)
     temp_info: dict[str, Any] = {
@@ -233,6 +239,7 @@ def evaluate_cases(
             max_prompt_tokens=max_prompt_tokens,
             method=method,
             on_case=stage("validation", len(validation_cases)),
+            members=members,
         )
         t = fit_prediction_temperature(val)
         preds = [with_temperature(p, t) for p in raw]

@@ -16,6 +16,7 @@ from feddx.model.scoring import (
     ScoredCandidate,
     ScoringMethod,
     candidate_scores,
+    mixture_scores,
     prepare_candidates,
     probabilities,
     rank_scores,
@@ -93,12 +94,19 @@ def predict_cases(
     on_case: Callable[[int], None] | None = None,
     method: ScoringMethod = DEFAULT_METHOD,
     require_labels: bool = False,
+    members: Sequence[Mapping[str, Any]] = (),
 ) -> list[Prediction]:
     """Score every case against ``candidates``; ``on_case(i)`` reports progress.
 
     The candidate list is tokenised and laid out as a trie once for all cases. With
     ``require_labels`` every case must carry a label from the candidate list
     (:func:`check_labels`); otherwise unlabeled cases are scored too (e.g. for serving).
+
+    ``members``: LoRA states (:func:`~feddx.train.adapter.adapter_state`) of an adapter
+    ensemble, all of ``model``'s LoRA layout. Each case is then scored once per member, the
+    member's weights swapped into ``model`` in place, and the members' probabilities averaged
+    (:func:`~feddx.model.scoring.mixture_scores`); a case's latency covers every member.
+    ``model`` is left holding the first member. Empty: ``model`` as it is.
     """
     cset = (
         candidates
@@ -110,15 +118,29 @@ def predict_cases(
     if require_labels:
         check_labels(cases, cset.names)
     probabilities([0.0], temperature)  # fail on a bad temperature before any model work
+    load_state = None
+    if members:
+        from feddx.train.adapter import load_adapter_state
+
+        load_state = load_adapter_state
     out: list[Prediction] = []
     for i, case in enumerate(cases):
         start = time.perf_counter()
         prompt = render_prompt(case, tokenizer, max_prompt_tokens)
-        scores = candidate_scores(model, prompt.input_ids, cset, method=method)
+        if load_state is None:
+            scores = candidate_scores(model, prompt.input_ids, cset, method=method)
+        else:
+            per_member = []
+            for state in members:
+                load_state(model, dict(state))
+                per_member.append(candidate_scores(model, prompt.input_ids, cset, method=method))
+            scores = mixture_scores(per_member)
         ranked = rank_scores(cset, scores, temperature)
         out.append(Prediction(case, ranked, (time.perf_counter() - start) * 1000))
         if on_case:
             on_case(i)
+    if load_state is not None and len(members) > 1:
+        load_state(model, dict(members[0]))
     return out
 
 

@@ -367,6 +367,26 @@ def probabilities(scores: Sequence[float], temperature: float = 1.0) -> list[flo
     return [w / z for w in weights]
 
 
+def mixture_scores(member_scores: Sequence[Sequence[float]]) -> list[float]:
+    """The scores of an ensemble: ``log`` of the mean of each member's probabilities
+    (``softmax`` at temperature 1).
+
+    Returned as scores, not probabilities, so everything downstream treats an ensemble like
+    one model: at temperature 1 :func:`probabilities` gives back exactly the mean of the
+    members' probabilities, and a temperature fitted on validation data calibrates the mixture.
+    Averaging probabilities (not raw scores) keeps one over-confident member from outvoting
+    the others.
+    """
+    if not member_scores:
+        raise ValueError("an ensemble needs at least one member")
+    n = len(member_scores[0])
+    if any(len(m) != n for m in member_scores):
+        raise ValueError("every member must score the same candidates")
+    probs = [probabilities(m, 1.0) for m in member_scores]
+    mean = [sum(p[i] for p in probs) / len(probs) for i in range(n)]
+    return [math.log(max(x, 1e-300)) for x in mean]
+
+
 def rank_scores(
     candidates: CandidateSet, scores: Sequence[float], temperature: float = 1.0
 ) -> list[ScoredCandidate]:
