@@ -194,3 +194,18 @@ def test_candidate_loss_trains_against_the_candidate_list(
     assert main([*argv, "--no-resume", "--candidates", str(short)]) == 2
     err = _one_line_error(capsys)
     assert "outside the 2 candidates" in err
+
+
+def test_train_seed_and_augmentation_reach_the_run(
+    model_dir: Path, data_file: Path, tmp_path: Path
+) -> None:
+    config = tmp_path / "train.yaml"
+    config.write_text("seed: 0\naugment:\n  copies: 1\n  drop_finding: 0.3\n")
+    out = tmp_path / "run"
+    argv = ["train", "--data", f"jsonl:{data_file}", "--model", str(model_dir), "--out", str(out)]
+    argv += ["--config", str(config), "--max-steps", "1", "--top-layers", "1"]
+    assert main([*argv, "--train-seed", "7"]) == 0
+    result = json.loads((out / "train_result.json").read_text())
+    assert result["config"]["seed"] == 7
+    assert result["config"]["augment"]["copies"] == 1
+    assert result["result"]["stats"]["augmented_examples"] == result["n_train"]

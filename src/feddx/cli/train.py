@@ -109,6 +109,13 @@ def train(
         float, typer.Option(min=0.01, max=0.99, help="Held-out share (as in 'feddx evaluate').")
     ] = 0.2,
     seed: Annotated[int, typer.Option(help="Seed of the train/test split.")] = 0,
+    train_seed: Annotated[
+        int | None,
+        typer.Option(
+            help="Override the config's seed (adapter initialisation, data order, dropout, "
+            "augmentation): train ensemble members from one config."
+        ),
+    ] = None,
     feature_cache: Annotated[
         Path | None,
         typer.Option(help="Directory caching frozen-layer activations across runs."),
@@ -155,6 +162,7 @@ def train(
             "learning_rate": learning_rate,
             "batch_size": batch_size,
             "max_steps": max_steps,
+            "seed": train_seed,
         }.items()
         if v is not None
     }
