@@ -16,7 +16,6 @@ from feddx.model.scoring import (
     ScoredCandidate,
     ScoringMethod,
     candidate_scores,
-    mixture_scores,
     prepare_candidates,
     probabilities,
     rank_scores,
@@ -103,10 +102,10 @@ def predict_cases(
     (:func:`check_labels`); otherwise unlabeled cases are scored too (e.g. for serving).
 
     ``members``: LoRA states (:func:`~feddx.train.adapter.adapter_state`) of an adapter
-    ensemble, all of ``model``'s LoRA layout. Each case is then scored once per member, the
-    member's weights swapped into ``model`` in place, and the members' probabilities averaged
-    (:func:`~feddx.model.scoring.mixture_scores`); a case's latency covers every member.
-    ``model`` is left holding the first member. Empty: ``model`` as it is.
+    ensemble, all of ``model``'s LoRA layout: the members' probabilities are averaged
+    (:class:`~feddx.evaluate.ensemble.EnsembleScorer`, which runs the frozen layers below the
+    adapters once per case); a case's latency covers every member. ``model`` is left holding
+    the first member. Empty: ``model`` as it is.
     """
     cset = (
         candidates
@@ -118,29 +117,23 @@ def predict_cases(
     if require_labels:
         check_labels(cases, cset.names)
     probabilities([0.0], temperature)  # fail on a bad temperature before any model work
-    load_state = None
+    ensemble = None
     if members:
-        from feddx.train.adapter import load_adapter_state
+        from feddx.evaluate.ensemble import EnsembleScorer
 
-        load_state = load_adapter_state
+        ensemble = EnsembleScorer(model, members)
     out: list[Prediction] = []
     for i, case in enumerate(cases):
         start = time.perf_counter()
         prompt = render_prompt(case, tokenizer, max_prompt_tokens)
-        if load_state is None:
+        if ensemble is None:
             scores = candidate_scores(model, prompt.input_ids, cset, method=method)
         else:
-            per_member = []
-            for state in members:
-                load_state(model, dict(state))
-                per_member.append(candidate_scores(model, prompt.input_ids, cset, method=method))
-            scores = mixture_scores(per_member)
+            scores = ensemble.scores(prompt.input_ids, cset, method)
         ranked = rank_scores(cset, scores, temperature)
         out.append(Prediction(case, ranked, (time.perf_counter() - start) * 1000))
         if on_case:
             on_case(i)
-    if load_state is not None and len(members) > 1:
-        load_state(model, dict(members[0]))
     return out
 
 

@@ -273,14 +273,15 @@ def _model_device_dtype(model: Any) -> tuple[torch.device, torch.dtype]:
     return p.device, dtype
 
 
-def _plan_token_log_probs(
-    model: Any, prompt_ids: Sequence[int], plan: _TriePlan, method: ScoringMethod
-) -> torch.Tensor:
-    """Log-probability of every (candidate, token) pair of ``plan`` for one prompt (float64)."""
+def trie_forward_inputs(
+    prompt_ids: Sequence[int], plan: _TriePlan, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The one forward pass that scores ``plan`` after ``prompt_ids``: token ids ``[T]``,
+    position ids ``[T]``, the additive tree attention mask ``[T, T]`` and the rows ``[R]`` whose
+    logits are needed (the prompt's last position and the trie's branching nodes)."""
     p = len(prompt_ids)
     if p == 0:
         raise ValueError("prompt is empty")
-    device, dtype = _model_device_dtype(model)
     f = int(plan.node_tokens.numel())
     ids = torch.cat([torch.as_tensor(list(prompt_ids), dtype=torch.long), plan.node_tokens])
     positions = torch.cat(
@@ -295,14 +296,13 @@ def _plan_token_log_probs(
     # Logits only where a candidate token is predicted: the prompt's last position and the
     # needed trie nodes. Prompt positions never touch the LM head.
     keep = torch.where(plan.logit_rows == 0, p - 1, p - 1 + plan.logit_rows)
-    out = model(
-        input_ids=ids[None].to(device),
-        attention_mask=mask[None, None].to(device),
-        position_ids=positions[None].to(device),
-        logits_to_keep=keep.to(device),
-        use_cache=False,
-    )
-    logits = out.logits[0].float()  # (R, V)
+    return ids, positions, mask, keep
+
+
+def pair_log_probs(logits: torch.Tensor, plan: _TriePlan, method: ScoringMethod) -> torch.Tensor:
+    """Log-probability of every (candidate, token) pair of ``plan`` (float64) from the logits
+    ``[R, V]`` of the rows :func:`trie_forward_inputs` keeps."""
+    logits = logits.float()
     if method == "likelihood":
         lse = torch.logsumexp(logits, dim=-1)
     else:
@@ -314,6 +314,36 @@ def _plan_token_log_probs(
     rows = plan.pair_row.to(logits.device)
     tok = plan.pair_token.to(logits.device)
     return (logits[rows, tok] - lse[rows]).double().cpu()
+
+
+def scores_from_pair_log_probs(
+    lps: torch.Tensor, candidates: CandidateSet, method: ScoringMethod
+) -> list[float]:
+    """Each candidate's raw score (in ``candidates.names`` order) from its pairs' log-probs:
+    the sum (``constrained``) or the per-token mean (``likelihood``)."""
+    plan = candidates.plans[method]
+    n = len(candidates)
+    sums = torch.zeros(n, dtype=torch.float64).index_add_(0, plan.pair_candidate, lps)
+    if method == "constrained":
+        return [float(x) for x in sums]
+    lengths = torch.tensor([len(s) for s in candidates.token_ids], dtype=torch.float64)
+    return [float(x) for x in sums / lengths]
+
+
+def _plan_token_log_probs(
+    model: Any, prompt_ids: Sequence[int], plan: _TriePlan, method: ScoringMethod
+) -> torch.Tensor:
+    """Log-probability of every (candidate, token) pair of ``plan`` for one prompt (float64)."""
+    device, dtype = _model_device_dtype(model)
+    ids, positions, mask, keep = trie_forward_inputs(prompt_ids, plan, dtype)
+    out = model(
+        input_ids=ids[None].to(device),
+        attention_mask=mask[None, None].to(device),
+        position_ids=positions[None].to(device),
+        logits_to_keep=keep.to(device),
+        use_cache=False,
+    )
+    return pair_log_probs(out.logits[0], plan, method)
 
 
 def candidate_scores(
@@ -329,12 +359,7 @@ def candidate_scores(
     plan = candidates.plans[method]
     with torch.inference_mode():
         lps = _plan_token_log_probs(model, prompt_ids, plan, method)
-    n = len(candidates)
-    sums = torch.zeros(n, dtype=torch.float64).index_add_(0, plan.pair_candidate, lps)
-    if method == "constrained":
-        return [float(x) for x in sums]
-    lengths = torch.tensor([len(s) for s in candidates.token_ids], dtype=torch.float64)
-    return [float(x) for x in sums / lengths]
+    return scores_from_pair_log_probs(lps, candidates, method)
 
 
 def candidate_log_likelihoods(
