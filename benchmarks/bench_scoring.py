@@ -15,6 +15,17 @@ minimum is the least noisy estimate on a shared machine):
 * ``naive``: one full forward of prompt + candidate per candidate (logits only at the
   candidate's positions), on the first ``--naive-prompts`` prompts (it is ~50x slower).
 
+With ``--ensemble K`` (default 2; 0 skips it), the model then gets LoRA adapters on every
+linear module of its top ``--top-layers`` layers (how feddx trains on CPU) and ``K`` random
+adapter states, and three more rows are measured the same way (constrained scoring):
+
+* ``adapter``: one adapter, the ordinary single-model path;
+* ``ens-shared``: the ``K``-adapter ensemble of :class:`feddx.evaluate.ensemble.EnsembleScorer`
+  (the frozen layers below the adapters run once per case);
+* ``ens-naive``: ``K`` full passes, one per adapter (what an ensemble costs without sharing);
+
+with the largest difference between the shared and the naive members' scores.
+
 Prints times, the ratios to the prompt pass (sum over prompts, and the median per-prompt
 ratio), the number of trie tokens each rule feeds, and the largest difference between the
 one-pass scores and the naive ones (exactness). Never asserts: figures only.
@@ -62,6 +73,8 @@ def main() -> int:
     ap.add_argument("--prompts", type=int, default=20)
     ap.add_argument("--naive-prompts", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--ensemble", type=int, default=2, help="adapters in the ensemble rows")
+    ap.add_argument("--top-layers", type=int, default=4, help="adapted layers (ensemble rows)")
     args = ap.parse_args()
     if not args.data.is_dir():
         print(f"skipped: DDXPlus data not found at {args.data}")
@@ -134,6 +147,8 @@ def main() -> int:
                 )
             print(f"  prompt {i + 1}/{len(prompts)} ({len(ids)} tokens) done", file=sys.stderr)
 
+    ens_diff = _ensemble_rows(model, prompts, cset, times, args) if args.ensemble > 0 else None
+
     base = times["prompt"]
     print(f"\n{'method':<12} {'median s':>9} {'sum/sum(prompt)':>16} {'median ratio':>13}")
     for name, ts in times.items():
@@ -151,7 +166,68 @@ def main() -> int:
             f"{sum(times['naive']) / lik:.1f}x on {n} prompts; "
             f"largest |score difference|: {worst_diff:.2e}"
         )
+    if ens_diff is not None:
+        k = args.ensemble
+        shared, naive_k, one = (sum(times[n]) for n in ("ens-shared", "ens-naive", "adapter"))
+        print(
+            f"\n{k}-adapter ensemble (top {args.top_layers} layers adapted): shared trunk "
+            f"{shared / one:.2f}x one adapter, naive {naive_k / one:.2f}x; "
+            f"naive / shared {naive_k / shared:.2f}x; largest |member score difference| "
+            f"{ens_diff:.2e}"
+        )
     return 0
+
+
+def _ensemble_rows(
+    model: Any, prompts: list[list[int]], cset: Any, times: dict[str, list[float]], args: Any
+) -> float:
+    """Time one adapter, the shared-trunk ensemble and the naive ensemble (see the module
+    docstring); returns the largest difference between shared and naive member scores."""
+    import torch
+
+    from feddx.evaluate.ensemble import EnsembleScorer
+    from feddx.model.scoring import candidate_scores
+    from feddx.train.adapter import adapter_state, attach_lora, load_adapter_state
+    from feddx.train.config import LoraSpec
+
+    modules = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    net = attach_lora(model, LoraSpec(top_layers=args.top_layers, target_modules=modules))
+    net.eval()
+    members = []
+    for seed in range(args.ensemble):
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            for name, p in net.named_parameters():
+                if "lora_" in name:
+                    p.normal_(0.0, 0.02)
+        members.append(adapter_state(net))
+    scorer = EnsembleScorer(net, members)
+
+    def naive_members(ids: list[int]) -> list[list[float]]:
+        out = []
+        for state in members:
+            load_adapter_state(net, state)
+            out.append(candidate_scores(net, ids, cset, method="constrained"))
+        load_adapter_state(net, members[0])
+        return out
+
+    for name in ("adapter", "ens-shared", "ens-naive"):
+        times[name] = []
+    worst = 0.0
+    with torch.inference_mode():
+        scorer.member_scores(prompts[0], cset, "constrained")  # warm-up
+        for ids in prompts:
+            runs = {
+                "adapter": partial(candidate_scores, net, ids, cset, method="constrained"),
+                "ens-shared": partial(scorer.scores, ids, cset, "constrained"),
+                "ens-naive": partial(naive_members, ids),
+            }
+            for name, run in runs.items():
+                times[name].append(_min_time(run, args.repeats))
+            shared = scorer.member_scores(ids, cset, "constrained")
+            for a, b in zip(shared, naive_members(ids), strict=True):
+                worst = max(worst, max(abs(x - y) for x, y in zip(a, b, strict=True)))
+    return worst
 
 
 if __name__ == "__main__":
