@@ -128,11 +128,11 @@ def main() -> int:
     worst_diff = 0.0
     with torch.inference_mode():
         prompt_pass(prompts[0])  # warm-up (allocator, kernels)
-        candidate_scores(model, prompts[0], cset)
+        candidate_scores(model, prompts[0], cset, method="likelihood")
         for i, ids in enumerate(prompts):
             runs = {
                 "prompt": partial(prompt_pass, ids),
-                "likelihood": partial(candidate_scores, model, ids, cset),
+                "likelihood": partial(candidate_scores, model, ids, cset, method="likelihood"),
                 "constrained": partial(candidate_scores, model, ids, cset, method="constrained"),
             }
             for name, run in runs.items():
@@ -141,7 +141,7 @@ def main() -> int:
                 start = time.perf_counter()
                 ref = naive(ids)
                 times["naive"].append(time.perf_counter() - start)
-                ours = candidate_scores(model, ids, cset)
+                ours = candidate_scores(model, ids, cset, method="likelihood")
                 worst_diff = max(
                     worst_diff, max(abs(a - b) for a, b in zip(ours, ref, strict=True))
                 )
