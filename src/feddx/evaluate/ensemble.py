@@ -6,7 +6,8 @@ ensemble of ``K`` adapters costs ``K`` forward passes per case. But when the ada
 the top layers only (``lora.top_layers``, how feddx trains on CPU), every layer below them is
 the frozen base model for all members: the prompt-plus-trie pass runs through those layers
 once, and only the top layers, the final norm and the kept LM-head rows run once per member.
-With SmolLM2 and adapters on 4 of 30 layers, two members cost about 1.15 single passes.
+With SmolLM2 and adapters on 4 of 30 layers, two members cost 1.21x one adapter
+(``benchmarks/bench_scoring.py``; 2.02x as two full passes).
 
 Architectures the split forward does not support (see :mod:`feddx.train.forward`) fall back
 to one full pass per member, with the same result.
@@ -74,13 +75,15 @@ class EnsembleScorer:
             device = runner.embed_tokens.weight.device
             hidden = runner.embed(ids[None].to(device))
             pos = positions[None].to(device)
-            tables = runner.rotary_emb(hidden, pos)
+            rotary = (pos, runner.rotary_emb(hidden, pos))
             attn = mask[None, None].to(device)
-            trunk = _layers(runner.layers[: self.split], hidden, attn, pos, tables)
+            trunk = runner.run_layers(hidden, 0, self.split, rotary=rotary, attention_mask=attn)
             out = []
             for state in self.members:
                 load_adapter_state(self.model, state)
-                top = _layers(runner.layers[self.split :], trunk, attn, pos, tables)
+                top = runner.run_layers(
+                    trunk, self.split, runner.n_layers, rotary=rotary, attention_mask=attn
+                )
                 logits = runner.logits(top[0, keep.to(device)])
                 lps = pair_log_probs(logits, plan, method)
                 out.append(scores_from_pair_log_probs(lps, candidates, method))
@@ -96,19 +99,6 @@ class EnsembleScorer:
     def _restore(self) -> None:
         if len(self.members) > 1:
             load_adapter_state(self.model, self.members[0])
-
-
-def _layers(
-    layers: Sequence[Any],
-    hidden: torch.Tensor,
-    mask: torch.Tensor,
-    positions: torch.Tensor,
-    tables: Any,
-) -> torch.Tensor:
-    for layer in layers:
-        out = layer(hidden, attention_mask=mask, position_ids=positions, position_embeddings=tables)
-        hidden = out[0] if isinstance(out, tuple) else out  # transformers < 5 returned tuples
-    return hidden
 
 
 __all__ = ["EnsembleScorer"]

@@ -21,9 +21,12 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Sequence
+from typing import TypeVar
 
 from feddx.data.schema import Case
 from feddx.train.config import AugmentSpec
+
+T = TypeVar("T")
 
 AUGMENT_SEED_SALT = 0x5EED_A06
 # Sentence ends: ., ! or ? followed by white space. Good enough for symptom descriptions; a
@@ -36,7 +39,7 @@ def sentences(text: str) -> list[str]:
     return [s for s in _SENTENCE_END.split(text.strip()) if s]
 
 
-def _drop(items: Sequence[object], p: float, rng: random.Random) -> list[object]:
+def _drop(items: Sequence[T], p: float, rng: random.Random) -> list[T]:
     kept = [x for x in items if rng.random() >= p]
     return kept or [rng.choice(list(items))]
 
@@ -66,7 +69,7 @@ def augment_cases(cases: Sequence[Case], spec: AugmentSpec, seed: int) -> list[C
                 update["findings"] = tuple(kept)
             parts = sentences(case.text) if case.text and spec.drop_sentence > 0 else []
             if len(parts) >= 2:
-                update["text"] = " ".join(str(x) for x in _drop(parts, spec.drop_sentence, rng))
+                update["text"] = " ".join(_drop(parts, spec.drop_sentence, rng))
             if update:
                 update["case_id"] = f"{case.case_id}~aug{k}"
                 out.append(case.model_copy(update=update))

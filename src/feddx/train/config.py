@@ -100,7 +100,8 @@ class DPConfig:
 
 @dataclass
 class AugmentSpec:
-    """Finding-dropout augmentation (:mod:`feddx.train.augment`).
+    """Dropout augmentation: copies of cases with findings or note sentences left out
+    (:mod:`feddx.train.augment`).
 
     Parameters
     ----------
@@ -194,7 +195,7 @@ class TrainConfig:
         Recompute each trainable layer's activations in the backward pass (less memory,
         ~30% more compute; not available with DP).
     augment
-        Finding-dropout copies of each case (:class:`AugmentSpec`; off by default). Not
+        Dropout copies of each case (:class:`AugmentSpec`; off by default). Not
         available with DP: copies of one patient are not independent examples, so the
         accountant's epsilon would understate the privacy spent.
     """

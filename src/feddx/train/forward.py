@@ -75,20 +75,29 @@ class DecoderRunner:
         *,
         checkpoint: bool = False,
         rotary: tuple[torch.Tensor, Any] | None = None,
+        attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Decoder layers ``start..end-1`` on right-padded hidden states ``[B, L, H]``.
 
-        No attention mask: with right padding and causal attention, real positions never see
-        the padding, and position ids are ``0..L-1`` in every row.
+        No attention mask by default: with right padding and causal attention, real positions
+        never see the padding, and position ids are ``0..L-1`` in every row. Scoring passes
+        its own additive ``[B, 1, L, L]`` mask and ``rotary`` (the candidate trie's tree mask
+        and positions, :mod:`feddx.evaluate.ensemble`).
         """
         positions, tables = rotary if rotary is not None else self.rotary(hidden)
         for layer in self.layers[start:end]:
             if checkpoint and torch.is_grad_enabled():
                 hidden = torch.utils.checkpoint.checkpoint(
-                    _call_layer, layer, hidden, positions, tables, use_reentrant=False
+                    _call_layer,
+                    layer,
+                    hidden,
+                    positions,
+                    tables,
+                    attention_mask,
+                    use_reentrant=False,
                 )
             else:
-                hidden = _call_layer(layer, hidden, positions, tables)
+                hidden = _call_layer(layer, hidden, positions, tables, attention_mask)
         return hidden
 
     def answer_states(
@@ -207,9 +216,15 @@ def _last_layer_at(layer: Any, hidden: torch.Tensor, batch: Batch, tables: Any) 
 
 
 def _call_layer(
-    layer: Any, hidden: torch.Tensor, positions: torch.Tensor, rotary: Any
+    layer: Any,
+    hidden: torch.Tensor,
+    positions: torch.Tensor,
+    rotary: Any,
+    attention_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    out = layer(hidden, attention_mask=None, position_ids=positions, position_embeddings=rotary)
+    out = layer(
+        hidden, attention_mask=attention_mask, position_ids=positions, position_embeddings=rotary
+    )
     # transformers < 5 returned a tuple from decoder layers.
     return out[0] if isinstance(out, tuple) else out
 
