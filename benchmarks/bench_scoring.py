@@ -20,7 +20,7 @@ linear module of its top ``--top-layers`` layers (how feddx trains on CPU) and `
 adapter states, and three more rows are measured the same way (constrained scoring):
 
 * ``adapter``: one adapter, the ordinary single-model path;
-* ``ens-shared``: the ``K``-adapter ensemble of :class:`feddx.evaluate.ensemble.EnsembleScorer`
+* ``ens-shared``: the ``K``-adapter ensemble of :class:`feddx.model.ensemble.EnsembleScorer`
   (the frozen layers below the adapters run once per case);
 * ``ens-naive``: ``K`` full passes, one per adapter (what an ensemble costs without sharing);
 
@@ -185,10 +185,9 @@ def _ensemble_rows(
     docstring); returns the largest difference between shared and naive member scores."""
     import torch
 
-    from feddx.evaluate.ensemble import EnsembleScorer
+    from feddx.model.adapter import LoraSpec, adapter_state, attach_lora, load_adapter_state
+    from feddx.model.ensemble import EnsembleScorer
     from feddx.model.scoring import candidate_scores
-    from feddx.train.adapter import adapter_state, attach_lora, load_adapter_state
-    from feddx.train.config import LoraSpec
 
     modules = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     net = attach_lora(model, LoraSpec(top_layers=args.top_layers, target_modules=modules))

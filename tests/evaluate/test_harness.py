@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 from evaluate_fixtures import LABELS, make_cases  # type: ignore[import-not-found]
 
+from feddx.data.candidates import CandidateList
 from feddx.data.schema import Case, Label
-from feddx.evaluate.harness import evaluate_cases
+from feddx.evaluate.harness import EvaluationOptions, evaluate_cases
 from feddx.evaluate.report import render_html, write_html, write_json, write_predictions
 from feddx.model.scoring import DEFAULT_METHOD
 
@@ -19,18 +20,15 @@ CANDIDATES = [*LABELS, "Influenza"]
 
 
 def test_end_to_end_with_baseline_calibration_and_report(
-    tiny_model: Any, tokenizer: Any, train_cases: list[Case], test_cases: list[Case], tmp_path: Path
+    diagnoser: Any, train_cases: list[Case], test_cases: list[Case], tmp_path: Path
 ) -> None:
     stages: list[str] = []
     result = evaluate_cases(
-        tiny_model,
-        tokenizer,
+        diagnoser,
         test_cases,
-        CANDIDATES,
-        icd10=LABELS,
-        train_cases_for_baseline=train_cases,
-        generate_n=2,
-        max_new_tokens=4,
+        CandidateList(CANDIDATES, dict(LABELS)),
+        baseline_train=train_cases,
+        options=EvaluationOptions(generate_n=2, max_new_tokens=4),
         on_progress=lambda stage, done, total: stages.append(stage),
     )
     data = json.loads(result.to_json())
@@ -78,16 +76,13 @@ def test_end_to_end_with_baseline_calibration_and_report(
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temp files
 
 
-def test_validation_split_fits_the_temperature(
-    tiny_model: Any, tokenizer: Any, test_cases: list[Case]
-) -> None:
+def test_validation_split_fits_the_temperature(diagnoser: Any, test_cases: list[Case]) -> None:
     result = evaluate_cases(
-        tiny_model,
-        tokenizer,
+        diagnoser,
         test_cases[:4],
         CANDIDATES,
         validation_cases=make_cases(6, offset=300),
-        method="constrained",
+        options=EvaluationOptions(method="constrained"),
     )
     assert result.temperature["method"] == "validation"
     assert result.temperature["n_validation"] == 6 and result.temperature["value"] > 0
@@ -96,12 +91,12 @@ def test_validation_split_fits_the_temperature(
 
 
 def test_label_outside_the_candidates_is_one_clear_error(
-    tiny_model: Any, tokenizer: Any, test_cases: list[Case]
+    diagnoser: Any, test_cases: list[Case]
 ) -> None:
     odd = Case(case_id="odd-1", label=Label(diagnosis="Appendicitis"))
     with pytest.raises(ValueError, match=r"label outside the candidate list.*'Appendicitis'"):
-        evaluate_cases(tiny_model, tokenizer, [*test_cases, odd], CANDIDATES)
+        evaluate_cases(diagnoser, [*test_cases, odd], CANDIDATES)
     with pytest.raises(ValueError, match="no evaluated cases"):
-        evaluate_cases(tiny_model, tokenizer, [], CANDIDATES)
+        evaluate_cases(diagnoser, [], CANDIDATES)
     with pytest.raises(ValueError, match="duplicates"):
-        evaluate_cases(tiny_model, tokenizer, test_cases, ["GERD", "GERD"])
+        evaluate_cases(diagnoser, test_cases, ["GERD", "GERD"])

@@ -51,11 +51,17 @@ def test_a_federation_trains_evaluates_and_writes_its_outputs(fed_config: Federa
     init = result.history[0]
     assert init["round"] == 0
     from feddx.federated.task import adapter_model
-    from feddx.train.adapter import adapter_state, load_adapter
+    from feddx.model.adapter import adapter_state, load_adapter
 
     am = adapter_model(fed_config)
-    meta = load_adapter(am.model, out / GLOBAL_ADAPTER_DIR, base_fingerprint=am.fingerprint)
-    assert meta["federated_round"] == 2
+    info = load_adapter(am.model, out / GLOBAL_ADAPTER_DIR, base_fingerprint=am.fingerprint)
+    assert info.metadata["federated_round"] == 2
+    # the server records the budget it trained with and the temperature it fitted on its
+    # validation cases for the saved round
+    assert info.max_prompt_tokens == fed_config.max_prompt_tokens
+    final = result.history[-1]["eval"]
+    assert info.temperature == final["temperature"] and info.temperature != 1.0
+    assert info.temperature_source == f"server validation split ({int(final['n'])} cases), round 2"
     saved = {k: v.numpy() for k, v in adapter_state(am.model).items()}
     assert all(np.array_equal(saved[k], result.global_arrays[k]) for k in saved)
     assert any(not np.array_equal(am.initial[k], result.global_arrays[k]) for k in saved)

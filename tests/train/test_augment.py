@@ -9,8 +9,9 @@ import pytest
 
 from feddx.data.schema import Case, Finding, Label
 from feddx.errors import ConfigError
+from feddx.model.adapter import LoraSpec
 from feddx.train.augment import augment_cases, sentences
-from feddx.train.config import AugmentSpec, DPConfig, LoraSpec, TrainConfig
+from feddx.train.config import AugmentSpec, DPConfig, TrainConfig
 from feddx.train.trainer import train_adapter
 
 

@@ -12,11 +12,12 @@ from train_fixtures import DIAGNOSES  # type: ignore[import-not-found]
 
 from feddx.data.schema import Case, Label
 from feddx.errors import ConfigError, DataError
+from feddx.model.adapter import LoraSpec
 from feddx.model.prompt import answer_ids, render_prompt
 from feddx.model.scoring import prepare_candidates, score_candidates, trie_choices
 from feddx.train.batching import collate, encode_cases
-from feddx.train.config import LoraSpec, TrainConfig
-from feddx.train.forward import DecoderRunner
+from feddx.train.config import TrainConfig
+from feddx.train.forward import TrainingRunner
 from feddx.train.trainer import train_adapter
 
 CANDIDATES = [*DIAGNOSES, "Acute bronchitis", "Acute sinusitis"]
@@ -57,7 +58,7 @@ def test_examples_carry_choices_and_batches_keep_only_branching_positions(
 def test_choice_loss_is_the_cross_entropy_of_the_renormalised_distribution(
     make_model: Callable[..., Any], tokenizer: Any, cases: list[Case]
 ) -> None:
-    runner = DecoderRunner(make_model())
+    runner = TrainingRunner(make_model())
     examples = encode_cases(cases[:3], tokenizer, 256, CANDIDATES)
     batch = collate(examples, [0, 1, 2], tokenizer.pad_token_id)
     assert batch.choices is not None

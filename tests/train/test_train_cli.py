@@ -12,8 +12,7 @@ from train_fixtures import make_cases, make_tiny_llama  # type: ignore[import-no
 import feddx.cli.train  # noqa: F401  (registers the command until the CLI imports it)
 from feddx.cli import main
 from feddx.data.jsonl import write_jsonl
-from feddx.train.adapter import adapter_lora_spec, attach_lora, load_adapter
-from feddx.train.config import LoraSpec
+from feddx.model.adapter import LoraSpec, adapter_lora_spec, attach_lora, load_adapter
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +69,9 @@ def test_train_writes_adapter_and_result(
     loaded = load_base_model(str(model_dir))
     assert adapter_lora_spec(out) == LoraSpec(rank=4, top_layers=1)
     net = attach_lora(loaded.model, adapter_lora_spec(out))
-    meta = load_adapter(net, out, base_fingerprint=loaded.fingerprint)
-    assert meta["max_prompt_tokens"] == 320 and meta["n_train"] == result["n_train"]
+    info = load_adapter(net, out, base_fingerprint=loaded.fingerprint)
+    assert info.max_prompt_tokens == 320 and info.metadata["n_train"] == result["n_train"]
+    assert info.temperature == 1.0 and info.temperature_source is None  # nothing fitted
     # Running again resumes the finished run instead of training anew.
     assert main(argv) == 0
     again = json.loads((out / "train_result.json").read_text())

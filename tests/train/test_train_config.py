@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from feddx.errors import ConfigError
-from feddx.train.config import DPConfig, LoraSpec, TrainConfig
+from feddx.model.adapter import LoraSpec
+from feddx.train.config import DPConfig, TrainConfig
 
 
 def test_defaults_are_the_documented_contract() -> None:

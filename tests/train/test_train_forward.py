@@ -12,11 +12,11 @@ import torch
 
 from feddx.data.schema import Case
 from feddx.errors import ModelError
-from feddx.train.adapter import adapter_state, load_adapter_state
+from feddx.model.adapter import adapter_state, load_adapter_state
 from feddx.train.batching import Batch, collate, encode_cases
 from feddx.train.features import ActivationCache, frozen_fingerprint
 from feddx.train.forward import (
-    DecoderRunner,
+    TrainingRunner,
     check_equivalence,
     check_model_once,
     reduce_losses,
@@ -45,7 +45,7 @@ def _hf_masked_loss(model: Any, tokenizer: Any, examples: list[Any]) -> torch.Te
     return model(input_ids=ids, attention_mask=mask, labels=labels).loss
 
 
-def _our_loss(runner: DecoderRunner, batch: Batch, reduction: str) -> torch.Tensor:
+def _our_loss(runner: TrainingRunner, batch: Batch, reduction: str) -> torch.Tensor:
     losses = runner.answer_losses(runner.embed(batch.input_ids), 0, batch)
     total, _ = reduce_losses(losses, batch, reduction)
     return total / (batch.n_answer_tokens if reduction == "token" else len(batch.indices))
@@ -60,7 +60,7 @@ def test_loss_equals_hugging_face_masked_loss(
     model.eval()
     examples = encode_cases(cases[:5], tokenizer, 320)
     batch = collate(examples, range(5), tokenizer.pad_token_id)
-    runner = DecoderRunner(model)
+    runner = TrainingRunner(model)
     assert runner.can_prune_last_layer
     runner.prune_last_layer = prune
     with torch.no_grad():
@@ -78,7 +78,7 @@ def test_pruned_last_layer_gives_the_same_gradients(
     model = make_model(target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "down_proj"))
     _random_lora(model)
     model.eval()
-    runner = DecoderRunner(model)
+    runner = TrainingRunner(model)
     examples = encode_cases(cases[:6], tokenizer, 320)
     batch = collate(examples, [5, 0, 3], tokenizer.pad_token_id)
     assert check_model_once(runner, examples[0], tokenizer.pad_token_id) < 1e-5
@@ -98,7 +98,7 @@ def test_lm_head_sees_only_answer_positions(
     make_model: Callable[..., Any], tokenizer: Any, cases: list[Case]
 ) -> None:
     model = make_model()
-    runner = DecoderRunner(model)
+    runner = TrainingRunner(model)
     batch = collate(encode_cases(cases[:3], tokenizer, 320), range(3), tokenizer.pad_token_id)
     rows: list[int] = []
     runner.lm_head.register_forward_hook(lambda m, i, o: rows.append(i[0].shape[0]))
@@ -114,7 +114,7 @@ def test_cached_activation_path_equals_full_path(
     model = make_model(layers=3, top_layers=1)
     _random_lora(model)
     model.eval()
-    runner = DecoderRunner(model)
+    runner = TrainingRunner(model)
     examples = encode_cases(cases[:6], tokenizer, 320)
     batch = collate(examples, [4, 1, 2], tokenizer.pad_token_id)
 
@@ -140,7 +140,7 @@ def test_disk_cache_is_reused_and_corrupt_entries_recomputed(
     make_model: Callable[..., Any], tokenizer: Any, cases: list[Case], tmp_path: Path
 ) -> None:
     model = make_model(layers=3, top_layers=1)
-    runner = DecoderRunner(model)
+    runner = TrainingRunner(model)
     examples = encode_cases(cases[:4], tokenizer, 320)
     first = ActivationCache(runner, examples, 2, directory=tmp_path)
     first.build()
@@ -158,7 +158,7 @@ def test_over_budget_examples_are_recomputed_on_the_fly(
     make_model: Callable[..., Any], tokenizer: Any, cases: list[Case]
 ) -> None:
     model = make_model(layers=3, top_layers=1)
-    runner = DecoderRunner(model)
+    runner = TrainingRunner(model)
     examples = encode_cases(cases[:4], tokenizer, 320)
     budget = ActivationCache(runner, examples, 2, max_bytes=0)
     budget.build()
@@ -170,7 +170,7 @@ def test_over_budget_examples_are_recomputed_on_the_fly(
 
 def test_frozen_fingerprint_tracks_bottom_weights_only(make_model: Callable[..., Any]) -> None:
     model = make_model(layers=3, top_layers=1)
-    runner = DecoderRunner(model)
+    runner = TrainingRunner(model)
     before = frozen_fingerprint(runner, 2)
     _random_lora(model)  # adapters live above the split: same frozen activations
     assert frozen_fingerprint(runner, 2) == before
@@ -184,11 +184,11 @@ def test_unsupported_architecture_is_detected(
     make_model: Callable[..., Any], tokenizer: Any, cases: list[Case]
 ) -> None:
     model = make_model()
-    runner = DecoderRunner(model)
+    runner = TrainingRunner(model)
     batch = collate(encode_cases(cases[:2], tokenizer, 320), [0, 1], tokenizer.pad_token_id)
     assert check_equivalence(runner, batch) < 1e-5
     runner.norm = torch.nn.Identity()  # as if the model did something we do not replicate
     with pytest.raises(ModelError, match="not supported"):
         check_equivalence(runner, batch)
     with pytest.raises(ModelError, match="Llama-style"):
-        DecoderRunner(torch.nn.Linear(2, 2))
+        TrainingRunner(torch.nn.Linear(2, 2))

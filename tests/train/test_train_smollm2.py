@@ -7,8 +7,8 @@ import pytest
 import torch
 from train_fixtures import make_cases  # type: ignore[import-not-found]
 
-from feddx.train.adapter import attach_lora
-from feddx.train.config import LoraSpec, TrainConfig
+from feddx.model.adapter import LoraSpec, attach_lora
+from feddx.train.config import TrainConfig
 from feddx.train.trainer import train_adapter
 
 

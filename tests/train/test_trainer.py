@@ -13,9 +13,9 @@ import torch
 
 from feddx.data.schema import Case
 from feddx.errors import DataError, ModelError
+from feddx.model.adapter import LoraSpec, adapter_state, load_adapter_state
 from feddx.train import checkpoint as checkpoint_mod
-from feddx.train.adapter import adapter_state, load_adapter_state
-from feddx.train.config import DPConfig, LoraSpec, TrainConfig
+from feddx.train.config import DPConfig, TrainConfig
 from feddx.train.trainer import lr_at, proximal_term, train_adapter
 
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

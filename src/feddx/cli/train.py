@@ -12,9 +12,6 @@ adapter never saw. ``--split all`` trains on every case (e.g. a hospital's own t
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -23,47 +20,13 @@ import typer
 from rich.table import Table
 
 from feddx.cli._app import app, console, console_err, quiet_libraries
-from feddx.data.schema import Case
-from feddx.errors import DataError
+from feddx.io import atomic_write_json
 from feddx.model.loading import DEFAULT_MODEL
 
 
 class TrainSplit(StrEnum):
     train = "train"
     all = "all"
-
-
-def _load_training_cases(spec: str) -> tuple[list[Case], dict[str, Any]]:
-    from feddx.data.report import LoadReport
-    from feddx.data.sources import load_source, parse_data_spec
-
-    source, path = parse_data_spec(spec)
-    report = LoadReport(source)
-    cases = list(load_source(source, path, report))
-    info: dict[str, Any] = {"n_loaded": len(cases), "n_skipped": report.n_skipped}
-    if not cases:
-        reasons = ", ".join(f"{k}: {v}" for k, v in report.skipped_reasons().items())
-        raise DataError(
-            f"{spec}: the dataset is empty (no cases loaded"
-            + (f"; {report.n_skipped} skipped: {reasons})" if reasons else ")")
-        )
-    labeled = [c for c in cases if c.label is not None]
-    info["n_unlabeled"] = len(cases) - len(labeled)
-    if not labeled:
-        raise DataError(f"{spec}: no case has a label, so there is nothing to train on")
-    return labeled, info
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, allow_nan=False)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 @app.command()
@@ -150,7 +113,6 @@ def train(
     The held-out split of --data is never trained on, so `feddx evaluate` with the same
     --data, --test-fraction and --seed scores unseen cases even when --extra-data is given."""
     quiet_libraries()
-    from feddx.data.split import cap_per_label, stratified_split
     from feddx.train.config import TrainConfig
 
     # Config and data first: a bad file fails in a second, not after the model has loaded.
@@ -174,48 +136,26 @@ def train(
         raise typer.BadParameter(
             "--extra-per-label needs --extra-data", param_hint="--extra-per-label"
         )
-    cases, info = _load_training_cases(data)
-    if split is TrainSplit.train:
-        cases, held_out = stratified_split(cases, test_fraction=test_fraction, seed=seed)
-    else:
-        held_out = []
-    if not cases:
-        raise DataError(f"{data}: the training split is empty")
-    own_train = cases  # --data's training split, before any --extra-data
-    extra_info: dict[str, int] = {}
-    extra_cases: list[Case] = []
-    if extra_data:
-        known = {c.label.diagnosis for c in [*cases, *held_out] if c.label is not None}
-        for spec in extra_data:
-            more, _ = _load_training_cases(spec)
-            unknown = sorted({c.label.diagnosis for c in more if c.label is not None} - known)
-            if unknown:
-                shown = ", ".join(repr(u) for u in unknown[:5])
-                raise DataError(
-                    f"{spec}: {len(unknown)} label(s) do not occur in {data} ({shown}"
-                    + (", ..." if len(unknown) > 5 else "")
-                    + "); a model trained on them could not be evaluated against --data"
-                )
-            extra_info[spec] = len(more)
-            extra_cases.extend(more)
-        if extra_per_label is not None:
-            extra_cases = cap_per_label(extra_cases, extra_per_label, seed=seed)
-            extra_info["kept_after_per_label_cap"] = len(extra_cases)
-        cases = cases + extra_cases
+    from feddx.train.cases import TrainingData, training_cases
 
-    names: list[str] | None = None
-    if cfg.answer_loss == "candidates":
-        # The same list `feddx evaluate` scores against, so training optimises that ranking.
-        from feddx.cli.evaluate import dataset_candidates
-        from feddx.data.sources import parse_data_spec
-
-        source, path = parse_data_spec(data)
-        names, _ = dataset_candidates(source, path, own_train, candidates)
+    tdata = training_cases(
+        TrainingData(
+            data=data,
+            split=split.value,
+            test_fraction=test_fraction,
+            seed=seed,
+            extra_data=tuple(extra_data or ()),
+            extra_per_label=extra_per_label,
+            candidates_file=candidates,
+        ),
+        need_candidates=cfg.answer_loss == "candidates",
+    )
+    cases = tdata.cases
 
     import torch
 
+    from feddx.model.adapter import attach_lora, save_adapter
     from feddx.model.loading import load_base_model
-    from feddx.train.adapter import attach_lora, save_adapter
     from feddx.train.trainer import train_adapter
 
     loaded = load_base_model(model)
@@ -230,7 +170,7 @@ def train(
         resume=resume,
         show_progress=console_err.is_terminal,
         feature_cache_dir=feature_cache,
-        candidates=names,
+        candidates=tdata.candidates.names if tdata.candidates else None,
     )
     meta: dict[str, Any] = {
         "data": data,
@@ -238,16 +178,22 @@ def train(
         "test_fraction": test_fraction if split is TrainSplit.train else None,
         "seed": seed,
         "n_train": len(cases),
-        "n_held_out": len(held_out),
-        "extra_data": extra_info,
+        "n_held_out": tdata.n_held_out,
+        "extra_data": tdata.extra_info,
         "max_prompt_tokens": cfg.max_prompt_tokens,
         "model": loaded.source.name,
         "base_fingerprint": loaded.fingerprint,
         "config": cfg.to_dict(),
     }
-    save_adapter(net, out / "adapter", base_fingerprint=loaded.fingerprint, metadata=meta)
-    summary = {**meta, **info, "result": result.to_dict(), "adapter": str(out / "adapter")}
-    _write_json(out / "train_result.json", summary)
+    save_adapter(
+        net,
+        out / "adapter",
+        base_fingerprint=loaded.fingerprint,
+        max_prompt_tokens=cfg.max_prompt_tokens,
+        metadata=meta,
+    )
+    summary = {**meta, **tdata.info, "result": result.to_dict(), "adapter": str(out / "adapter")}
+    atomic_write_json(out / "train_result.json", summary, allow_nan=False)
 
     table = Table(title=f"Training ({len(cases)} cases, {loaded.source.name})")
     table.add_column("metric")

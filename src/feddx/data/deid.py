@@ -56,6 +56,7 @@ from typing import Any, Literal
 from feddx.data import deid_recognizers as rec
 from feddx.data.schema import Case
 from feddx.errors import ConfigError
+from feddx.paths import spacy_cache_root
 
 log = logging.getLogger(__name__)
 
@@ -215,9 +216,7 @@ def blank_spacy_dir(lang: str = "en", root: Path | None = None) -> Path:
     import spacy
 
     if root is None:
-        from feddx.model.loading import cache_root
-
-        root = cache_root() / "spacy"
+        root = spacy_cache_root()
     final = root / f"blank-{lang}-spacy{spacy.__version__}"
     if (final / "config.cfg").is_file() and (final / "meta.json").is_file():
         return final

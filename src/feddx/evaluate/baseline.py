@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from feddx.data.schema import Case
-from feddx.evaluate.predict import Prediction
+from feddx.model.predict import Prediction
 from feddx.model.scoring import ScoredCandidate
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from feddx.evaluate.predict import Prediction, with_temperature
+from feddx.model.predict import Prediction, with_temperature
 from feddx.model.scoring import fit_temperature
 
 DEFAULT_BINS = 15

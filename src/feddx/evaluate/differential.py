@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from feddx.evaluate.predict import Prediction
+from feddx.model.predict import Prediction
 
 DDXPLUS_THRESHOLD = 0.01
 

@@ -10,7 +10,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 
 from feddx.data.schema import Case, age_band
-from feddx.evaluate.predict import Prediction
+from feddx.model.predict import Prediction
 
 GROUP_ATTRIBUTES: dict[str, Callable[[Case], str]] = {
     "institution": lambda c: c.institution or "unknown",

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from feddx.data.candidates import CandidateList
 from feddx.data.schema import Case
 from feddx.evaluate.baseline import fit_baseline
 from feddx.evaluate.calibration import (
@@ -35,10 +36,16 @@ from feddx.evaluate.differential import DDXPLUS_THRESHOLD, differential_summary
 from feddx.evaluate.groups import group_breakdown
 from feddx.evaluate.hierarchy import LevelsFn, hierarchy_summary
 from feddx.evaluate.metrics import confusion, summary
-from feddx.evaluate.predict import Prediction, check_labels, predict_cases, with_temperature
 from feddx.evaluate.text_metrics import text_overlap
-from feddx.model.prompt import DEFAULT_MAX_PROMPT_TOKENS, render_answer
-from feddx.model.scoring import DEFAULT_METHOD, ScoringMethod, prepare_candidates
+from feddx.model.predict import (
+    AdapterChoice,
+    Diagnoser,
+    Prediction,
+    check_labels,
+    with_temperature,
+)
+from feddx.model.prompt import render_answer
+from feddx.model.scoring import DEFAULT_METHOD, ScoringMethod
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 Calibration = Literal["cross-fit", "none"]
@@ -144,61 +151,78 @@ def model_metrics(
     )
 
 
-def evaluate_cases(
-    model: Any,
-    tokenizer: Any,
-    cases: Sequence[Case],
-    candidates: Sequence[str],
-    *,
-    validation_cases: Sequence[Case] | None = None,
-    icd10: Mapping[str, str] | None = None,
-    max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS,
-    train_cases_for_baseline: Sequence[Case] | None = None,
-    generate_n: int = 0,
-    max_new_tokens: int = 24,
-    method: ScoringMethod = DEFAULT_METHOD,
-    temperature: float | None = None,
-    calibration: Calibration = "cross-fit",
-    differential_threshold: float = DDXPLUS_THRESHOLD,
-    differential_top_k: int | None = None,
-    levels_fn: LevelsFn | None = None,
-    seed: int = 0,
-    on_progress: Progress | None = None,
-    members: Sequence[Mapping[str, Any]] = (),
-) -> EvaluationResult:
-    """Evaluate ``model`` on labeled ``cases`` against ``candidates``.
+@dataclass(frozen=True)
+class EvaluationOptions:
+    """How :func:`evaluate_cases` scores and reports.
 
     Parameters
     ----------
-    validation_cases
-        Labeled cases to fit the softmax temperature on (never the evaluated cases). Without
-        them, ``calibration="cross-fit"`` fits it on one half of ``cases`` for the other half
-        and vice versa (no case is calibrated on itself; needs at least 10 cases), and
-        ``"none"`` keeps temperature 1. An explicit ``temperature`` skips fitting.
-    icd10
-        Candidate name -> ICD-10 code, for the ranked output and the hierarchical F1.
-    train_cases_for_baseline
-        Training cases of the same split; when given, the logistic-regression baseline is
-        fitted on them and reported with the same metrics.
-    generate_n
-        Also let the model answer the first ``generate_n`` cases freely (greedy, at most
-        ``max_new_tokens`` tokens) and report BLEU/ROUGE against the reference diagnosis.
     method
         The scoring rule of :func:`feddx.model.scoring.score_candidates`.
+    temperature, calibration
+        An explicit ``temperature`` skips fitting. Otherwise, with validation cases the
+        temperature is fitted on them; without, ``"cross-fit"`` fits it on one half of the
+        evaluated cases for the other half and vice versa (no case is calibrated on itself;
+        needs at least 10 cases), and ``"none"`` keeps temperature 1.
+    max_prompt_tokens
+        Override the prompt budget (default: the adapter's own, see
+        :meth:`feddx.model.predict.Diagnoser.settings`).
+    generate_n, max_new_tokens
+        Also let the model answer the first ``generate_n`` cases freely (greedy, at most
+        ``max_new_tokens`` tokens) and report BLEU/ROUGE against the reference diagnosis.
     differential_threshold, differential_top_k
         Which candidates form the predicted differential (DDXPlus: probability > 0.01).
-    on_progress
-        ``on_progress(stage, done, total)`` after each case of each stage.
-    members
-        LoRA states of an adapter ensemble (:func:`~feddx.evaluate.predict.predict_cases`):
-        candidates are ranked by the members' mean probability; free generation uses the
-        first member.
+    levels_fn
+        ICD-10 code -> hierarchy levels (default: :mod:`feddx.data.icd10`).
+    seed
+        Seed of the baseline's fit.
+    """
+
+    method: ScoringMethod = DEFAULT_METHOD
+    temperature: float | None = None
+    calibration: Calibration = "cross-fit"
+    max_prompt_tokens: int | None = None
+    generate_n: int = 0
+    max_new_tokens: int = 24
+    differential_threshold: float = DDXPLUS_THRESHOLD
+    differential_top_k: int | None = None
+    levels_fn: LevelsFn | None = None
+    seed: int = 0
+
+
+def evaluate_cases(
+    diagnoser: Diagnoser,
+    cases: Sequence[Case],
+    candidates: CandidateList | Sequence[str],
+    *,
+    adapter: AdapterChoice = None,
+    options: EvaluationOptions = EvaluationOptions(),
+    validation_cases: Sequence[Case] | None = None,
+    baseline_train: Sequence[Case] | None = None,
+    on_progress: Progress | None = None,
+) -> EvaluationResult:
+    """Evaluate ``diagnoser`` with ``adapter`` (see :data:`~feddx.model.predict.AdapterChoice`;
+    several names: an ensemble, whose free generation uses the first member) on labeled
+    ``cases`` against ``candidates`` (names with their ICD-10 codes, for the ranked output and
+    the hierarchical F1).
+
+    ``validation_cases``: labeled cases to fit the softmax temperature on (never the evaluated
+    cases; see :class:`EvaluationOptions`). ``baseline_train``: training cases of the same
+    split; when given, the logistic-regression baseline is fitted on them and reported with
+    the same metrics. ``on_progress(stage, done, total)`` after each case of each stage.
 
     Raises :class:`ValueError` for no cases, an unlabeled case, a label outside the candidate
     list (naming it), or bad candidates.
     """
+    o = options
+    names, icd10 = (
+        (candidates.names, candidates.icd10)
+        if isinstance(candidates, CandidateList)
+        else (list(candidates), {})
+    )
+    method, temperature, generate_n, seed = o.method, o.temperature, o.generate_n, o.seed
     start = time.perf_counter()
-    cset = prepare_candidates(tokenizer, candidates, icd10)
+    cset = diagnoser.candidate_set(names, icd10)
     check_labels(cases, cset.names, "evaluated cases")
     if validation_cases:
         check_labels(validation_cases, cset.names, "validation cases")
@@ -212,16 +236,18 @@ def evaluate_cases(
         cb = on_progress
         return lambda i: cb(name, i + 1, total)
 
-    raw = predict_cases(
-        model,
-        tokenizer,
-        cases,
-        cset,
-        max_prompt_tokens=max_prompt_tokens,
-        method=method,
-        on_case=stage("scoring", len(cases)),
-        members=members,
-    )
+    def score(which: Sequence[Case], name: str) -> list[Prediction]:
+        return diagnoser.diagnose(
+            which,
+            cset,
+            adapter=adapter,
+            method=method,
+            temperature=1.0,  # raw scores: calibrated below
+            max_prompt_tokens=o.max_prompt_tokens,
+            on_case=stage(name, len(which)),
+        )
+
+    raw = score(cases, "scoring")
     raw_conf, raw_correct = top1_confidence(raw)
     temp_info: dict[str, Any] = {
         "ece_before": prediction_ece(raw),
@@ -231,20 +257,11 @@ def evaluate_cases(
         preds = [with_temperature(p, temperature) for p in raw]
         temp_info.update(method="fixed", value=temperature)
     elif validation_cases:
-        val = predict_cases(
-            model,
-            tokenizer,
-            validation_cases,
-            cset,
-            max_prompt_tokens=max_prompt_tokens,
-            method=method,
-            on_case=stage("validation", len(validation_cases)),
-            members=members,
-        )
+        val = score(validation_cases, "validation")
         t = fit_prediction_temperature(val)
         preds = [with_temperature(p, t) for p in raw]
         temp_info.update(method="validation", value=t, n_validation=len(val))
-    elif calibration == "cross-fit" and len(raw) >= _MIN_CROSS_FIT:
+    elif o.calibration == "cross-fit" and len(raw) >= _MIN_CROSS_FIT:
         preds, fold_t = cross_fit_temperature(raw, folds=2)
         temp_info.update(
             method="cross-fit",
@@ -259,7 +276,7 @@ def evaluate_cases(
     else:
         preds = list(raw)
         temp_info.update(method="none", value=1.0)
-        if calibration == "cross-fit":
+        if o.calibration == "cross-fit":
             notes.append(f"fewer than {_MIN_CROSS_FIT} cases: temperature not fitted")
     temp_info["ece_after"] = prediction_ece(preds)
 
@@ -267,9 +284,9 @@ def evaluate_cases(
         preds,
         cset.names,
         icd10=cset.icd10,
-        levels_fn=levels_fn,
-        differential_threshold=differential_threshold,
-        differential_top_k=differential_top_k,
+        levels_fn=o.levels_fn,
+        differential_threshold=o.differential_threshold,
+        differential_top_k=o.differential_top_k,
     )
     if llm.hierarchy is None:
         notes.append("ICD-10 hierarchy unavailable (feddx.data.icd10 missing): no hierarchical F1")
@@ -281,39 +298,41 @@ def evaluate_cases(
         chosen = list(cases)[:generate_n]
         hyps, refs, lat = [], [], []
         report = stage("generation", len(chosen))
-        for i, case in enumerate(chosen):
-            t0 = time.perf_counter()
-            hyps.append(
-                generate_answer(
-                    model,
-                    tokenizer,
-                    case,
-                    max_new_tokens=max_new_tokens,
-                    max_prompt_tokens=max_prompt_tokens,
+        _, budget, _ = diagnoser.settings(adapter, o.max_prompt_tokens)
+        with diagnoser.weights(adapter) as net:
+            for i, case in enumerate(chosen):
+                t0 = time.perf_counter()
+                hyps.append(
+                    generate_answer(
+                        net,
+                        diagnoser.tokenizer,
+                        case,
+                        max_new_tokens=o.max_new_tokens,
+                        max_prompt_tokens=budget,
+                    )
                 )
-            )
-            lat.append((time.perf_counter() - t0) * 1000)
-            refs.append(render_answer(case.require_label()))
-            if report:
-                report(i)
+                lat.append((time.perf_counter() - t0) * 1000)
+                refs.append(render_answer(case.require_label()))
+                if report:
+                    report(i)
         generation = {**text_overlap(hyps, refs), "latency_ms_p50": float(np.percentile(lat, 50))}
 
     baseline = None
     bpreds: list[Prediction] | None = None
-    if train_cases_for_baseline:
-        fitted = fit_baseline(train_cases_for_baseline, seed=seed)
+    if baseline_train:
+        fitted = fit_baseline(baseline_train, seed=seed)
         bpreds = fitted.predict(cases, cset.names)
         baseline = model_metrics(
             bpreds,
             cset.names,
             icd10=cset.icd10,
-            levels_fn=levels_fn,
-            differential_threshold=differential_threshold,
-            differential_top_k=differential_top_k,
+            levels_fn=o.levels_fn,
+            differential_threshold=o.differential_threshold,
+            differential_top_k=o.differential_top_k,
         )
         baseline.extra = {
             "kind": "logistic regression over findings (+ text TF-IDF), scikit-learn",
-            "n_train": len(train_cases_for_baseline),
+            "n_train": len(baseline_train),
             "fit_seconds": fitted.fit_seconds,
         }
 

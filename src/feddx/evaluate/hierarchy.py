@@ -22,7 +22,7 @@ from typing import Any
 
 from sklearn.metrics import f1_score
 
-from feddx.evaluate.predict import Prediction
+from feddx.model.predict import Prediction
 
 LEVELS = ("chapter", "block", "category")
 LevelsFn = Callable[[str], Any]  # code -> object with .chapter/.block/.category (str | None)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 from sklearn.metrics import balanced_accuracy_score, f1_score
 
-from feddx.evaluate.predict import Prediction
+from feddx.model.predict import Prediction
 
 
 def top_k_accuracy(preds: Sequence[Prediction], k: int) -> float:

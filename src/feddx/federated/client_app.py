@@ -162,7 +162,7 @@ def handle_train(msg: Message, context: Context) -> Message:
     """Train the global adapter on this node's cases and reply with the update."""
     from feddx.federated.privacy import ClientPrivacyLedger, dp_sgd_release
     from feddx.federated.task import adapter_model
-    from feddx.train.adapter import adapter_state, load_adapter_state
+    from feddx.model.adapter import adapter_state, load_adapter_state
     from feddx.train.trainer import train_adapter
 
     cfg = FederatedConfig.from_run_config(context.run_config)

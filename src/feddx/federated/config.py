@@ -26,10 +26,12 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from feddx.errors import ConfigError
+from feddx.model.prompt import DEFAULT_MAX_PROMPT_TOKENS
 
 if TYPE_CHECKING:
     from feddx.data.partition import PartitionSpec
-    from feddx.train.config import LoraSpec, TrainConfig
+    from feddx.model.adapter import LoraSpec
+    from feddx.train.config import TrainConfig
 
 StrategyName = Literal[
     "fedavg",
@@ -62,7 +64,9 @@ class FederatedConfig(BaseModel):
         its own share. ``eval-data`` gives the server a separate validation set instead (a
         deployment, where clients bring their own data through their node config).
         ``max-cases`` / ``max-eval-cases`` cap the cases used (``0``: all), for runs that must
-        fit a small machine; report them with the results.
+        fit a small machine; report them with the results. ``candidates`` names a file with
+        one candidate diagnosis per line (default: the dataset's list, as in ``feddx
+        evaluate``; :func:`feddx.data.candidates.candidate_list`).
     Rounds and sampling
         ``num-rounds`` rounds; ``fraction-train`` of the connected clients train each round, at
         least ``min-train-clients``; the server waits for ``min-available-clients`` to connect.
@@ -119,6 +123,7 @@ class FederatedConfig(BaseModel):
     model: str = "smollm2-135m-instruct"
     data: str = "uci-heart"
     eval_data: str = ""
+    candidates: str = ""
     validation_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
     max_cases: int = Field(default=0, ge=0)
     max_eval_cases: int = Field(default=0, ge=0)
@@ -154,7 +159,7 @@ class FederatedConfig(BaseModel):
     batch_size: int = Field(default=8, ge=1)
     learning_rate: float = Field(default=5e-4, gt=0.0)
     lr_schedule: Literal["rounds", "local"] = "rounds"
-    max_prompt_tokens: int = Field(default=320, ge=16)
+    max_prompt_tokens: int = Field(default=DEFAULT_MAX_PROMPT_TOKENS, ge=16)
     lora_rank: int = Field(default=8, ge=1)
     lora_alpha: float = Field(default=16.0, gt=0.0)
     lora_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
@@ -244,7 +249,7 @@ class FederatedConfig(BaseModel):
         )
 
     def activation_cache_path(self) -> Path:
-        from feddx.model.loading import activation_cache_root
+        from feddx.paths import activation_cache_root
 
         return (
             Path(self.activation_cache_dir).expanduser()
@@ -289,7 +294,7 @@ class FederatedConfig(BaseModel):
         )
 
     def lora_spec(self) -> LoraSpec:
-        from feddx.train.config import LoraSpec
+        from feddx.model.adapter import LoraSpec
 
         return LoraSpec(
             rank=self.lora_rank,

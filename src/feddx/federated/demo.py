@@ -56,7 +56,6 @@ def demo_config(
         lora_rank=8,
         lora_alpha=16.0,
         lora_top_layers=2,
-        max_prompt_tokens=256,
         out_dir=str(out_dir.resolve()),
         resume=False,
     )

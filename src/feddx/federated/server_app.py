@@ -102,12 +102,13 @@ def run_server(
     )
 
     def evaluate(arrays: dict[str, np.ndarray]) -> dict[str, float]:
-        from feddx.federated.codec import numpy_to_torch_state
-        from feddx.train.adapter import load_adapter_state
-
-        load_adapter_state(am.model, numpy_to_torch_state(arrays))
         return evaluate_adapter(
-            am, eval_cases, data.candidates, data.icd10, max_prompt_tokens=cfg.max_prompt_tokens
+            am,
+            arrays,
+            eval_cases,
+            data.candidates,
+            data.icd10,
+            max_prompt_tokens=cfg.max_prompt_tokens,
         )
 
     ledger = RdpLedger()
@@ -236,13 +237,25 @@ def _write_outputs(
     rnd: int,
 ) -> None:
     from feddx.federated.codec import numpy_to_torch_state
-    from feddx.train.adapter import load_adapter_state, save_adapter
+    from feddx.model.adapter import load_adapter_state, save_adapter
 
     load_adapter_state(am.model, numpy_to_torch_state(global_arrays))
+    # The temperature fitted on the server's validation cases, when the saved round was
+    # evaluated (otherwise 1.0 and no source: nothing was fitted for these weights).
+    final = history[-1].get("eval") if history and history[-1].get("round") == rnd else None
+    fitted = final.get("temperature") if final else None
+    source = (
+        f"server validation split ({int(final.get('n', 0))} cases), round {rnd}"
+        if final and fitted
+        else None
+    )
     save_adapter(
         am.model,
         out / GLOBAL_ADAPTER_DIR,
         base_fingerprint=am.fingerprint,
+        max_prompt_tokens=cfg.max_prompt_tokens,
+        temperature=float(fitted) if fitted else 1.0,
+        temperature_source=source,
         metadata={"federated_round": rnd, "strategy": cfg.strategy, "data": _safe_data(cfg)},
     )
     write_history(out, history, summarize(cfg, history))

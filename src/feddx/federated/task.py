@@ -16,14 +16,18 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from feddx.data.schema import Case
 from feddx.errors import ConfigError, DataError
 from feddx.federated.config import FederatedConfig
+
+if TYPE_CHECKING:  # torch-heavy: imported where used, so importing the app stays cheap
+    from feddx.model.adapter import LoraSpec
+    from feddx.model.predict import Diagnoser
 
 log = logging.getLogger(__name__)
 
@@ -31,56 +35,55 @@ log = logging.getLogger(__name__)
 # ----------------------------------------------------------------------------- model
 @dataclass
 class AdapterModel:
-    """A base model with the run's LoRA adapters attached.
+    """A base model with the run's LoRA adapters attached, inside the shared inference object.
 
     ``initial`` is the seeded initial adapter every party agrees on (LoRA ``B`` starts at zero,
-    so the initial global model is the base model); ``fingerprint`` identifies the base
-    weights and goes into every saved adapter.
+    so the initial global model is the base model). ``diagnoser.model`` is the network clients
+    train in place; the server scores a round's global adapter through ``diagnoser``.
     """
 
-    model: Any
-    tokenizer: Any
-    fingerprint: str
+    diagnoser: Diagnoser
     initial: dict[str, Any]
+
+    @property
+    def model(self) -> Any:
+        return self.diagnoser.model
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.diagnoser.tokenizer
+
+    @property
+    def fingerprint(self) -> str:
+        return self.diagnoser.base_fingerprint
 
 
 @functools.lru_cache(maxsize=2)
-def _cached_model(
-    model: str, rank: int, alpha: float, dropout: float, targets: str, top_layers: int, seed: int
-) -> AdapterModel:
+def _cached_model(model: str, lora: LoraSpec, seed: int) -> AdapterModel:
     import torch
 
+    from feddx.model.adapter import adapter_state
     from feddx.model.loading import load_base_model
-    from feddx.train.adapter import adapter_state, attach_lora
-    from feddx.train.config import LoraSpec
+    from feddx.model.predict import Diagnoser
 
     loaded = load_base_model(model)
-    torch.manual_seed(seed)  # the initial adapter is a function of the run seed alone
-    spec = LoraSpec(
-        rank=rank,
-        alpha=alpha,
-        dropout=dropout,
-        target_modules=tuple(t.strip() for t in targets.split(",") if t.strip()),
-        top_layers=top_layers or None,
+    diagnoser = Diagnoser(
+        loaded.model,
+        loaded.tokenizer,
+        base_fingerprint=loaded.fingerprint,
+        model_name=loaded.source.name,
     )
-    peft_model = attach_lora(loaded.model, spec)
-    peft_model.eval()
-    initial = {k: v.numpy() for k, v in adapter_state(peft_model).items()}
-    return AdapterModel(peft_model, loaded.tokenizer, loaded.fingerprint, initial)
+    torch.manual_seed(seed)  # the initial adapter is a function of the run seed alone
+    diagnoser.attach(lora)
+    diagnoser.model.eval()
+    initial = {k: v.numpy() for k, v in adapter_state(diagnoser.model).items()}
+    return AdapterModel(diagnoser, initial)
 
 
 def adapter_model(cfg: FederatedConfig) -> AdapterModel:
     """The run's model, loaded once per process. Its adapter weights are whatever was loaded
-    last: callers load the adapter they need (:func:`feddx.train.adapter.load_adapter_state`)."""
-    return _cached_model(
-        cfg.model,
-        cfg.lora_rank,
-        cfg.lora_alpha,
-        cfg.lora_dropout,
-        cfg.lora_targets,
-        cfg.lora_top_layers,
-        cfg.seed,
-    )
+    last: callers load the adapter they need (:func:`feddx.model.adapter.load_adapter_state`)."""
+    return _cached_model(cfg.model, cfg.lora_spec(), cfg.seed)
 
 
 # ----------------------------------------------------------------------------- data
@@ -95,72 +98,35 @@ class TaskData:
     icd10: dict[str, str]
 
 
-def load_cases(spec: str, *, max_cases: int = 0, seed: int = 0) -> list[Case]:
-    """The labeled cases of a ``SOURCE[:PATH]`` spec, optionally a stratified sample of
-    ``max_cases`` (deterministic for a seed). Raises :class:`DataError` for unreadable data."""
-    from feddx.data.report import LoadReport
-    from feddx.data.sources import load_source, parse_data_spec
-    from feddx.data.split import stratified_split
-
-    source, path = parse_data_spec(spec)
-    report = LoadReport(source)
-    cases = [c for c in load_source(source, path, report) if c.label is not None]
-    if report.n_skipped:
-        log.info("%s: %d records skipped (%s)", source, report.n_skipped, report.skipped_reasons())
-    if not cases:
-        raise DataError(f"{source}: no labeled cases in the data")
-    if max_cases and max_cases < len(cases):
-        _, cases = stratified_split(cases, test_fraction=max_cases / len(cases), seed=seed)
-        cases.sort(key=lambda c: c.case_id)
-    return cases
-
-
-def candidates_for(spec: str, cases: Sequence[Case]) -> tuple[list[str], dict[str, str]]:
-    """The candidate list of a dataset (its full label space) and the ICD-10 code of each."""
-    from feddx.data.sources import parse_data_spec
-
-    source, path = parse_data_spec(spec)
-    if source in ("ddxplus", "ddxplus-v0") and path is not None:
-        from feddx.data.ddxplus import ddxplus_candidates, ddxplus_icd10
-
-        return ddxplus_candidates(path), ddxplus_icd10(path)
-    if source == "uci-heart":
-        from feddx.data.uci_heart import DIAGNOSES, ICD10
-
-        return list(DIAGNOSES.values()), dict(ICD10)
-    labels = sorted({c.require_label().diagnosis for c in cases})
-    codes = {
-        c.require_label().diagnosis: c.require_label().icd10
-        for c in cases
-        if c.label is not None and c.label.icd10
-    }
-    return labels, {k: v for k, v in codes.items() if v}
-
-
 @functools.lru_cache(maxsize=4)
 def _cached_task_data(
-    data: str, eval_data: str, fraction: float, max_cases: int, seed: int
+    data: str, eval_data: str, fraction: float, max_cases: int, seed: int, candidates: str
 ) -> TaskData:
+    from feddx.data.candidates import candidate_list
+    from feddx.data.sources import load_cases
     from feddx.data.split import stratified_split
 
-    cases = load_cases(data, max_cases=max_cases, seed=seed)
+    loaded = load_cases(data, purpose="train on", max_cases=max_cases, seed=seed)
     if eval_data:
-        train, validation = cases, load_cases(eval_data, seed=seed)
+        train = loaded.cases
+        validation = load_cases(eval_data, purpose="evaluate against", seed=seed).cases
     else:
-        train, validation = stratified_split(cases, test_fraction=fraction, seed=seed)
-    candidates, icd10 = candidates_for(data, [*train, *validation])
-    outside = {c.require_label().diagnosis for c in validation} - set(candidates)
+        train, validation = stratified_split(loaded.cases, test_fraction=fraction, seed=seed)
+    cands = candidate_list(
+        loaded.source, loaded.path, [*train, *validation], Path(candidates) if candidates else None
+    )
+    outside = {c.require_label().diagnosis for c in validation} - set(cands.names)
     if outside:
         raise DataError(
-            f"{len(outside)} validation labels are not among the {len(candidates)} candidates"
+            f"{len(outside)} validation labels are not among the {len(cands.names)} candidates"
         )
-    return TaskData(train, validation, candidates, icd10)
+    return TaskData(train, validation, cands.names, cands.icd10)
 
 
 def task_data(cfg: FederatedConfig) -> TaskData:
     """Training and validation cases of the run (cached per process)."""
     return _cached_task_data(
-        cfg.data, cfg.eval_data, cfg.validation_fraction, cfg.max_cases, cfg.seed
+        cfg.data, cfg.eval_data, cfg.validation_fraction, cfg.max_cases, cfg.seed, cfg.candidates
     )
 
 
@@ -197,6 +163,7 @@ def simulation_partition(
 _DATA_FIELDS = (
     "data",
     "eval_data",
+    "candidates",
     "validation_fraction",
     "max_cases",
     "seed",
@@ -216,42 +183,34 @@ def node_cases(source: str, path: str, *, max_cases: int = 0, seed: int = 0) -> 
 
 @functools.lru_cache(maxsize=2)
 def _cached_node_cases(spec: str, max_cases: int, seed: int) -> list[Case]:
-    return load_cases(spec, max_cases=max_cases, seed=seed)
+    from feddx.data.sources import load_cases
+
+    return load_cases(spec, purpose="train on", max_cases=max_cases, seed=seed).cases
 
 
 # ----------------------------------------------------------------------------- evaluation
 def evaluate_adapter(
     am: AdapterModel,
+    state: Mapping[str, Any],
     cases: Sequence[Case],
     candidates: Sequence[str],
     icd10: dict[str, str],
     *,
     max_prompt_tokens: int,
 ) -> dict[str, float]:
-    """Score ``cases`` with the model's current adapter: the harness summary (top-1/3/5,
-    macro-F1, ...) plus ``val_loss``, the mean negative log-probability of the right diagnosis
-    among the candidates. Numbers only: safe to log and store."""
-    import torch
-
+    """Score ``cases`` with the LoRA ``state`` (a round's global adapter): the harness summary
+    (top-1/3/5, macro-F1, ...) plus ``val_loss``, the mean negative log-probability of the
+    right diagnosis among the candidates, and ``temperature``, the softmax temperature fitted
+    on these cases (what the saved adapter records). Numbers only: safe to log and store."""
+    from feddx.evaluate.calibration import fit_prediction_temperature
     from feddx.evaluate.metrics import summary
-    from feddx.evaluate.predict import predict_cases
 
-    with torch.inference_mode():
-        preds = predict_cases(
-            am.model,
-            am.tokenizer,
-            cases,
-            candidates,
-            max_prompt_tokens=max_prompt_tokens,
-            icd10=icd10,
-        )
+    am.diagnoser.add_state("global", state, max_prompt_tokens=max_prompt_tokens)
+    preds = am.diagnoser.diagnose(cases, candidates, adapter="global", icd10=icd10, temperature=1.0)
     out = {k: float(v) for k, v in summary(preds).items()}
-    losses = []
-    for p in preds:
-        gold = p.case.require_label().diagnosis
-        prob = next((r.probability for r in p.ranked if r.name == gold), 0.0)
-        losses.append(-math.log(max(prob, 1e-12)))
+    losses = [-math.log(max(p.probability_of(p.gold), 1e-12)) for p in preds]
     out["val_loss"] = sum(losses) / len(losses)
+    out["temperature"] = float(fit_prediction_temperature(preds))
     return out
 
 

@@ -15,14 +15,14 @@ import importlib.util
 import json
 import logging
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from feddx.errors import ModelError
+from feddx.io import atomic_write_json, building_dir
+from feddx.paths import model_cache_root
 
 log = logging.getLogger(__name__)
 
@@ -59,17 +59,6 @@ class LoadedModel:
     fingerprint: str
     from_cache: bool
     load_seconds: float
-
-
-def cache_root() -> Path:
-    """The feddx cache directory (``$FEDDX_CACHE`` or ``~/.cache/feddx``)."""
-    return Path(os.environ.get("FEDDX_CACHE", Path.home() / ".cache" / "feddx")).expanduser()
-
-
-def activation_cache_root() -> Path:
-    """Where frozen-layer activations are cached when no directory is given; entries are keyed
-    by base weights and token ids, so every run on this machine can share it."""
-    return cache_root() / "activations"
 
 
 def _package_dir(package: str) -> Path | None:
@@ -131,7 +120,7 @@ def _file_key(path: Path) -> str:
 
 def cache_dir_for(source: ModelSource) -> Path:
     """The cache directory a GGUF source dequantizes into."""
-    return cache_root() / "models" / f"{source.name}-{_file_key(Path(source.location))}"
+    return model_cache_root() / f"{source.name}-{_file_key(Path(source.location))}"
 
 
 def _valid_cache(directory: Path) -> bool:
@@ -149,15 +138,6 @@ def _valid_cache(directory: Path) -> bool:
         return False
 
 
-def _replace_dir(tmp: Path, final: Path) -> None:
-    """Move ``tmp`` to ``final`` atomically, discarding any stale ``final``."""
-    if final.exists():
-        trash = final.with_name(f".trash-{final.name}-{os.getpid()}-{time.time_ns()}")
-        final.rename(trash)
-        shutil.rmtree(trash, ignore_errors=True)
-    tmp.rename(final)
-
-
 def _load_pretrained(location: str, **kwargs: Any) -> tuple[Any, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -172,9 +152,7 @@ def _load_pretrained(location: str, **kwargs: Any) -> tuple[Any, Any]:
 
 def _build_gguf_cache(source: ModelSource, final: Path) -> None:
     gguf_path = Path(source.location)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=final.parent))
-    try:
+    with building_dir(final) as tmp:
         try:
             model, tokenizer = _load_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
         except (ValueError, OSError, KeyError, RuntimeError) as e:
@@ -189,11 +167,7 @@ def _build_gguf_cache(source: ModelSource, final: Path) -> None:
         tokenizer.save_pretrained(tmp)
         files = {p.name: p.stat().st_size for p in tmp.iterdir() if p.is_file()}
         meta = {"format": _CACHE_FORMAT, "source": source.location, "name": source.name}
-        (tmp / MANIFEST).write_text(json.dumps({**meta, "files": files}, indent=1))
-        _replace_dir(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        atomic_write_json(tmp / MANIFEST, {**meta, "files": files})
 
 
 def _hub_error(source: ModelSource, err: Exception) -> ModelError:
@@ -259,7 +233,7 @@ class CachedModel:
 
 def list_cached_models() -> list[CachedModel]:
     """What ``$FEDDX_CACHE/models`` holds, with sizes and whether each copy is intact."""
-    root = cache_root() / "models"
+    root = model_cache_root()
     out: list[CachedModel] = []
     if not root.is_dir():
         return out

@@ -2,7 +2,7 @@
 
 - :mod:`feddx.train.config`: :class:`TrainConfig`, :class:`LoraSpec`, :class:`DPConfig`
   (dataclasses, loadable from YAML/JSON/TOML);
-- :mod:`feddx.train.adapter`: attach LoRA, extract/load adapter tensors, save/load adapter
+- :mod:`feddx.model.adapter`: attach LoRA, extract/load adapter tensors, save/load adapter
   directories bound to a base-model fingerprint;
 - :mod:`feddx.train.trainer`: :func:`train_adapter`, the training loop;
 - :mod:`feddx.train.batching`, :mod:`feddx.train.forward`, :mod:`feddx.train.features`,

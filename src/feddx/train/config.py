@@ -27,56 +27,13 @@ from pathlib import Path
 from typing import Any, Literal, cast, get_args
 
 from feddx.errors import ConfigError
+from feddx.model.adapter import LoraSpec
+from feddx.model.prompt import DEFAULT_MAX_PROMPT_TOKENS
 
 LossReduction = Literal["token", "example"]
 CacheDtype = Literal["float32", "float16", "bfloat16"]
 LrSchedule = Literal["cosine", "constant"]
 AnswerLoss = Literal["vocabulary", "candidates"]
-
-
-@dataclass
-class LoraSpec:
-    """Where LoRA adapters go and how big they are.
-
-    Parameters
-    ----------
-    rank, alpha, dropout
-        LoRA rank ``r``, scaling numerator ``alpha`` (the update is scaled by ``alpha / r``) and
-        the dropout applied to the adapter input during training.
-    target_modules
-        Names of the linear layers that get adapters (``q_proj``, ``v_proj``, ``o_proj``,
-        ``gate_proj`` ...).
-    top_layers
-        ``None``: every decoder layer gets adapters. ``N``: only the last ``N`` layers do; the
-        frozen layers below run once per example and their output is cached (the main speed
-        lever of :func:`feddx.train.trainer.train_adapter`).
-    """
-
-    rank: int = 16
-    alpha: float = 32
-    dropout: float = 0.05
-    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
-    top_layers: int | None = None
-
-    def __post_init__(self) -> None:
-        if isinstance(self.target_modules, str):
-            self.target_modules = (self.target_modules,)
-        elif isinstance(self.target_modules, list):
-            self.target_modules = tuple(self.target_modules)
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise :class:`ConfigError` naming the first invalid field."""
-        _check(self.rank >= 1, "lora.rank", "must be >= 1")
-        _check(self.alpha > 0, "lora.alpha", "must be > 0")
-        _check(0 <= self.dropout < 1, "lora.dropout", "must be in [0, 1)")
-        _check(
-            bool(self.target_modules)
-            and all(isinstance(m, str) and m for m in self.target_modules),
-            "lora.target_modules",
-            "must be a non-empty list of module names",
-        )
-        _check(self.top_layers is None or self.top_layers >= 1, "lora.top_layers", "must be >= 1")
 
 
 @dataclass
@@ -210,7 +167,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     seed: int = 0
-    max_prompt_tokens: int = 320
+    max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS
     max_steps: int | None = None
     checkpoint_every: int = 0
     proximal_mu: float = 0.0

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import torch
 
+from feddx.model.decoder import DecoderRunner
 from feddx.train.batching import Example, collate
-from feddx.train.forward import DecoderRunner
 
 log = logging.getLogger(__name__)
 

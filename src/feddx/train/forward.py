@@ -1,17 +1,12 @@
-"""Run a causal LM's decoder in pieces, and its LM head only where the loss needs it.
+"""The training losses over the split forward of :mod:`feddx.model.decoder`.
 
 Hugging Face's ``model(input_ids, labels=...)`` computes vocabulary logits for every position
 and then masks most of them away; for SmolLM2 (a 49k x 576 head) that is a quarter of the
-forward FLOPs spent on prompt positions whose loss is never used. Here the decoder body runs
-as ``embeddings -> layers[a:b] -> ...`` and the final norm and LM head run only on the hidden
-states at answer-predicting positions.
-
-Splitting the layer stack is also what lets the trainer cache the output of frozen bottom
-layers and start later epochs at layer ``a``. This relies on the Llama-style layout
-(``model.embed_tokens``, ``model.layers``, ``model.norm``, ``model.rotary_emb``, ``lm_head``)
-shared by Llama, Mistral, Qwen2, SmolLM and others; :func:`check_equivalence` compares the
-split forward with the model's own forward once per run, so an architecture that differs in
-some detail is refused instead of trained wrongly.
+forward FLOPs spent on prompt positions whose loss is never used. Here the final norm and LM
+head run only on the hidden states at answer-predicting positions, and the last layer can be
+pruned to those positions too. :func:`check_equivalence` compares the split forward with the
+model's own forward once per run, so an architecture that differs in some detail is refused
+instead of trained wrongly.
 """
 
 from __future__ import annotations
@@ -24,81 +19,20 @@ import torch
 import torch.nn.functional as F
 
 from feddx.errors import ModelError
+from feddx.model.decoder import DecoderRunner
 from feddx.train.batching import Batch, Example, collate
 
 log = logging.getLogger(__name__)
 
 
-class DecoderRunner:
-    """The pieces of a (peft-wrapped) causal LM, callable one range of layers at a time."""
+class TrainingRunner(DecoderRunner):
+    """The decoder runner plus what training needs: the last layer pruned to answer
+    positions and the losses at those positions."""
 
     def __init__(self, model: Any) -> None:
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        backbone: Any = getattr(base, "model", None)
-        missing = [
-            name
-            for name in ("embed_tokens", "layers", "norm", "rotary_emb")
-            if getattr(backbone, name, None) is None
-        ]
-        head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
-        if missing or head is None:
-            what = ", ".join([f"model.{m}" for m in missing] + ([] if head else ["lm_head"]))
-            raise ModelError(
-                f"{type(base).__name__} lacks {what}: feddx's trainer needs a Llama-style "
-                "decoder (Llama, Mistral, Qwen2, SmolLM, ...)"
-            )
-        self.model = model
-        self.embed_tokens = backbone.embed_tokens
-        self.layers = backbone.layers
-        self.norm = backbone.norm
-        self.rotary_emb = backbone.rotary_emb
-        self.lm_head = head
-        self.n_layers = len(self.layers)
-        self.hidden_size = int(base.config.hidden_size)
-        self.can_prune_last_layer = _prunable(self.layers[-1], base.config)
+        super().__init__(model)
+        self.can_prune_last_layer = _prunable(self.layers[-1], self.config)
         self.prune_last_layer = False  # switched on by check_model_once where it verifies
-
-    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Token embeddings ``[B, L, H]`` (the input of layer 0)."""
-        return self.embed_tokens(input_ids)
-
-    def rotary(self, hidden: torch.Tensor) -> tuple[torch.Tensor, Any]:
-        """Position ids ``0..L-1`` and the rotary tables for them."""
-        positions = torch.arange(hidden.shape[1], device=hidden.device)[None]
-        return positions, self.rotary_emb(hidden, positions)
-
-    def run_layers(
-        self,
-        hidden: torch.Tensor,
-        start: int,
-        end: int,
-        *,
-        checkpoint: bool = False,
-        rotary: tuple[torch.Tensor, Any] | None = None,
-        attention_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Decoder layers ``start..end-1`` on right-padded hidden states ``[B, L, H]``.
-
-        No attention mask by default: with right padding and causal attention, real positions
-        never see the padding, and position ids are ``0..L-1`` in every row. Scoring passes
-        its own additive ``[B, 1, L, L]`` mask and ``rotary`` (the candidate trie's tree mask
-        and positions, :mod:`feddx.evaluate.ensemble`).
-        """
-        positions, tables = rotary if rotary is not None else self.rotary(hidden)
-        for layer in self.layers[start:end]:
-            if checkpoint and torch.is_grad_enabled():
-                hidden = torch.utils.checkpoint.checkpoint(
-                    _call_layer,
-                    layer,
-                    hidden,
-                    positions,
-                    tables,
-                    attention_mask,
-                    use_reentrant=False,
-                )
-            else:
-                hidden = _call_layer(layer, hidden, positions, tables, attention_mask)
-        return hidden
 
     def answer_states(
         self, hidden: torch.Tensor, start: int, batch: Batch, *, checkpoint: bool = False
@@ -120,10 +54,6 @@ class DecoderRunner:
             hidden, start, self.n_layers - 1, checkpoint=checkpoint, rotary=rotary
         )
         return _last_layer_at(self.layers[-1], hidden, batch, rotary[1])
-
-    def logits(self, states: torch.Tensor) -> torch.Tensor:
-        """Vocabulary logits of last-layer states (the final norm works per position)."""
-        return self.lm_head(self.norm(states)).float()
 
     def answer_logits(self, hidden: torch.Tensor, batch: Batch) -> torch.Tensor:
         """Vocabulary logits ``[n, V]`` at the answer-predicting positions of the last layer's
@@ -215,20 +145,6 @@ def _last_layer_at(layer: Any, hidden: torch.Tensor, batch: Batch, tables: Any) 
     return h[batch.rows, slot]
 
 
-def _call_layer(
-    layer: Any,
-    hidden: torch.Tensor,
-    positions: torch.Tensor,
-    rotary: Any,
-    attention_mask: torch.Tensor | None = None,
-) -> torch.Tensor:
-    out = layer(
-        hidden, attention_mask=attention_mask, position_ids=positions, position_embeddings=rotary
-    )
-    # transformers < 5 returned a tuple from decoder layers.
-    return out[0] if isinstance(out, tuple) else out
-
-
 def reduce_losses(
     token_losses: torch.Tensor, batch: Batch, reduction: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -259,7 +175,7 @@ def probe_batch(example: Example, pad_id: int) -> Batch:
     return collate(probes or [example], range(len(probes) or 1), pad_id)
 
 
-def check_model_once(runner: DecoderRunner, example: Example, pad_id: int) -> float:
+def check_model_once(runner: TrainingRunner, example: Example, pad_id: int) -> float:
     """:func:`check_equivalence` on a :func:`probe_batch`, remembered on the model so that
     repeated training calls (federated rounds) pay for it once. Also decides whether the
     last layer can be pruned to answer positions (only where that, too, matches)."""
@@ -281,7 +197,7 @@ def check_model_once(runner: DecoderRunner, example: Example, pad_id: int) -> fl
 
 
 def check_equivalence(
-    runner: DecoderRunner, batch: Batch, *, prune: bool = False, tolerance: float = 1e-4
+    runner: TrainingRunner, batch: Batch, *, prune: bool = False, tolerance: float = 1e-4
 ) -> float:
     """Compare the split forward (with or without last-layer pruning) with the model's own
     forward on ``batch``, in eval mode.

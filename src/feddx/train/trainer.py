@@ -42,7 +42,7 @@ import torch
 
 from feddx.data.schema import Case
 from feddx.errors import ConfigError, ModelError
-from feddx.train.adapter import (
+from feddx.model.adapter import (
     adapter_state,
     first_adapted_layer,
     load_adapter_state,
@@ -62,7 +62,7 @@ from feddx.train.checkpoint import CheckpointStore, TrainState, set_rng_state
 from feddx.train.config import LrSchedule, TrainConfig
 from feddx.train.dp import DPSGD
 from feddx.train.features import ActivationCache, frozen_fingerprint
-from feddx.train.forward import DecoderRunner, check_model_once, reduce_losses
+from feddx.train.forward import TrainingRunner, check_model_once, reduce_losses
 
 log = logging.getLogger(__name__)
 
@@ -264,7 +264,7 @@ class _Trainer:
         self.config = config
         self.pad_id = pad_id
         self.params = lora_parameters(model)
-        self.runner = DecoderRunner(model)
+        self.runner = TrainingRunner(model)
         self.split = first_adapted_layer(model)
         self.plan = _plan(len(examples), config)
         self.reduction = "example" if config.dp is not None else config.loss_reduction
@@ -422,7 +422,7 @@ def train_adapter(
     Parameters
     ----------
     model, tokenizer
-        A peft model from :func:`~feddx.train.adapter.attach_lora` and its tokenizer. Only
+        A peft model from :func:`~feddx.model.adapter.attach_lora` and its tokenizer. Only
         the LoRA weights change.
     cases
         Labelled cases, rendered with :func:`~feddx.model.prompt.render_prompt` and answered
@@ -434,7 +434,7 @@ def train_adapter(
         Continue from the newest checkpoint in ``out_dir`` (``False``: delete them and start
         over). A finished run returns its result without training again.
     proximal_reference
-        FedProx anchor (the global adapter's :func:`~feddx.train.adapter.adapter_state`) when
+        FedProx anchor (the global adapter's :func:`~feddx.model.adapter.adapter_state`) when
         ``config.proximal_mu > 0``; defaults to the adapter's starting weights.
     feature_cache_dir
         Directory for the frozen-layer activation cache, shared across runs and federated

@@ -9,7 +9,7 @@ once, and only the top layers, the final norm and the kept LM-head rows run once
 With SmolLM2 and adapters on 4 of 30 layers, two members cost 1.21x one adapter
 (``benchmarks/bench_scoring.py``; 2.02x as two full passes).
 
-Architectures the split forward does not support (see :mod:`feddx.train.forward`) fall back
+Architectures the split forward does not support (see :mod:`feddx.model.decoder`) fall back
 to one full pass per member, with the same result.
 """
 
@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from feddx.errors import ModelError
+from feddx.model.adapter import first_adapted_layer, load_adapter_state, validate_state
 from feddx.model.scoring import (
     CandidateSet,
     ScoringMethod,
@@ -30,26 +31,36 @@ from feddx.model.scoring import (
     scores_from_pair_log_probs,
     trie_forward_inputs,
 )
-from feddx.train.adapter import first_adapted_layer, load_adapter_state
 
 
 class EnsembleScorer:
     """Candidate scores of an adapter ensemble for one prompt at a time.
 
     ``model`` is a LoRA-attached model; ``members`` are LoRA states of its layout
-    (:func:`~feddx.train.adapter.adapter_state`). Each call swaps every member's tensors
-    into ``model`` in turn and leaves the first one loaded.
+    (:func:`~feddx.model.adapter.adapter_state`), checked here once
+    (:func:`~feddx.model.adapter.validate_state`) unless the caller already did
+    (``validated=True``), so the per-case swaps only copy tensors. Each call swaps every
+    member's tensors into ``model`` in turn and leaves the first one loaded.
     """
 
-    def __init__(self, model: Any, members: Sequence[Mapping[str, torch.Tensor]]) -> None:
+    def __init__(
+        self,
+        model: Any,
+        members: Sequence[Mapping[str, torch.Tensor]],
+        *,
+        validated: bool = False,
+    ) -> None:
         if not members:
             raise ValueError("an ensemble needs at least one member")
         self.model = model
         self.members = [dict(m) for m in members]
+        if not validated:
+            for state in self.members:
+                validate_state(model, state)
         self.runner: Any = None
         self.split = 0
         try:
-            from feddx.train.forward import DecoderRunner
+            from feddx.model.decoder import DecoderRunner
 
             self.runner = DecoderRunner(model)
             self.split = first_adapted_layer(model)
@@ -63,7 +74,7 @@ class EnsembleScorer:
         if self.runner is None or self.split == 0:
             out = []
             for state in self.members:
-                load_adapter_state(self.model, state)
+                load_adapter_state(self.model, state, validated=True)
                 out.append(candidate_scores(self.model, prompt_ids, candidates, method=method))
             self._restore()
             return out
@@ -80,7 +91,7 @@ class EnsembleScorer:
             trunk = runner.run_layers(hidden, 0, self.split, rotary=rotary, attention_mask=attn)
             out = []
             for state in self.members:
-                load_adapter_state(self.model, state)
+                load_adapter_state(self.model, state, validated=True)
                 top = runner.run_layers(
                     trunk, self.split, runner.n_layers, rotary=rotary, attention_mask=attn
                 )
@@ -98,7 +109,7 @@ class EnsembleScorer:
 
     def _restore(self) -> None:
         if len(self.members) > 1:
-            load_adapter_state(self.model, self.members[0])
+            load_adapter_state(self.model, self.members[0], validated=True)
 
 
 __all__ = ["EnsembleScorer"]

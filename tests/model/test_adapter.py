@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from feddx.errors import ModelError
-from feddx.train import adapter as adapter_mod
-from feddx.train.adapter import (
+from feddx.model import adapter as adapter_mod
+from feddx.model.adapter import (
+    LoraSpec,
     adapter_lora_spec,
     adapter_state,
     attach_lora,
@@ -21,7 +22,6 @@ from feddx.train.adapter import (
     load_adapter_state,
     save_adapter,
 )
-from feddx.train.config import LoraSpec
 
 FP = "tiny-llama:abc123"
 
@@ -73,10 +73,12 @@ def test_load_state_round_trip_and_mismatches(make_model: Callable[..., Any]) ->
 def test_save_and_load_round_trip(make_model: Callable[..., Any], tmp_path: Path) -> None:
     model = make_model(top_layers=2, rank=4)
     state = _randomize(model)
-    save_adapter(model, tmp_path / "a", base_fingerprint=FP, metadata={"round": 3})
+    save_adapter(
+        model, tmp_path / "a", base_fingerprint=FP, max_prompt_tokens=64, metadata={"round": 3}
+    )
     assert adapter_lora_spec(tmp_path / "a") == LoraSpec(rank=4, top_layers=2)
     fresh = attach_lora_like(make_model, tmp_path / "a")
-    assert load_adapter(fresh, tmp_path / "a", base_fingerprint=FP) == {"round": 3}
+    assert load_adapter(fresh, tmp_path / "a", base_fingerprint=FP).metadata == {"round": 3}
     for k, v in adapter_state(fresh).items():
         assert torch.equal(v, state[k])
     # The directory is also a plain peft adapter.
@@ -92,7 +94,7 @@ def test_adapter_for_another_base_model_is_refused(
     make_model: Callable[..., Any], tmp_path: Path
 ) -> None:
     model = make_model()
-    save_adapter(model, tmp_path / "a", base_fingerprint=FP, metadata={})
+    save_adapter(model, tmp_path / "a", base_fingerprint=FP, max_prompt_tokens=64, metadata={})
     with pytest.raises(ModelError, match="trained for base model 'tiny-llama:abc123'"):
         load_adapter(model, tmp_path / "a", base_fingerprint="smollm2:other")
 
@@ -101,7 +103,7 @@ def test_corrupt_or_missing_adapter_is_one_clear_error(
     make_model: Callable[..., Any], tmp_path: Path
 ) -> None:
     model = make_model()
-    save_adapter(model, tmp_path / "a", base_fingerprint=FP, metadata={})
+    save_adapter(model, tmp_path / "a", base_fingerprint=FP, max_prompt_tokens=64, metadata={})
     weights = tmp_path / "a" / adapter_mod.WEIGHTS_FILE
     data = bytearray(weights.read_bytes())
     data[-5] ^= 0xFF
@@ -119,18 +121,22 @@ def test_a_failed_save_leaves_the_previous_adapter_intact(
 ) -> None:
     model = make_model()
     state = _randomize(model)
-    save_adapter(model, tmp_path / "a", base_fingerprint=FP, metadata={"v": 1})
+    save_adapter(
+        model, tmp_path / "a", base_fingerprint=FP, max_prompt_tokens=64, metadata={"v": 1}
+    )
     _randomize(model, seed=2)
 
     def crash(*args: Any, **kwargs: Any) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(adapter_mod, "_sha256", crash)
+    monkeypatch.setattr(adapter_mod, "file_sha256", crash)
     with pytest.raises(OSError):
-        save_adapter(model, tmp_path / "a", base_fingerprint=FP, metadata={"v": 2})
+        save_adapter(
+            model, tmp_path / "a", base_fingerprint=FP, max_prompt_tokens=64, metadata={"v": 2}
+        )
     monkeypatch.undo()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]  # no temp leftovers
-    assert load_adapter(model, tmp_path / "a", base_fingerprint=FP) == {"v": 1}
+    assert load_adapter(model, tmp_path / "a", base_fingerprint=FP).metadata == {"v": 1}
     for k, v in adapter_state(model).items():
         assert torch.equal(v, state[k])
 

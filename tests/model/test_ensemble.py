@@ -9,11 +9,10 @@ import pytest
 import torch
 
 from feddx.data.schema import Case, Finding
-from feddx.evaluate.ensemble import EnsembleScorer
+from feddx.model.adapter import LoraSpec, adapter_state, attach_lora, load_adapter_state
+from feddx.model.ensemble import EnsembleScorer
 from feddx.model.prompt import render_prompt
 from feddx.model.scoring import candidate_scores, prepare_candidates, probabilities
-from feddx.train.adapter import adapter_state, attach_lora, load_adapter_state
-from feddx.train.config import LoraSpec
 
 CANDIDATES = ["Angina", "Angina pectoris", "Acute otitis media", "Pulmonary embolism", "GERD"]
 

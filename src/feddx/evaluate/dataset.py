@@ -1,0 +1,108 @@
+"""Evaluate a model (and adapters) on a dataset named by ``SOURCE:PATH``: the policy behind
+``feddx evaluate``, as a library function the CLI (and anyone else) calls.
+
+The cases are split exactly as ``feddx train`` splits them
+(:func:`feddx.data.split.stratified_split` with the same test fraction and seed), and the
+held-out test split is evaluated by default, so an adapter is never scored on cases it was
+trained on; ``split="all"`` evaluates every case (e.g. a hospital's own held-out file).
+Candidates come from :func:`feddx.data.candidates.candidate_list` over the training split (or
+a candidates file). Bad input (data, labels, candidates, adapters) fails before the base model
+is loaded, so it costs a second, not a minute.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from feddx.data.candidates import candidate_list
+from feddx.data.sources import load_cases
+from feddx.data.split import stratified_split
+from feddx.errors import DataError
+from feddx.evaluate.harness import EvaluationOptions, EvaluationResult, Progress, evaluate_cases
+from feddx.model.loading import DEFAULT_MODEL
+from feddx.model.predict import Diagnoser, check_labels
+from feddx.model.scoring import validate_candidates
+
+Split = Literal["test", "all"]
+
+
+@dataclass(frozen=True)
+class DatasetEvaluation:
+    """What to evaluate: the data, the split, the model and adapters (several: an ensemble)."""
+
+    data: str
+    adapters: Sequence[Path] = ()
+    model: str = DEFAULT_MODEL
+    split: Split = "test"
+    test_fraction: float = 0.2
+    seed: int = 0
+    limit: int = 0
+    candidates_file: Path | None = None
+    baseline: bool = True
+    options: EvaluationOptions = field(default_factory=EvaluationOptions)
+
+
+def evaluate_dataset(
+    request: DatasetEvaluation, *, on_progress: Progress | None = None
+) -> EvaluationResult:
+    """Run the evaluation ``request`` describes; the result's ``meta`` records the data, split,
+    budget and model/adapter provenance. Raises :class:`DataError` for unusable data, labels
+    outside the candidate list or an empty split, and :class:`~feddx.errors.ModelError` for a
+    missing, corrupt or mismatched adapter."""
+    loaded = load_cases(request.data, purpose="evaluate against")
+    labeled = loaded.cases
+    if request.split == "test":
+        train, test = stratified_split(
+            labeled, test_fraction=request.test_fraction, seed=request.seed
+        )
+    else:
+        train, test = [], labeled
+    if request.limit:
+        test = test[: request.limit]
+    if not test:
+        raise DataError(f"{request.data}: the {request.split} split is empty")
+    candidates = candidate_list(
+        loaded.source, loaded.path, train or labeled, request.candidates_file
+    )
+    try:
+        validate_candidates(candidates.names)
+        check_labels(test, candidates.names, f"{request.split} split")
+    except ValueError as e:
+        raise DataError(f"{request.data}: {e}") from None
+    # Diagnoser.load reads the adapters' records before the base model: a missing or corrupt
+    # adapter fails fast too.
+    diagnoser = Diagnoser.load(request.model, request.adapters)
+    names = list(diagnoser.adapters)
+    _, budget, _ = diagnoser.settings(names or None, request.options.max_prompt_tokens)
+    result = evaluate_cases(
+        diagnoser,
+        test,
+        candidates,
+        adapter=names or None,
+        options=request.options,
+        baseline_train=train if request.baseline and train else None,
+        on_progress=on_progress,
+    )
+    meta: dict[str, Any] = {
+        "data": request.data,
+        "split": request.split,
+        "test_fraction": request.test_fraction if request.split == "test" else None,
+        "seed": request.seed,
+        "n_train": len(train),
+        "max_prompt_tokens": budget,
+        **loaded.info,
+        "model": diagnoser.model_name,
+        "base_fingerprint": diagnoser.base_fingerprint,
+    }
+    if names:
+        held = [diagnoser.held(n) for n in names]
+        meta["adapter"] = names[0]
+        if len(names) > 1:
+            meta["adapters"] = names
+        meta["adapter_max_prompt_tokens"] = held[0].max_prompt_tokens
+        meta["adapter_temperature"] = held[0].temperature if len(held) == 1 else None
+    result.meta = meta
+    return result

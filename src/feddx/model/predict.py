@@ -1,0 +1,434 @@
+"""The one inference object: a base model loaded once, adapter states held and swapped, and a
+batch of cases scored into ranked differentials.
+
+:class:`Diagnoser` is what ``feddx evaluate``, the federated server's evaluation, the demo, the
+personalization evaluator and the service call; nothing else renders prompts and scores
+candidates for a model. It owns three decisions that must not differ between those callers:
+
+- **which weights**: the base model alone (zero-shot), one adapter, or an ensemble of adapters
+  of one LoRA layout; adapters are checked (fingerprint, checksum, layout, finite values) once
+  when they are added, so swapping between them per request copies tensors and nothing else;
+- **which prompt budget**: the one the adapter was trained with (:class:`~feddx.model.adapter.
+  AdapterInfo`), so an adapter is never scored on prompts truncated differently;
+- **which temperature**: the one fitted for the adapter and recorded beside it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from feddx.data.schema import Case
+from feddx.errors import ModelError
+from feddx.model.adapter import (
+    AdapterInfo,
+    AdapterState,
+    LoraSpec,
+    adapter_state,
+    attach_lora,
+    load_adapter_state,
+    lora_spec_of,
+    read_adapter_info,
+    read_adapter_state,
+    validate_state,
+)
+from feddx.model.prompt import DEFAULT_MAX_PROMPT_TOKENS, render_prompt
+from feddx.model.scoring import (
+    DEFAULT_METHOD,
+    CandidateSet,
+    ScoredCandidate,
+    ScoringMethod,
+    candidate_scores,
+    prepare_candidates,
+    probabilities,
+    rank_scores,
+)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The ranked differential the model gave for one case, and how long it took.
+
+    ``ranked`` holds every candidate, most probable first, with its raw score, so the
+    probabilities can be recomputed at another temperature without running the model again
+    (:func:`with_temperature`).
+    """
+
+    case: Case
+    ranked: list[ScoredCandidate]
+    latency_ms: float
+
+    @property
+    def top(self) -> str:
+        return self.ranked[0].name
+
+    @property
+    def gold(self) -> str:
+        """The reference diagnosis (:class:`ValueError` naming the case if unlabeled)."""
+        return self.case.require_label().diagnosis
+
+    def probability_of(self, name: str) -> float:
+        """The predicted probability of ``name`` (0 if it is not a candidate)."""
+        return next((r.probability for r in self.ranked if r.name == name), 0.0)
+
+
+def check_labels(cases: Sequence[Case], candidates: Sequence[str], what: str = "cases") -> None:
+    """Raise :class:`ValueError` unless every case is labeled with one of ``candidates``.
+
+    The message names each offending label (a diagnosis name, never patient text) with its
+    count and one example case id, so the user can fix the candidate list or the data.
+    """
+    if not cases:
+        raise ValueError(f"no {what} to evaluate")
+    unlabeled = [c.case_id for c in cases if c.label is None]
+    if unlabeled:
+        raise ValueError(
+            f"{len(unlabeled)} of the {what} have no label (first: case {unlabeled[0]!r})"
+        )
+    known = set(candidates)
+    outside = Counter(
+        c.require_label().diagnosis for c in cases if c.label and c.label.diagnosis not in known
+    )
+    if outside:
+        first = {
+            name: next(c.case_id for c in cases if c.label and c.label.diagnosis == name)
+            for name in outside
+        }
+        listed = "; ".join(
+            f"{name!r} ({n} case{'s' if n > 1 else ''}, e.g. {first[name]!r})"
+            for name, n in outside.most_common(5)
+        )
+        more = f" and {len(outside) - 5} more" if len(outside) > 5 else ""
+        raise ValueError(
+            f"label outside the candidate list ({len(known)} candidates) in {what}: {listed}{more}"
+        )
+
+
+@dataclass(frozen=True)
+class HeldAdapter:
+    """An adapter state a :class:`Diagnoser` holds, checked once when it was added.
+
+    ``info`` is the adapter's on-disk record, ``None`` for a state added from memory (a
+    federated round's global adapter); ``max_prompt_tokens`` and ``temperature`` are what it is
+    scored with.
+    """
+
+    name: str
+    state: AdapterState
+    max_prompt_tokens: int
+    temperature: float
+    info: AdapterInfo | None = None
+
+
+AdapterChoice = str | Sequence[str] | None
+"""``None``: the base model alone; a name: one held adapter; several names: their ensemble."""
+
+_CANDIDATE_CACHE = 16
+
+
+class Diagnoser:
+    """A base model with its tokenizer, the adapter states it holds, and the scorer.
+
+    Parameters
+    ----------
+    model, tokenizer
+        The base causal LM and its tokenizer (:class:`~feddx.model.loading.LoadedModel`'s
+        fields). A model that already carries LoRA adapters is accepted: its current LoRA
+        weights are held as the adapter ``"current"``.
+    base_fingerprint
+        Identifies the base weights; adapters trained for another base are refused.
+    model_name
+        For provenance only (reports, the service's ``/v1/models``).
+    lora
+        Attach empty LoRA adapters of this layout now (otherwise the first adapter added
+        decides the layout). One diagnoser holds adapters of one layout.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        base_fingerprint: str,
+        model_name: str = "",
+        lora: LoraSpec | None = None,
+        current_max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.base_fingerprint = base_fingerprint
+        self.model_name = model_name
+        self._net = model
+        self._lora: LoraSpec | None = None
+        self._adapters: dict[str, HeldAdapter] = {}
+        self._active: str | None = None
+        self._candidates: OrderedDict[tuple[Any, ...], CandidateSet] = OrderedDict()
+        if hasattr(model, "peft_config"):
+            self._lora = lora_spec_of(model)
+            self.add_state(
+                "current", adapter_state(model), max_prompt_tokens=current_max_prompt_tokens
+            )
+            self._active = "current"
+        elif lora is not None:
+            self.attach(lora)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def load(cls, model: str, adapters: Sequence[Path] = ()) -> Diagnoser:
+        """Load base model ``model`` (alias, .gguf, directory or hub id) and the adapters in
+        ``adapters`` (each held under its directory's path, see :meth:`add_adapter`).
+
+        The adapters' own records are read before the base model loads, so a missing or
+        corrupt adapter, or adapters of different LoRA layouts, fail in a second. Raises
+        :class:`ModelError` naming the adapter.
+        """
+        from feddx.model.loading import load_base_model
+
+        infos = [read_adapter_info(a) for a in adapters]
+        for info in infos[1:]:
+            if info.lora.layout() != infos[0].lora.layout():
+                raise ModelError(
+                    f"adapters of one diagnoser must share their LoRA layout: "
+                    f"{infos[0].directory} has {infos[0].lora}, {info.directory} has {info.lora}"
+                )
+        loaded = load_base_model(model)
+        diagnoser = cls(
+            loaded.model,
+            loaded.tokenizer,
+            base_fingerprint=loaded.fingerprint,
+            model_name=loaded.source.name,
+        )
+        for info in infos:
+            diagnoser.add_adapter(info.directory)
+        return diagnoser
+
+    def attach(self, spec: LoraSpec) -> None:
+        """Attach fresh LoRA adapters of layout ``spec`` (initialised from torch's global RNG:
+        seed it first), e.g. to train one in place on :attr:`model`. Raises
+        :class:`ModelError` if a layout is already attached."""
+        if self._lora is not None:
+            raise ModelError(f"LoRA layout {self._lora} is already attached")
+        self._net = attach_lora(self._net, spec)  # keeps the model's train/eval mode
+        self._lora = spec
+
+    # ------------------------------------------------------------------ adapters
+    @property
+    def model(self) -> Any:
+        """The network: the base model, LoRA-wrapped once an adapter layout is attached. Its
+        LoRA weights are those of the adapter last used (:meth:`use`)."""
+        return self._net
+
+    @property
+    def lora(self) -> LoraSpec | None:
+        """The LoRA layout of the held adapters (``None`` before the first)."""
+        return self._lora
+
+    @property
+    def adapters(self) -> dict[str, HeldAdapter]:
+        """The held adapters by name (a copy)."""
+        return dict(self._adapters)
+
+    def add_adapter(self, directory: Path, *, name: str | None = None) -> HeldAdapter:
+        """Read, check and hold the adapter saved in ``directory`` (or ``directory/adapter``)
+        under ``name`` (default: the directory's path). Re-adding a name replaces it.
+
+        Raises :class:`ModelError` naming the directory if it is missing or corrupt, was
+        trained for another base model, or has another LoRA layout than the held adapters.
+        """
+        state, info = read_adapter_state(directory, base_fingerprint=self.base_fingerprint)
+        if self._lora is None:
+            self.attach(info.lora)
+        elif info.lora.layout() != self._lora.layout():
+            raise ModelError(
+                f"adapter {info.directory} has LoRA layout {info.lora}; this diagnoser holds "
+                f"{self._lora}"
+            )
+        return self._hold(
+            name or str(info.directory), state, info.max_prompt_tokens, info.temperature, info
+        )
+
+    def add_state(
+        self,
+        name: str,
+        state: Mapping[str, Any],
+        *,
+        max_prompt_tokens: int,
+        temperature: float = 1.0,
+    ) -> HeldAdapter:
+        """Check and hold an in-memory LoRA state (tensors or arrays by peft key) of the
+        attached layout. Raises :class:`ModelError` if it does not fit."""
+        if self._lora is None:
+            raise ModelError(
+                "no LoRA layout attached: pass lora= or add an adapter directory first"
+            )
+        import torch
+
+        tensors = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in state.items()}
+        return self._hold(name, tensors, max_prompt_tokens, temperature, None)
+
+    def _hold(
+        self,
+        name: str,
+        state: AdapterState,
+        budget: int,
+        temperature: float,
+        info: AdapterInfo | None,
+    ) -> HeldAdapter:
+        validate_state(self._net, state)
+        probabilities([0.0], temperature)  # a bad temperature fails here, not per request
+        held = HeldAdapter(name, state, int(budget), float(temperature), info)
+        self._adapters[name] = held
+        if self._active == name:
+            self._active = None  # its tensors changed: the next use() copies them in
+        return held
+
+    def remove_adapter(self, name: str) -> None:
+        """Stop holding ``name`` (a no-op if it is not held)."""
+        self._adapters.pop(name, None)
+        if self._active == name:
+            self._active = None
+
+    def held(self, name: str) -> HeldAdapter:
+        """The held adapter ``name``; :class:`ModelError` if there is none."""
+        try:
+            return self._adapters[name]
+        except KeyError:
+            raise ModelError(f"no adapter {name!r} is loaded") from None
+
+    def use(self, name: str) -> HeldAdapter:
+        """Make ``name`` the network's LoRA weights (a tensor copy; no re-validation)."""
+        held = self.held(name)
+        if self._active != name:
+            load_adapter_state(self._net, held.state, validated=True)
+            self._active = name
+        return held
+
+    # ------------------------------------------------------------------ scoring
+    def candidate_set(
+        self, candidates: Sequence[str] | CandidateSet, icd10: Mapping[str, str] | None = None
+    ) -> CandidateSet:
+        """``candidates`` tokenised and laid out as a trie, cached for the last few lists (a
+        service scores the same list for every request). Raises :class:`ValueError` for an
+        empty, blank or duplicated list."""
+        if isinstance(candidates, CandidateSet):
+            return replace(candidates, icd10={**candidates.icd10, **icd10}) if icd10 else candidates
+        key = (tuple(candidates), tuple(sorted((icd10 or {}).items())))
+        cset = self._candidates.get(key)
+        if cset is None:
+            cset = prepare_candidates(self.tokenizer, candidates, icd10)
+            self._candidates[key] = cset
+            while len(self._candidates) > _CANDIDATE_CACHE:
+                self._candidates.popitem(last=False)
+        else:
+            self._candidates.move_to_end(key)
+        return cset
+
+    def settings(
+        self, adapter: AdapterChoice, max_prompt_tokens: int | None = None
+    ) -> tuple[list[HeldAdapter], int, float]:
+        """The members, prompt budget and temperature :meth:`diagnose` would use for
+        ``adapter``: the adapter's own budget and temperature; an ensemble's members must
+        share a budget and are scored at temperature 1 (their mixture was never fitted);
+        the base model alone uses the default budget. An explicit ``max_prompt_tokens``
+        overrides the budget. Raises :class:`ModelError` for an unknown name or an ensemble
+        whose budgets differ."""
+        names = [] if adapter is None else [adapter] if isinstance(adapter, str) else list(adapter)
+        members = [self.held(n) for n in names]
+        budgets = sorted({m.max_prompt_tokens for m in members})
+        if len(budgets) > 1:
+            raise ModelError(
+                "adapters of one ensemble must share their prompt budget (max_prompt_tokens); "
+                f"got {budgets}"
+            )
+        budget = max_prompt_tokens or (budgets[0] if budgets else DEFAULT_MAX_PROMPT_TOKENS)
+        temperature = members[0].temperature if len(members) == 1 else 1.0
+        return members, budget, temperature
+
+    def diagnose(
+        self,
+        cases: Sequence[Case],
+        candidates: Sequence[str] | CandidateSet,
+        *,
+        adapter: AdapterChoice = None,
+        icd10: Mapping[str, str] | None = None,
+        method: ScoringMethod = DEFAULT_METHOD,
+        temperature: float | None = None,
+        max_prompt_tokens: int | None = None,
+        require_labels: bool = False,
+        on_case: Callable[[int], None] | None = None,
+    ) -> list[Prediction]:
+        """Score a batch of cases into ranked differentials, in input order.
+
+        ``adapter``: see :data:`AdapterChoice`; the budget and temperature follow it
+        (:meth:`settings`) unless ``max_prompt_tokens`` or ``temperature`` are given (the
+        evaluator passes ``temperature=1.0`` to calibrate the raw scores itself). An
+        ensemble's candidates are ranked by the members' mean probability, the frozen layers
+        below the adapters running once per case (:class:`~feddx.model.ensemble.EnsembleScorer`);
+        a case's latency covers every member. With ``require_labels`` every case must carry a
+        label from the candidate list (:func:`check_labels`). ``on_case(i)`` reports progress.
+
+        Raises :class:`ValueError` for bad candidates, labels or temperature and
+        :class:`ModelError` for an unknown adapter.
+        """
+        import torch
+
+        cset = self.candidate_set(candidates, icd10)
+        if require_labels:
+            check_labels(cases, cset.names)
+        members, budget, fitted = self.settings(adapter, max_prompt_tokens)
+        temperature = fitted if temperature is None else temperature
+        probabilities([0.0], temperature)  # fail on a bad temperature before any model work
+        score: Callable[[Sequence[int]], list[float]]
+        if len(members) > 1:
+            from feddx.model.ensemble import EnsembleScorer
+
+            ensemble = EnsembleScorer(self._net, [m.state for m in members], validated=True)
+            self._active = None  # the scorer swaps states in and out
+            score = lambda ids: ensemble.scores(ids, cset, method)  # noqa: E731
+        else:
+            if members:
+                self.use(members[0].name)
+            score = lambda ids: candidate_scores(self._net, ids, cset, method=method)  # noqa: E731
+        out: list[Prediction] = []
+        with torch.inference_mode(), self._base_only(not members):
+            for i, case in enumerate(cases):
+                start = time.perf_counter()
+                prompt = render_prompt(case, self.tokenizer, budget)
+                ranked = rank_scores(cset, score(prompt.input_ids), temperature)
+                out.append(Prediction(case, ranked, (time.perf_counter() - start) * 1000))
+                if on_case:
+                    on_case(i)
+        if len(members) > 1:
+            self._active = members[0].name  # the ensemble scorer leaves the first loaded
+        return out
+
+    @contextmanager
+    def weights(self, adapter: AdapterChoice) -> Iterator[Any]:
+        """The network with ``adapter``'s weights for the block (an ensemble's first member;
+        ``None``: the base model's own weights), e.g. for free generation."""
+        members, _, _ = self.settings(adapter)
+        if members:
+            self.use(members[0].name)
+        with self._base_only(not members):
+            yield self._net
+
+    @contextmanager
+    def _base_only(self, base: bool) -> Iterator[None]:
+        """The base model's own weights for the block: LoRA layers bypassed, if attached."""
+        ctx = self._net.disable_adapter() if base and self._lora is not None else nullcontext()
+        with ctx:
+            yield
+
+
+def with_temperature(pred: Prediction, temperature: float) -> Prediction:
+    """The same prediction with probabilities recomputed as ``softmax(score / temperature)``.
+
+    The ranking does not change (a positive temperature preserves the order of the scores).
+    """
+    probs = probabilities([r.score for r in pred.ranked], temperature)
+    ranked = [replace(r, probability=p) for r, p in zip(pred.ranked, probs, strict=True)]
+    return replace(pred, ranked=ranked)

@@ -1,0 +1,31 @@
+"""Where feddx keeps its machine-local caches (models, activations, spaCy pipelines).
+
+Below every package (it imports nothing of feddx), so ``data/`` (de-identification's spaCy
+pipeline) and ``model/`` (dequantized weights) find the same root without importing each other.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def cache_root() -> Path:
+    """The feddx cache directory (``$FEDDX_CACHE`` or ``~/.cache/feddx``)."""
+    return Path(os.environ.get("FEDDX_CACHE", Path.home() / ".cache" / "feddx")).expanduser()
+
+
+def model_cache_root() -> Path:
+    """Where dequantized base models are cached (one folder per source and content key)."""
+    return cache_root() / "models"
+
+
+def activation_cache_root() -> Path:
+    """Where frozen-layer activations are cached when no directory is given; entries are keyed
+    by base weights and token ids, so every run on this machine can share it."""
+    return cache_root() / "activations"
+
+
+def spacy_cache_root() -> Path:
+    """Where the spaCy pipelines Presidio loads are saved."""
+    return cache_root() / "spacy"
