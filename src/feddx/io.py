@@ -37,13 +37,14 @@ def file_sha256(path: Path) -> str:
 
 @contextmanager
 def atomic_open(
-    path: Path, mode: str = "w", *, encoding: str | None = "utf-8"
+    path: Path, mode: str = "w", *, encoding: str | None = "utf-8", private: bool = False
 ) -> Iterator[IO[Any]]:
     """Open a temporary file beside ``path`` for writing; on a clean exit it is flushed,
     fsynced and renamed over ``path``; on an exception it is removed and ``path`` is untouched.
 
     ``mode`` is ``"w"`` (text) or ``"wb"`` (bytes). The temporary file is created with mode 0600
-    by ``mkstemp``, so a private file (a key) is never readable by others, not even briefly.
+    by ``mkstemp``, so a private file (a key) is never readable by others, not even briefly;
+    the finished file gets 0600 with ``private`` and 0644 otherwise.
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_open writes whole files: mode must be 'w' or 'wb', not {mode!r}")
@@ -55,21 +56,22 @@ def atomic_open(
             yield f
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o600 if private else 0o644)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes, *, private: bool = False) -> None:
     """Replace ``path`` with ``data`` atomically (see :func:`atomic_open`)."""
-    with atomic_open(path, "wb") as f:
+    with atomic_open(path, "wb", private=private) as f:
         f.write(data)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str, *, private: bool = False) -> None:
     """Replace ``path`` with ``text`` (UTF-8) atomically (see :func:`atomic_open`)."""
-    with atomic_open(path, "w") as f:
+    with atomic_open(path, "w", private=private) as f:
         f.write(text)
 
 
@@ -87,6 +89,7 @@ def atomic_write_with(path: Path, write: Callable[[Path], None]) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

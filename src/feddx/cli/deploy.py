@@ -19,6 +19,7 @@ from rich.table import Table
 
 from feddx.cli._app import app, console
 from feddx.errors import ConfigError
+from feddx.io import atomic_write_text
 
 deploy_app = typer.Typer(
     help="Deploy the federated app: certificates, a loopback federation, Kubernetes Secrets.",
@@ -255,13 +256,7 @@ def k8s_secrets(
     if out is None:
         typer.echo(text, nl=False)
         return
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.unlink(missing_ok=True)  # O_CREAT keeps an old file's mode: start from none
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    tmp.replace(out)
+    atomic_write_text(out, text, private=True)
     console.print(
         f"wrote {out} (contains private keys: keep it out of version control)",
         markup=False,

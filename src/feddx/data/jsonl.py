@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from feddx.data.report import LoadReport, describe_error
 from feddx.data.schema import Case
 from feddx.errors import DataError
+from feddx.io import atomic_open
 
 SOURCE = "jsonl"
 
@@ -48,16 +49,10 @@ def load_jsonl(path: Path, report: LoadReport | None = None) -> Iterator[Case]:
 
 def write_jsonl(cases: Iterable[Case], path: Path) -> int:
     """Write cases atomically (temp file, then rename); returns how many were written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     n = 0
-    try:
-        with tmp.open("w", encoding="utf-8") as f:
-            for case in cases:
-                f.write(case.model_dump_json(exclude_defaults=True) + "\n")
-                n += 1
-        tmp.replace(path)
-    finally:
-        # A loader that fails part-way leaves neither a partial file nor a stray temp file.
-        tmp.unlink(missing_ok=True)
+    # A loader that fails part-way leaves neither a partial file nor a stray temp file.
+    with atomic_open(path) as f:
+        for case in cases:
+            f.write(case.model_dump_json(exclude_defaults=True) + "\n")
+            n += 1
     return n

@@ -25,9 +25,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import os
 import shutil
-import tempfile
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -40,6 +38,7 @@ from feddx.data.jsonl import load_jsonl, write_jsonl
 from feddx.data.report import LoadReport
 from feddx.data.schema import Case
 from feddx.errors import DataError
+from feddx.io import atomic_write_json, atomic_write_with, file_sha256, replace_dir, temp_dir_beside
 
 PartitionKind = Literal["attribute", "iid", "dirichlet", "size-skew"]
 KINDS: tuple[PartitionKind, ...] = ("attribute", "iid", "dirichlet", "size-skew")
@@ -240,14 +239,6 @@ def _cases_digest(parts: Sequence[Sequence[Case]]) -> str:
     return h.hexdigest()
 
 
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def write_partition(
     parts: Sequence[Sequence[Case]],
     out_dir: Path,
@@ -274,7 +265,7 @@ def write_partition(
             f"{out_dir} exists and is not a feddx partition; choose an empty or new directory"
         )
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    tmp = temp_dir_beside(out_dir)
     try:
         clients = []
         names = client_names(parts, spec)
@@ -285,7 +276,7 @@ def write_partition(
                 "index": i,
                 "file": shard.name,
                 "n_cases": len(part),
-                "sha256": _file_digest(shard),
+                "sha256": file_sha256(shard),
                 "labels": dict(Counter(_label(c) for c in part).most_common()),
                 "case_ids": [c.case_id for c in part],
             }
@@ -303,24 +294,12 @@ def write_partition(
             "input": dict(extra or {}),
             "clients": clients,
         }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
-        _replace_dir(tmp, out_dir)
+        atomic_write_json(tmp / MANIFEST, manifest, ensure_ascii=False)
+        replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir / MANIFEST
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    # rename() cannot replace a non-empty directory: move the old one aside first, so the only
-    # window without a partition is between two renames, and the old one is never half-deleted.
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        target.rename(old)
-    new.rename(target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def read_partition(out_dir: Path) -> tuple[dict[str, Any], list[list[Case]]]:
@@ -341,7 +320,7 @@ def read_partition(out_dir: Path) -> tuple[dict[str, Any], list[list[Case]]]:
     parts = []
     for client in manifest["clients"]:
         shard = Path(out_dir) / client["file"]
-        if not shard.is_file() or _file_digest(shard) != client["sha256"]:
+        if not shard.is_file() or file_sha256(shard) != client["sha256"]:
             raise DataError(f"{shard}: missing or changed since the manifest was written")
         parts.append(list(load_jsonl(shard, LoadReport("jsonl"))))
     return manifest, parts
@@ -400,13 +379,8 @@ def plot_partition(
     ax.set_title(f"{sum(len(p) for p in parts)} cases over {len(parts)} clients")
     ax.legend(fontsize="x-small", bbox_to_anchor=(1.01, 1.0), loc="upper left", frameon=False)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=110)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    fmt = path.suffix.lstrip(".") or "png"
+    atomic_write_with(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=110))
     return path
 
 

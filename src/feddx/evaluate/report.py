@@ -15,39 +15,23 @@ import base64
 import html
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from feddx.evaluate.harness import EvaluationResult, ModelMetrics
-
-
-def _atomic_write(path: Path, data: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+from feddx.io import atomic_write_text
 
 
 def write_json(result: EvaluationResult, path: Path) -> None:
     """Write ``result.to_json()`` (indented) to ``path`` atomically."""
-    _atomic_write(path, result.to_json(indent=1) + "\n")
+    atomic_write_text(path, result.to_json(indent=1) + "\n")
 
 
 def write_predictions(result: EvaluationResult, path: Path) -> None:
     """Write the per-case rankings (:func:`feddx.evaluate.harness.case_rows`) as JSON lines to
     ``path`` atomically."""
     lines = "".join(json.dumps(row, allow_nan=False) + "\n" for row in result.cases)
-    _atomic_write(path, lines)
+    atomic_write_text(path, lines)
 
 
 def _png(fig: Any) -> str:
@@ -245,4 +229,4 @@ def render_html(result: EvaluationResult, title: str = "feddx evaluation") -> st
 
 def write_html(result: EvaluationResult, path: Path, title: str = "feddx evaluation") -> None:
     """Render the report and write it to ``path`` atomically."""
-    _atomic_write(path, render_html(result, title))
+    atomic_write_text(path, render_html(result, title))

@@ -37,10 +37,8 @@ import datetime as dt
 import hashlib
 import ipaddress
 import json
-import os
 import re
 import secrets
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +50,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from feddx.errors import ConfigError, FeddxError
+from feddx.io import atomic_write_bytes
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1
@@ -145,26 +144,6 @@ def _validate_sans(
         except ValueError:
             raise ConfigError(f"'{ip}' is not an IP address") from None
     return hosts, ips
-
-
-def _write_atomic(path: Path, data: bytes, *, private: bool) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same folder and a rename.
-
-    Private files are created with mode 0600 by ``mkstemp`` itself, so the key is never readable
-    by others, not even between creation and chmod.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o600 if private else 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _new_ec_key() -> ec.EllipticCurvePrivateKey:
@@ -369,23 +348,23 @@ def generate_credentials(
 
     # The manifest is removed first and written last: a folder is valid only when it is complete.
     manifest_path.unlink(missing_ok=True)
-    _write_atomic(out_dir / "ca.key", _pem_private(ca_key), private=True)
-    _write_atomic(
+    atomic_write_bytes(out_dir / "ca.key", _pem_private(ca_key), private=True)
+    atomic_write_bytes(
         out_dir / "ca.pem", ca_cert.public_bytes(serialization.Encoding.PEM), private=False
     )
-    _write_atomic(out_dir / "superlink.key", _pem_private(server_key), private=True)
-    _write_atomic(
+    atomic_write_bytes(out_dir / "superlink.key", _pem_private(server_key), private=True)
+    atomic_write_bytes(
         out_dir / "superlink.pem",
         server_cert.public_bytes(serialization.Encoding.PEM),
         private=False,
     )
     # Flower reads the file as raw bytes: hex text keeps it printable for Kubernetes Secrets.
-    _write_atomic(out_dir / "superexec.secret", secrets.token_hex(32).encode(), private=True)
+    atomic_write_bytes(out_dir / "superexec.secret", secrets.token_hex(32).encode(), private=True)
     node_entries: dict[str, dict[str, str]] = {}
     for name in names:
         private, public = _make_node_keys(name)
-        _write_atomic(out_dir / "nodes" / f"{name}.key", private, private=True)
-        _write_atomic(out_dir / "nodes" / f"{name}.pub", public, private=False)
+        atomic_write_bytes(out_dir / "nodes" / f"{name}.key", private, private=True)
+        atomic_write_bytes(out_dir / "nodes" / f"{name}.pub", public, private=False)
         node_entries[name] = {
             "private_key": f"nodes/{name}.key",
             "public_key": f"nodes/{name}.pub",
@@ -405,7 +384,9 @@ def generate_credentials(
         },
         "nodes": node_entries,
     }
-    _write_atomic(manifest_path, (json.dumps(manifest, indent=2) + "\n").encode(), private=False)
+    atomic_write_bytes(
+        manifest_path, (json.dumps(manifest, indent=2) + "\n").encode(), private=False
+    )
     return load_credentials(out_dir), True
 
 

@@ -15,9 +15,7 @@ chain, so a resumed server aggregates exactly as an uninterrupted one would.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +25,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord
 
 from feddx.errors import FeddxError
+from feddx.io import atomic_write_json, atomic_write_text, building_dir
 
 STATE_ATTRS = ("current_arrays", "m_t", "v_t", "momentum_vector")
 LATEST = "LATEST"
@@ -137,8 +136,7 @@ def save_checkpoint(root: Path, ckpt: ServerCheckpoint, keep: int = 2) -> Path:
     base = root / "checkpoints"
     base.mkdir(parents=True, exist_ok=True)
     name = f"round-{ckpt.server_round:05d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=base))
-    try:
+    with building_dir(base / name) as tmp:
         _write_npz(tmp / "global.npz", ckpt.global_arrays)
         _write_npz(tmp / "strategy.npz", ckpt.strategy_arrays)
         state = {
@@ -150,17 +148,8 @@ def save_checkpoint(root: Path, ckpt: ServerCheckpoint, keep: int = 2) -> Path:
             "strategy": ckpt.strategy_meta,
             "written_at": time.time(),
         }
-        (tmp / "state.json").write_text(json.dumps(state, indent=1))
-        final = base / name
-        if final.exists():
-            trash = base / f".trash-{name}-{time.time_ns()}"
-            final.rename(trash)
-            shutil.rmtree(trash, ignore_errors=True)
-        tmp.rename(final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    _atomic_text(base / LATEST, name + "\n")
+        atomic_write_json(tmp / "state.json", state)
+    atomic_write_text(base / LATEST, name + "\n")
     for old in sorted(p for p in base.glob("round-*") if p.is_dir())[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return base / name
@@ -196,20 +185,3 @@ def load_latest(root: Path) -> ServerCheckpoint | None:
         raise CheckpointError(
             f"checkpoint {folder} is unreadable ({type(e).__name__}); delete it or use resume = false"
         ) from None
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON via a temporary file and a rename (readers never see half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_text(path, json.dumps(data, indent=1) + "\n")

@@ -29,9 +29,7 @@ bad client cannot break a round.
 from __future__ import annotations
 
 import math
-import os
 import re
-import tempfile
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
@@ -41,6 +39,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
 from feddx.federated.config import Compression
+from feddx.io import atomic_open
 
 ARRAYS_KEY = "arrays"  # Flower's default ArrayRecord key in strategy messages
 METRICS_KEY = "metrics"
@@ -319,15 +318,8 @@ class ResidualStore:
             return {k: f[k] for k in f.files}
 
     def save(self, server_round: int, residual: Mapping[str, np.ndarray]) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-", suffix=".npz")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **dict(residual))  # type: ignore[arg-type]
-            os.replace(tmp, self._path(server_round))
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_open(self._path(server_round), "wb", private=True) as f:
+            np.savez(f, **dict(residual))  # type: ignore[arg-type]
         files = sorted(self.directory.glob("residual-r*.npz"))
         for old in files[: -self.keep]:
             old.unlink(missing_ok=True)

@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from feddx.federated.checkpoint import write_json_atomic
 from feddx.federated.config import STRATEGIES, FederatedConfig
+from feddx.io import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -299,7 +299,7 @@ def run_plan(
                 "config": cfg.to_run_config(),
                 "summary": summary,
             }
-            write_json_atomic(result_path, cached)
+            atomic_write_json(result_path, cached)
         results.append((exp, cached["summary"]))
         if on_done is not None:
             on_done(exp, cached["summary"])
@@ -516,20 +516,5 @@ def write_results(
         ],
         "uci-centralized",
     )
-    write_text_atomic(path, "\n".join(lines) + "\n")
+    atomic_write_text(path, "\n".join(lines) + "\n")
     return path
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    import os
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

@@ -9,13 +9,11 @@ bytes moved per round.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from feddx.federated.checkpoint import write_json_atomic
+from feddx.io import atomic_write_json, atomic_write_with
 
 HISTORY_FILE = "history.json"
 
@@ -25,7 +23,7 @@ def write_history(
 ) -> Path:
     """Write ``history.json`` (atomically): ``{"summary": ..., "rounds": [...]}``."""
     path = out_dir / HISTORY_FILE
-    write_json_atomic(path, {"summary": summary, "rounds": list(history)})
+    atomic_write_json(path, {"summary": summary, "rounds": list(history)})
     return path
 
 
@@ -90,12 +88,5 @@ def plot_history(out_dir: Path, history: Sequence[dict[str, Any]]) -> list[Path]
 
 
 def _save(fig: Any, path: Path) -> Path:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write_with(path, lambda tmp: fig.savefig(tmp, dpi=110))
     return path

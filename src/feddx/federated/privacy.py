@@ -39,11 +39,11 @@ Secure aggregation (SecAgg+)
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from feddx.io import atomic_write_text
 
 _ORDERS: list[float] = [1 + x / 10.0 for x in range(1, 100)] + [float(x) for x in range(12, 64)]
 
@@ -134,15 +134,7 @@ class ClientPrivacyLedger:
         entries = self._read()
         entries[server_round] = release
         data = {str(k): {"q": r.q, "z": r.z, "steps": r.steps} for k, r in sorted(entries.items())}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(data, f)
-            os.replace(tmp, self.path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        atomic_write_text(self.path, json.dumps(data))
 
     def epsilon_through(self, server_round: int, delta: float) -> float:
         """Total epsilon of every round up to and including ``server_round``."""

@@ -35,6 +35,7 @@ from typing import Any
 
 from feddx.errors import FeddxError
 from feddx.federated.config import FederatedConfig
+from feddx.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +83,7 @@ def write_app_project(directory: Path, cfg: FederatedConfig) -> Path:
         *(f"{k} = {toml_value(v)}" for k, v in cfg.to_run_config().items()),
     ]
     path = directory / "pyproject.toml"
-    tmp = path.with_name(".pyproject.toml.tmp")
-    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(path, "\n".join(lines) + "\n")
     return path
 
 
@@ -98,9 +97,7 @@ def write_insecure_connection(flwr_home: Path, address: str) -> Path:
         f'[superlink.{CONNECTION}]\naddress = "{address}"\ninsecure = true\n'
     )
     path = flwr_home / "config.toml"
-    tmp = path.with_name(".config.toml.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(path, text)
     return path
 
 

@@ -16,12 +16,10 @@ is left untouched, as is the one before it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import random
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -30,6 +28,7 @@ import numpy as np
 import torch
 
 from feddx.errors import ModelError
+from feddx.io import atomic_write_json, building_dir, file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +53,6 @@ class TrainState:
     loss_history: list[float] = field(default_factory=list)
     dp_history: list[list[float]] = field(default_factory=list)  # [noise, sample_rate, steps]
     extra: dict[str, float] = field(default_factory=dict)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def rng_state() -> dict[str, Any]:
@@ -123,23 +114,17 @@ class CheckpointStore:
 
         self.root.mkdir(parents=True, exist_ok=True)
         final = self.root / f"step-{state.step:07d}"
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-step-", dir=self.root))
-        try:
+        # building_dir's temporary name (.tmp-step-...) is what latest() clears after a crash.
+        with building_dir(final) as tmp:
             save_file({k: v.contiguous() for k, v in adapter.items()}, str(tmp / ADAPTER_FILE))
             torch.save({"optimizer": optimizer, "rng": rng_state()}, tmp / TRAINER_FILE)
             meta = {
                 "format": _FORMAT,
                 "identity": self.identity,
                 "state": asdict(state),
-                "sha256": {n: _sha256(tmp / n) for n in (ADAPTER_FILE, TRAINER_FILE)},
+                "sha256": {n: file_sha256(tmp / n) for n in (ADAPTER_FILE, TRAINER_FILE)},
             }
-            (tmp / STATE_FILE).write_text(json.dumps(meta, indent=1))
-            if final.exists():  # the same step again (a finished run re-saved): replace it
-                shutil.rmtree(final)
-            tmp.rename(final)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+            atomic_write_json(tmp / STATE_FILE, meta)
         for old in self._steps()[:-_KEEP]:
             shutil.rmtree(old, ignore_errors=True)
         return final
@@ -183,7 +168,7 @@ class CheckpointStore:
             file = path / name
             if not file.is_file():
                 raise corrupt(f"{name} is missing")
-            if _sha256(file) != sums.get(name):
+            if file_sha256(file) != sums.get(name):
                 raise corrupt(f"{name} fails its checksum")
         try:
             adapter = load_file(str(path / ADAPTER_FILE))

@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 
+from feddx.io import atomic_write_with
 from feddx.model.decoder import DecoderRunner
 from feddx.train.batching import Example, collate
 
@@ -127,16 +126,9 @@ class ActivationCache:
     def _write(self, i: int, tensor: torch.Tensor) -> None:
         from safetensors.torch import save_file
 
-        path = self._path(i)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-        os.close(fd)
-        try:
-            save_file({"h": tensor.contiguous()}, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        atomic_write_with(
+            self._path(i), lambda tmp: save_file({"h": tensor.contiguous()}, str(tmp))
+        )
 
     def _storable(self, hidden: torch.Tensor) -> torch.Tensor:
         """``hidden`` in the storage dtype, except where float16 would overflow: some models'

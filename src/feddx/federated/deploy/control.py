@@ -27,6 +27,7 @@ from typing import Any
 
 from feddx.errors import ConfigError
 from feddx.federated.deploy.processes import DeploymentError
+from feddx.io import atomic_write_text
 
 Scalar = str | int | float | bool
 CONNECTION = "feddx"
@@ -126,10 +127,7 @@ def write_toml_table(path: Path, values: Mapping[str, Scalar]) -> Path:
         if not _BARE_KEY.match(key):
             raise ConfigError(f"config key {key!r}: use letters, digits, '-', '_' and '.'")
         lines.append(f"{key} = {toml_value(value)}")
-    tmp = path.with_name(f".{path.name}.tmp")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(path, "\n".join(lines) + "\n")
     return path
 
 
@@ -144,9 +142,7 @@ def write_connection(flwr_home: Path, address: str, root_certificates: Path) -> 
         f"root-certificates = {json.dumps(str(root_certificates.resolve()))}\n"
     )
     path = flwr_home / "config.toml"
-    tmp = path.with_name(".config.toml.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(path, text)
     return path
 
 

@@ -50,6 +50,7 @@ from feddx.federated.deploy.control import (
     write_toml_table,
 )
 from feddx.federated.deploy.processes import DeploymentError, ManagedProcess, ProcessSet
+from feddx.io import atomic_write_json
 
 LOOPBACK = "127.0.0.1"
 _FLOWER_EXIT = re.compile(r"Exit Code: (\d+)")
@@ -643,6 +644,4 @@ def run_local_federation(config: LocalFederationConfig) -> FederationResult:
 
 
 def _write_json(path: Path, payload: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_json(path, payload, indent=2)
