@@ -1,4 +1,5 @@
-"""Where feddx keeps its machine-local caches (models, activations, spaCy pipelines).
+"""Where feddx keeps its machine-local caches (models, activations, spaCy pipelines) and the
+adapter registry.
 
 Below every package (it imports nothing of feddx), so ``data/`` (de-identification's spaCy
 pipeline) and ``model/`` (dequantized weights) find the same root without importing each other.
@@ -29,3 +30,14 @@ def activation_cache_root() -> Path:
 def spacy_cache_root() -> Path:
     """Where the spaCy pipelines Presidio loads are saved."""
     return cache_root() / "spacy"
+
+
+def registry_root() -> Path:
+    """The default adapter registry (``$FEDDX_REGISTRY``, else ``feddx/registry`` under
+    ``$XDG_DATA_HOME`` or ``~/.local/share``): data, not a cache, since adapters registered
+    there are the only copy a service may have."""
+    explicit = os.environ.get("FEDDX_REGISTRY")
+    if explicit:
+        return Path(explicit).expanduser()
+    data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data_home).expanduser() / "feddx" / "registry"
