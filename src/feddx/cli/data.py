@@ -8,9 +8,8 @@ works the same way; an unknown source or unreadable path is a :class:`~feddx.err
 from __future__ import annotations
 
 import json
-import statistics
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -23,6 +22,7 @@ from rich.table import Table
 from feddx.cli._app import app, console, console_err
 from feddx.data.report import LoadReport
 from feddx.data.schema import Case
+from feddx.data.stats import SHOW_SKIPPED, dataset_stats
 from feddx.errors import DataError
 
 data_app = typer.Typer(help="Inspect, prepare and partition datasets.", no_args_is_help=True)
@@ -30,7 +30,6 @@ app.add_typer(data_app, name="data")
 
 SOURCE_HELP = "Data source: ddxplus, ddxplus-v0, csv, jsonl, uci-heart, fhir or eicu."
 PATH_HELP = "File or directory of the data (not needed for uci-heart)."
-SHOW_SKIPPED = 5
 
 
 class PartitionKindOption(StrEnum):
@@ -58,77 +57,6 @@ def _load(source: str, path: Path | None, report: LoadReport) -> Iterator[Case]:
         for case in cases:
             progress.advance(task)
             yield case
-
-
-def _age_summary(ages: list[float]) -> dict[str, float | int] | None:
-    if not ages:
-        return None
-    return {
-        "n": len(ages),
-        "min": min(ages),
-        "max": max(ages),
-        "mean": round(statistics.fmean(ages), 2),
-        "median": statistics.median(ages),
-    }
-
-
-def dataset_stats(
-    source: str, path: Path | None, cases: Iterable[Case], report: LoadReport
-) -> dict[str, Any]:
-    """Counts over ``cases`` (consumed once, streaming) and the load report, as one JSON-ready
-    dict: at least ``n_cases``, ``labels``, ``n_skipped`` and ``skipped_reasons``."""
-    from feddx.data.icd10 import icd10_known
-
-    labels: Counter[str] = Counter()
-    codes: dict[str, str | None] = {}
-    institutions: Counter[str] = Counter()
-    regions: Counter[str] = Counter()
-    sexes: Counter[str] = Counter()
-    ages: list[float] = []
-    n = n_labeled = n_text = n_findings = n_history = n_differential = 0
-    for case in cases:
-        n += 1
-        if case.label is not None:
-            n_labeled += 1
-            labels[case.label.diagnosis] += 1
-            codes.setdefault(case.label.diagnosis, case.label.icd10)
-            n_differential += bool(case.label.differential)
-        if case.institution:
-            institutions[case.institution] += 1
-        if case.region:
-            regions[case.region] += 1
-        sexes[case.sex or "unknown"] += 1
-        if case.age is not None:
-            ages.append(case.age)
-        n_text += bool(case.text)
-        n_findings += bool(case.findings)
-        n_history += not case.history.is_empty()
-    distinct_codes = sorted({c for c in codes.values() if c})
-    return {
-        "source": source,
-        "path": str(path) if path is not None else None,
-        "n_cases": n,
-        "n_labeled": n_labeled,
-        "n_labels": len(labels),
-        "labels": dict(labels.most_common()),
-        "n_skipped": report.n_skipped,
-        "skipped_reasons": report.skipped_reasons(),
-        "skipped_examples": [str(s) for s in report.skipped[:SHOW_SKIPPED]],
-        "institutions": dict(institutions.most_common()),
-        "regions": dict(regions.most_common()),
-        "sex": dict(sexes.most_common()),
-        "age": _age_summary(ages),
-        "n_with_text": n_text,
-        "n_with_findings": n_findings,
-        "n_with_history": n_history,
-        "n_with_differential": n_differential,
-        "icd10": {
-            "label_codes": {label: codes[label] for label in labels},
-            "labels_without_code": sorted(lb for lb, c in codes.items() if not c),
-            # WHO-only ids (or typos) in the data: scored at chapter/category level only.
-            "codes_not_in_icd10cm": [c for c in distinct_codes if not icd10_known(c)],
-        },
-    }
 
 
 def _counts_table(title: str, counts: dict[str, int], total: int) -> Table:
