@@ -12,9 +12,12 @@ from evaluate_fixtures import LABELS, make_cases  # type: ignore[import-not-foun
 
 from feddx.data.candidates import CandidateList
 from feddx.data.schema import Case, Label
+from feddx.evaluate.calibration import prediction_ece
+from feddx.evaluate.differential import differential_summary
 from feddx.evaluate.harness import EvaluationOptions, evaluate_cases
 from feddx.evaluate.report import render_html, write_html, write_json, write_predictions
-from feddx.model.scoring import DEFAULT_METHOD
+from feddx.model.predict import Prediction
+from feddx.model.scoring import DEFAULT_METHOD, ScoredCandidate
 
 CANDIDATES = [*LABELS, "Influenza"]
 
@@ -39,9 +42,18 @@ def test_end_to_end_with_baseline_calibration_and_report(
     # 12 cases: the temperature is cross-fitted on the other half, ECE before and after
     assert data["temperature"]["method"] == "cross-fit"
     assert len(data["temperature"]["fold_values"]) == 2
-    assert 0 <= data["temperature"]["ece_after"] <= 1
+    calibrated = [
+        Prediction(
+            c,
+            [ScoredCandidate(r["name"], r["probability"], r["score"]) for r in row["ranked"]],
+            0.0,
+        )
+        for c, row in zip(test_cases, result.cases, strict=True)
+    ]
+    assert data["temperature"]["ece_after"] == pytest.approx(prediction_ece(calibrated))
     llm = data["llm"]
-    assert llm["differential"]["n_differential"] == 12 and 0 <= llm["differential"]["ddf1"] <= 1
+    assert llm["differential"]["n_differential"] == 12
+    assert llm["differential"]["ddf1"] == pytest.approx(differential_summary(calibrated)["ddf1"])
     assert llm["hierarchy"] is None or "chapter_f1" in llm["hierarchy"]
     assert set(llm["groups"]) == {"institution", "region", "age_band", "sex"}
     assert sum(map(sum, llm["confusion_matrix"])) == 12
