@@ -49,14 +49,17 @@ import secrets
 import shutil
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, field_validator
 
 from feddx.data import deid_recognizers as rec
 from feddx.data.schema import Case
 from feddx.errors import ConfigError
 from feddx.paths import spacy_cache_root
+from feddx.settings import Names, SettingPath, Settings
 
 log = logging.getLogger(__name__)
 
@@ -143,8 +146,7 @@ class PHISpan:
         return PLACEHOLDERS.get(self.entity, f"[{self.entity}]")
 
 
-@dataclass(frozen=True)
-class DeidConfig:
+class DeidConfig(Settings):
     """Every knob of de-identification.
 
     Parameters
@@ -176,30 +178,28 @@ class DeidConfig:
         Where the blank spaCy pipeline is saved (default ``$FEDDX_CACHE/spacy``).
     """
 
-    entities: tuple[str, ...] = ENTITIES
-    score_threshold: float = 0.35
-    phone_regions: tuple[str, ...] = ("BR", "US")
+    settings_name: ClassVar[str] = "deid"
+
+    entities: Names = ENTITIES
+    score_threshold: float = Field(default=0.35, ge=0.0, le=1.0)
+    phone_regions: Names = ("BR", "US")
     propagate_names: bool = True
-    key: str | None = field(default=None, repr=False)
+    # A secret: not shown in reprs, not written by to_dict().
+    key: str | None = Field(default=None, repr=False, exclude=True)
     require_key: bool = False
     pseudonymize_ids: bool = True
     date_mode: DateMode = "shift"
-    max_date_shift_days: int = 365
-    age_cap: int | None = 90
-    spacy_dir: Path | None = None
+    max_date_shift_days: int = Field(default=365, ge=1)
+    age_cap: int | None = Field(default=90, ge=1, le=130)
+    spacy_dir: SettingPath | None = None
 
-    def __post_init__(self) -> None:
-        unknown = sorted(set(self.entities) - set(ENTITIES))
+    @field_validator("entities")
+    @classmethod
+    def _known_entities(cls, entities: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = sorted(set(entities) - set(ENTITIES))
         if unknown:
-            raise ConfigError(f"deid: unknown entity types {unknown}; known: {', '.join(ENTITIES)}")
-        if not 0.0 <= self.score_threshold <= 1.0:
-            raise ConfigError("deid: score_threshold must be within [0, 1]")
-        if self.date_mode not in ("shift", "remove", "keep"):
-            raise ConfigError("deid: date_mode must be one of shift, remove, keep")
-        if self.max_date_shift_days < 1:
-            raise ConfigError("deid: max_date_shift_days must be at least 1")
-        if self.age_cap is not None and not 1 <= self.age_cap <= 130:
-            raise ConfigError("deid: age_cap must be within [1, 130]")
+            raise ValueError(f"has unknown entity types {unknown} (known: {', '.join(ENTITIES)})")
+        return entities
 
 
 # --------------------------------------------------------------------------------------------
