@@ -238,12 +238,7 @@ def run_demo(opts: DemoOptions, console: Console) -> None:
     how = "from cache" if loaded.from_cache else "dequantized and cached"
     console.print(f"[bold]2. Model[/]: {loaded.source.name} ({how}, {loaded.load_seconds:.1f} s)")
     # One base model for every stage: each adapter is held by the diagnoser and swapped in.
-    diagnoser = Diagnoser(
-        loaded.model,
-        loaded.tokenizer,
-        base_fingerprint=loaded.fingerprint,
-        model_name=loaded.source.name,
-    )
+    diagnoser = Diagnoser.from_loaded(loaded)
 
     majority = Counter(c.require_label().diagnosis for c in train).most_common(1)[0][0]
     columns: list[_Column] = []

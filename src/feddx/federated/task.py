@@ -66,13 +66,7 @@ def _cached_model(model: str, lora: LoraSpec, seed: int) -> AdapterModel:
     from feddx.model.loading import load_base_model
     from feddx.model.predict import Diagnoser
 
-    loaded = load_base_model(model)
-    diagnoser = Diagnoser(
-        loaded.model,
-        loaded.tokenizer,
-        base_fingerprint=loaded.fingerprint,
-        model_name=loaded.source.name,
-    )
+    diagnoser = Diagnoser.from_loaded(load_base_model(model))
     torch.manual_seed(seed)  # the initial adapter is a function of the run seed alone
     diagnoser.attach(lora)
     diagnoser.model.eval()

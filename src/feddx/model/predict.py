@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from feddx.data.schema import Case
 from feddx.errors import ModelError
@@ -38,6 +38,10 @@ from feddx.model.adapter import (
     validate_state,
 )
 from feddx.model.prompt import DEFAULT_MAX_PROMPT_TOKENS, render_prompt
+
+if TYPE_CHECKING:
+    from feddx.model.loading import LoadedModel
+
 from feddx.model.scoring import (
     DEFAULT_METHOD,
     CandidateSet,
@@ -195,16 +199,20 @@ class Diagnoser:
                     f"adapters of one diagnoser must share their LoRA layout: "
                     f"{infos[0].directory} has {infos[0].lora}, {info.directory} has {info.lora}"
                 )
-        loaded = load_base_model(model)
-        diagnoser = cls(
+        diagnoser = cls.from_loaded(load_base_model(model))
+        for info in infos:
+            diagnoser.add_adapter(info.directory)
+        return diagnoser
+
+    @classmethod
+    def from_loaded(cls, loaded: LoadedModel) -> Diagnoser:
+        """A diagnoser over an already loaded base model (no adapter held yet)."""
+        return cls(
             loaded.model,
             loaded.tokenizer,
             base_fingerprint=loaded.fingerprint,
             model_name=loaded.source.name,
         )
-        for info in infos:
-            diagnoser.add_adapter(info.directory)
-        return diagnoser
 
     def attach(self, spec: LoraSpec) -> None:
         """Attach fresh LoRA adapters of layout ``spec`` (initialised from torch's global RNG:
