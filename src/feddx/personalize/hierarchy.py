@@ -1,0 +1,138 @@
+"""Which registered adapter answers for a hospital: the most specific usable one, with its
+lineage (institution > region > global), and a logged reason for every adapter passed over.
+
+A request names an institution and maybe a region. Its answer should come from the adapter
+closest to it: the institution's own, else its region's, else the global one; within a level,
+the newest version. An adapter is usable only if its files are intact (content hash), it was
+trained for the loaded base model, and every adapter it descends from is usable too: an
+institutional adapter fine-tuned from a regional one whose folder was deleted or damaged is
+passed over rather than served with an unverifiable history. Each skipped adapter becomes one
+``WARNING`` log line and one line of :attr:`ResolvedChain.fallbacks`, holding adapter ids and
+reasons only (never data).
+
+Verification goes through :meth:`feddx.personalize.registry.AdapterRegistry.check`, which
+caches by file size, mtime and inode: resolving per request re-hashes nothing that has not
+changed on disk.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from feddx.errors import ModelError
+
+if TYPE_CHECKING:
+    from feddx.personalize.registry import AdapterEntry, AdapterRegistry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ResolvedChain:
+    """The answer of :func:`resolve_chain`.
+
+    ``entries`` is the answering adapter's lineage, least specific first (``global/v2``,
+    ``regional/europe/v1``, ``institutional/cleveland/v3``): each entry's parent is the entry
+    before it. ``fallbacks`` holds one line per adapter passed over, in the order they were
+    tried: ``"<adapter id> skipped: <reason>"``.
+    """
+
+    entries: tuple[AdapterEntry, ...]
+    fallbacks: tuple[str, ...]
+
+    @property
+    def answering(self) -> AdapterEntry | None:
+        """The adapter that scores (the last entry); ``None`` when no adapter is usable."""
+        return self.entries[-1] if self.entries else None
+
+    def ids(self) -> list[str]:
+        """The adapter ids of the chain, least specific first."""
+        return [e.adapter_id for e in self.entries]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: the chain's ids, the answering id and the fallback lines."""
+        answering = self.answering
+        return {
+            "chain": self.ids(),
+            "answering": answering.adapter_id if answering else None,
+            "fallbacks": list(self.fallbacks),
+        }
+
+
+def resolve_chain(
+    registry: AdapterRegistry,
+    *,
+    institution: str | None,
+    region: str | None,
+    base_fingerprint: str,
+) -> ResolvedChain:
+    """The most specific usable chain for (``institution``, ``region``) on the base model
+    ``base_fingerprint``; names as normalised by the registry.
+
+    Candidates, most preferred first: the institution's adapters (newest version first), then
+    the region's (the one given, else the one the institution is registered under), then the
+    global ones. The first candidate that is intact, for this base model and whose whole
+    lineage is too, answers. Never raises for a damaged adapter: it is skipped and reported.
+    """
+    verdicts: dict[str, str | None] = {}
+
+    def problem(entry: AdapterEntry) -> str | None:
+        if entry.adapter_id not in verdicts:
+            verdicts[entry.adapter_id] = registry.check(entry, base_fingerprint=base_fingerprint)
+        return verdicts[entry.adapter_id]
+
+    def lineage(entry: AdapterEntry) -> tuple[list[AdapterEntry], str | None]:
+        chain = [entry]
+        while chain[0].parent_id is not None:
+            parent_id = chain[0].parent_id
+            if any(e.adapter_id == parent_id for e in chain):
+                return [], f"corrupt (its lineage loops at {parent_id})"
+            try:
+                parent = registry.get(parent_id)
+            except ModelError:
+                return [], f"missing parent ({parent_id} is not in the registry)"
+            why = problem(parent)
+            if why is not None:
+                return [], f"unusable parent ({parent_id}: {why})"
+            chain.insert(0, parent)
+        return chain, None
+
+    own = registry.entries(level="institutional", institution=institution) if institution else []
+    registered_region = next((e.region for e in reversed(own) if e.region), None)
+    region = region or registered_region
+    candidates = list(reversed(own))
+    if region:
+        candidates += reversed(registry.entries(level="regional", region=region))
+    candidates += reversed(registry.entries(level="global"))
+
+    skipped: list[tuple[str, str]] = []
+    chosen: list[AdapterEntry] = []
+    for entry in candidates:
+        why: str | None = None
+        if entry.level == "institutional" and entry.region and entry.region != region:
+            why = f"other region (registered under {entry.region}, not {region})"
+        if why is None:
+            why = problem(entry)
+        if why is None:
+            chosen, why = lineage(entry)
+        if why is None:
+            break
+        skipped.append((entry.adapter_id, why))
+
+    answer = chosen[-1].adapter_id if chosen else None
+    for adapter_id, why in skipped:
+        log.warning(
+            "adapter %s skipped: %s; %s",
+            adapter_id,
+            why,
+            f"falling back to {answer}" if answer else "no usable adapter is left",
+        )
+    return ResolvedChain(
+        entries=tuple(chosen),
+        fallbacks=tuple(f"{adapter_id} skipped: {why}" for adapter_id, why in skipped),
+    )
+
+
+__all__ = ["ResolvedChain", "resolve_chain"]

@@ -1,0 +1,1 @@
+"""Tests of feddx.personalize (a package: tests/evaluate has a test_hierarchy.py too)."""
