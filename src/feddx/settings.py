@@ -170,6 +170,8 @@ def read_config_file(path: Path) -> dict[str, Any]:
 
 
 # -------------------------------------------------------------------- error messages
+# Beyond this many settings, an unknown key's message names only the close matches.
+_MAX_LISTED = 20
 # pydantic's tag for each member of a failed union of scalars, at the end of the error's loc.
 _UNION_TAGS = {"bool", "int", "float", "str", "none", "list", "tuple", "dict"}
 _TYPE_NAMES = {
@@ -224,9 +226,11 @@ def _describe_one(e: Any, loc: tuple[Any, ...], model: type[BaseModel]) -> str:
     if kind == "extra_forbidden":
         parent = _walk(loc[:-1], model)[2]
         known = sorted(_display_names(parent)) if parent is not None else []
-        close = difflib.get_close_matches(str(loc[-1]), known, n=1)
-        hint = f"did you mean {'.'.join([*names[:-1], close[0]])!r}? " if close else ""
-        return f"unknown setting {key!r} ({hint}known: {', '.join(known)})"
+        close = [".".join([*names[:-1], c]) for c in difflib.get_close_matches(str(loc[-1]), known)]
+        guess = f"did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        if guess and len(known) > _MAX_LISTED:
+            return f"unknown setting {key!r} ({guess})"  # a long list would bury the guess
+        return f"unknown setting {key!r} ({guess + ' ' if guess else ''}known: {', '.join(known)})"
     if kind == "missing":
         return f"{key} is required"
     if kind in _TYPE_NAMES:

@@ -55,8 +55,8 @@ def test_federate_runs_a_config_file(
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("rounds = 3\n", "rounds: unknown setting"),
-        ('strategy = "fedsgd"\n', "strategy:"),
+        ("rounds = 3\n", "unknown setting 'rounds'"),
+        ('strategy = "fedsgd"\n', "strategy must be one of fedavg, "),
         ("num-rounds = [\n", "cannot parse TOML"),
     ],
 )

@@ -77,13 +77,13 @@ def test_cases_with_fewer_than_two_findings_are_not_copied() -> None:
 
 
 def test_config_reads_validates_and_refuses_dp() -> None:
-    config = TrainConfig.from_dict({"augment": {"copies": 2, "drop_finding": 0.25}})
+    config = TrainConfig.from_mapping({"augment": {"copies": 2, "drop_finding": 0.25}})
     assert config.augment == AugmentSpec(copies=2, drop_finding=0.25)
-    assert TrainConfig.from_dict(config.to_dict()) == config
+    assert TrainConfig.from_mapping(config.to_dict()) == config
     with pytest.raises(ConfigError, match=r"augment\.drop_finding must be in \[0, 1\)"):
-        TrainConfig.from_dict({"augment": {"drop_finding": 1.0}})
+        TrainConfig.from_mapping({"augment": {"drop_finding": 1.0}})
     with pytest.raises(ConfigError, match=r"unknown setting 'augment\.copy'"):
-        TrainConfig.from_dict({"augment": {"copy": 1}})
+        TrainConfig.from_mapping({"augment": {"copy": 1}})
     with pytest.raises(ConfigError, match=r"augment\.copies cannot be combined with dp"):
         TrainConfig(augment=AugmentSpec(copies=1), dp=DPConfig())
 

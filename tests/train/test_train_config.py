@@ -13,7 +13,9 @@ from feddx.train.config import DPConfig, TrainConfig
 
 def test_defaults_are_the_documented_contract() -> None:
     c = TrainConfig()
-    assert c.lora == LoraSpec(16, 32, 0.05, ("q_proj", "v_proj"), None)
+    assert c.lora == LoraSpec(
+        rank=16, alpha=32, dropout=0.05, target_modules=("q_proj", "v_proj"), top_layers=None
+    )
     assert (c.learning_rate, c.epochs, c.batch_size, c.grad_accum) == (2e-4, 1, 8, 1)
     assert (c.warmup_ratio, c.weight_decay, c.max_grad_norm, c.seed) == (0.05, 0.0, 1.0, 0)
     assert (c.max_prompt_tokens, c.max_steps, c.checkpoint_every) == (320, None, 0)
@@ -53,7 +55,7 @@ def test_loads_yaml_json_and_toml(tmp_path: Path, name: str, text: str) -> None:
 
 def test_round_trips_through_to_dict() -> None:
     c = TrainConfig(lora=LoraSpec(rank=4, top_layers=2), dp=DPConfig(), max_steps=7)
-    assert TrainConfig.from_dict(c.to_dict()) == c
+    assert TrainConfig.from_mapping(c.to_dict()) == c
 
 
 @pytest.mark.parametrize(
@@ -92,8 +94,8 @@ def test_missing_file_and_unknown_format(tmp_path: Path) -> None:
 
 
 def test_dp_can_be_switched_on_and_off_by_boolean() -> None:
-    assert TrainConfig.from_dict({"dp": True}).dp == DPConfig()
-    assert TrainConfig.from_dict({"dp": None}).dp is None
+    assert TrainConfig.from_mapping({"dp": True}).dp == DPConfig()
+    assert TrainConfig.from_mapping({"dp": None}).dp is None
 
 
 def test_gradient_checkpointing_and_dp_are_exclusive() -> None:

@@ -129,9 +129,9 @@ def train(
         if v is not None
     }
     if top_layers is not None:
-        overrides["lora"] = {**cfg.lora.__dict__, "top_layers": top_layers}
+        overrides["lora"] = {**cfg.lora.to_dict(), "top_layers": top_layers}
     if overrides:
-        cfg = TrainConfig.from_dict({**cfg.to_dict(), **overrides}, origin="command line")
+        cfg = TrainConfig.from_mapping({**cfg.to_dict(), **overrides}, origin="command line")
     if extra_per_label is not None and not extra_data:
         raise typer.BadParameter(
             "--extra-per-label needs --extra-data", param_hint="--extra-per-label"

@@ -21,12 +21,12 @@ import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
-from feddx.errors import ConfigError
 from feddx.model.prompt import DEFAULT_MAX_PROMPT_TOKENS
+from feddx.settings import Settings
 
 if TYPE_CHECKING:
     from feddx.data.partition import PartitionSpec
@@ -54,7 +54,7 @@ def _kebab(name: str) -> str:
     return name.replace("_", "-")
 
 
-class FederatedConfig(BaseModel):
+class FederatedConfig(Settings):
     """A federated fine-tuning run (see the module docstring for how it is supplied).
 
     Data
@@ -115,9 +115,12 @@ class FederatedConfig(BaseModel):
         base weights and token ids, so runs and nodes on one machine can share it).
     """
 
-    model_config = ConfigDict(
-        alias_generator=_kebab, populate_by_name=True, extra="forbid", frozen=True
-    )
+    # Lax types: run-config values arrive from Flower and from `feddx federate --set` as TOML
+    # scalars or bare words, and have always been coerced where pydantic can (1 for true).
+    model_config = ConfigDict(alias_generator=_kebab, populate_by_name=True, strict=False)
+
+    settings_name: ClassVar[str] = "run config"
+    file_section: ClassVar[str | None] = "federated"
 
     # data
     model: str = "smollm2-135m-instruct"
@@ -200,39 +203,13 @@ class FederatedConfig(BaseModel):
 
     # ---------------------------------------------------------------- construction
     @classmethod
-    def from_mapping(
-        cls, data: Mapping[str, Any], *, origin: str = "run config"
-    ) -> FederatedConfig:
-        """Validate plain data; raise :class:`ConfigError` naming ``origin`` and the key."""
-        try:
-            return cls.model_validate(dict(data))
-        except ValidationError as e:
-            raise ConfigError(f"{origin}: {_describe(e)}") from None
-
-    @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> FederatedConfig:
         """The config of a Flower run (``context.run_config``)."""
         return cls.from_mapping(run_config, origin="run config")
 
-    @classmethod
-    def from_file(cls, path: Path) -> FederatedConfig:
-        """Load a TOML/YAML/JSON file of settings (flat, or under ``[federated]``)."""
-        from feddx.train.config import read_config_file
-
-        data = read_config_file(path)
-        if set(data) == {"federated"} and isinstance(data["federated"], dict):
-            data = data["federated"]
-        return cls.from_mapping(data, origin=str(path))
-
     def to_run_config(self) -> dict[str, bool | int | float | str]:
         """The kebab-case scalar mapping Flower's ``--run-config`` and ``run_config`` carry."""
         return self.model_dump(by_alias=True)
-
-    def replace(self, **changes: Any) -> FederatedConfig:
-        """A copy with some settings changed (snake_case or kebab-case keys), re-validated."""
-        data = self.model_dump()
-        data.update({k.replace("-", "_"): v for k, v in changes.items()})
-        return type(self).from_mapping(data, origin="config override")
 
     # ---------------------------------------------------------------- derived values
     def target_modules(self) -> tuple[str, ...]:
@@ -275,7 +252,11 @@ class FederatedConfig(BaseModel):
             lora=self.lora_spec(),
             learning_rate=self.round_learning_rate(server_round),
             lr_schedule="constant" if by_rounds else "cosine",
-            warmup_ratio=0.0 if by_rounds and server_round > 1 else TrainConfig.warmup_ratio,
+            warmup_ratio=(
+                0.0
+                if by_rounds and server_round > 1
+                else TrainConfig.model_fields["warmup_ratio"].default
+            ),
             epochs=self.local_epochs,
             batch_size=self.batch_size,
             seed=seed,
@@ -330,15 +311,3 @@ class FederatedConfig(BaseModel):
                 ignore += ("num_rounds",)
         data = {k: v for k, v in self.model_dump().items() if k not in ignore}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _describe(err: ValidationError) -> str:
-    """Name the offending key(s) without echoing values (a path might be sensitive)."""
-    parts = []
-    for e in err.errors(include_input=False, include_url=False):
-        key = ".".join(str(x) for x in e["loc"]) or "<config>"
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            msg = "unknown setting"
-        parts.append(f"{_kebab(key)}: {msg}" if key != "<config>" else msg)
-    return "; ".join(parts)

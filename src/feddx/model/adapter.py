@@ -30,13 +30,15 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
+from pydantic import Field, field_validator
 
 from feddx.errors import ConfigError, ModelError
 from feddx.io import atomic_write_json, building_dir, file_sha256
 from feddx.model.prompt import DEFAULT_MAX_PROMPT_TOKENS
+from feddx.settings import Names, Settings
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +55,7 @@ AdapterState = dict[str, torch.Tensor]
 """LoRA tensors by peft's saved key names (CPU, float32): what moves between parties."""
 
 
-@dataclass(frozen=True)
-class LoraSpec:
+class LoraSpec(Settings):
     """Where LoRA adapters go and how big they are.
 
     Parameters
@@ -71,51 +72,25 @@ class LoraSpec:
         lever of :func:`feddx.train.trainer.train_adapter`).
     """
 
-    rank: int = 16
-    alpha: float = 32
-    dropout: float = 0.05
-    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
-    top_layers: int | None = None
+    settings_name: ClassVar[str] = "lora"
 
-    def __post_init__(self) -> None:
-        if isinstance(self.target_modules, str):
-            object.__setattr__(self, "target_modules", (self.target_modules,))
-        elif isinstance(self.target_modules, list):
-            object.__setattr__(self, "target_modules", tuple(self.target_modules))
-        self.validate()
+    rank: int = Field(default=16, ge=1)
+    alpha: float = Field(default=32, gt=0)
+    dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
+    target_modules: Names = ("q_proj", "v_proj")
+    top_layers: int | None = Field(default=None, ge=1)
 
-    def validate(self) -> None:
-        """Raise :class:`ConfigError` naming the first invalid field."""
-        _check(self.rank >= 1, "lora.rank", "must be >= 1")
-        _check(self.alpha > 0, "lora.alpha", "must be > 0")
-        _check(0 <= self.dropout < 1, "lora.dropout", "must be in [0, 1)")
-        _check(
-            bool(self.target_modules)
-            and all(isinstance(m, str) and m for m in self.target_modules),
-            "lora.target_modules",
-            "must be a non-empty list of module names",
-        )
-        _check(self.top_layers is None or self.top_layers >= 1, "lora.top_layers", "must be >= 1")
+    @field_validator("target_modules")
+    @classmethod
+    def _some_modules(cls, modules: tuple[str, ...]) -> tuple[str, ...]:
+        if not modules or not all(modules):
+            raise ValueError("must be a non-empty list of module names")
+        return modules
 
     def layout(self) -> tuple[Any, ...]:
         """What inference depends on: rank, alpha, targets and layers (dropout only acts in
         training, so adapters trained with different dropout still swap into one model)."""
         return (self.rank, float(self.alpha), tuple(self.target_modules), self.top_layers)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready fields (``target_modules`` as a list)."""
-        return {
-            "rank": self.rank,
-            "alpha": self.alpha,
-            "dropout": self.dropout,
-            "target_modules": list(self.target_modules),
-            "top_layers": self.top_layers,
-        }
-
-
-def _check(ok: bool, key: str, why: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key} {why}")
 
 
 @dataclass(frozen=True)
@@ -161,7 +136,6 @@ def attach_lora(model: Any, spec: LoraSpec) -> Any:
     """
     from peft import LoraConfig, get_peft_model
 
-    spec.validate()
     if hasattr(model, "peft_config"):
         raise ModelError("the model already has LoRA adapters attached")
     n_layers = len(decoder_layers(model))

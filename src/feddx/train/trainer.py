@@ -451,10 +451,6 @@ def train_adapter(
     or a corrupt or mismatched checkpoint.
     """
     started = time.perf_counter()
-    try:
-        config.validate()
-    except ConfigError as e:
-        raise ConfigError(f"training config: {e}") from None
     if config.answer_loss == "candidates" and candidates is None:
         raise ConfigError(
             "training config: answer_loss 'candidates' needs the candidate list "
