@@ -26,7 +26,10 @@ the antecedents, each in release order (which keeps a question's sub-questions t
 antecedents stay findings rather than ``history.prior_conditions``: most are exposures and risk
 factors ("lives with 4+ people", "smokes cigarettes", "no travel abroad"), not diagnoses, and
 some are negated, which a list of prior conditions cannot say; as the last findings they are
-also the first thing prompt truncation drops, which is the right priority.
+also the first thing prompt truncation drops, which is the right priority. For experiments on
+the patient's own history, ``antecedents_as_history=True`` (source ``ddxplus-history``) moves
+them instead into ``history.prior_conditions`` as phrases ("smokes cigarettes", "no travel
+abroad (4 weeks)"), negations written out, so DDXPlus has cases with a history.
 
 Labels. Both releases map the pathology and every differential entry to the English name
 (``cond-name-eng``) and its ICD-10 id, so English and v0 cases share one label space. A row
@@ -55,12 +58,13 @@ from feddx.data.csvio import allow_long_fields
 from feddx.data.ddxplus_names import VALUE_FIXES, finding_name
 from feddx.data.icd10 import normalize_icd10
 from feddx.data.report import LoadReport, describe_error
-from feddx.data.schema import Case, DifferentialEntry, Finding, Label, Sex
+from feddx.data.schema import Case, DifferentialEntry, Finding, History, Label, Sex
 from feddx.data.sources import register_source
 from feddx.errors import DataError
 
 SOURCE = "ddxplus"
 SOURCE_V0 = "ddxplus-v0"
+SOURCE_HISTORY = "ddxplus-history"  # the English release, antecedents moved into the history
 COLUMNS = ("AGE", "DIFFERENTIAL_DIAGNOSIS", "SEX", "PATHOLOGY", "EVIDENCES", "INITIAL_EVIDENCE")
 CONDITIONS = "release_conditions"
 EVIDENCES = "release_evidences"
@@ -187,6 +191,11 @@ class DDXPlusRelease:
     def decode_evidences(self, evidences: Sequence[str], initial: str) -> tuple[Finding, ...]:
         """The findings of one patient: the initial evidence first, then symptoms, then
         antecedents. Raises :class:`RowError` naming the first code that cannot be decoded."""
+        return tuple(f for _, f in self._decode_evidences(evidences, initial))
+
+    def _decode_evidences(
+        self, evidences: Sequence[str], initial: str
+    ) -> list[tuple[Evidence, Finding]]:
         values_by_code: dict[str, list[str]] = {}
         for item in evidences:
             code, sep, value = item.partition(VALUE_SEPARATOR)
@@ -228,7 +237,10 @@ class DDXPlusRelease:
                 self.evidences[c].rank,
             ),
         )
-        return tuple(self._finding(self.evidences[c], tuple(values_by_code[c])) for c in order)
+        return [
+            (self.evidences[c], self._finding(self.evidences[c], tuple(values_by_code[c])))
+            for c in order
+        ]
 
     def _finding(self, ev: Evidence, values: tuple[str, ...]) -> Finding:
         key = (ev.code, values)
@@ -252,13 +264,21 @@ class DDXPlusRelease:
             self._findings[key] = finding
         return finding
 
-    def row_to_case(self, row: Mapping[str, str], case_id: str, source: str) -> Case:
+    def row_to_case(
+        self,
+        row: Mapping[str, str],
+        case_id: str,
+        source: str,
+        *,
+        antecedents_as_history: bool = False,
+    ) -> Case:
         """One patient row (column name -> cell) as a case; raises :class:`RowError` (or
-        pydantic's ``ValidationError``) for a row that cannot be used."""
-        return self._decode_row(row, case_id, source)[0]
+        pydantic's ``ValidationError``) for a row that cannot be used. With
+        ``antecedents_as_history`` the antecedents become ``history.prior_conditions``."""
+        return self._decode_row(row, case_id, source, antecedents_as_history)[0]
 
     def _decode_row(
-        self, row: Mapping[str, str], case_id: str, source: str
+        self, row: Mapping[str, str], case_id: str, source: str, antecedents_as_history: bool
     ) -> tuple[Case, list[str]]:
         age = _parse_age(row["AGE"])
         sex = _SEX.get(row["SEX"].strip().upper())
@@ -281,12 +301,21 @@ class DDXPlusRelease:
                 DifferentialEntry(name=cond.name, probability=probability, icd10=cond.icd10)
             )
         evidences = _parse_evidences(row["EVIDENCES"])
-        findings = self.decode_evidences(evidences, row["INITIAL_EVIDENCE"])
+        decoded = self._decode_evidences(evidences, row["INITIAL_EVIDENCE"])
+        history = History()
+        if antecedents_as_history:
+            # The chief complaint stays a finding even in the rare row where it is an antecedent.
+            first = decoded[0][0].code if row["INITIAL_EVIDENCE"].strip() else None
+            moved = [f for ev, f in decoded if ev.is_antecedent and ev.code != first]
+            history = History(prior_conditions=tuple(_history_phrase(f) for f in moved))
+            decoded = [(ev, f) for ev, f in decoded if not ev.is_antecedent or ev.code == first]
+        findings = tuple(f for _, f in decoded)
         case = Case(
             case_id=case_id,
             age=age,
             sex=sex,
             findings=findings,
+            history=history,
             source=source,
             label=Label(
                 diagnosis=pathology.name,
@@ -301,16 +330,21 @@ class DDXPlusRelease:
 
 
 def load_ddxplus(
-    path: Path, report: LoadReport | None = None, *, stats: DDXPlusStats | None = None
+    path: Path,
+    report: LoadReport | None = None,
+    *,
+    stats: DDXPlusStats | None = None,
+    antecedents_as_history: bool = False,
 ) -> Iterator[Case]:
     """Stream the cases of the English DDXPlus release at ``path``.
 
     Raises :class:`DataError` at once for a missing path, a missing or invalid JSON file, or a
     v0 (French) release; while streaming, for a patient file that cannot be read. Rows that
     cannot be used are skipped and counted in ``report``; ``stats`` (optional) receives what
-    was decoded.
+    was decoded. ``antecedents_as_history`` moves the antecedent evidences from the findings
+    into ``history.prior_conditions`` (see the module docstring).
     """
-    return _load(path, report, stats, SOURCE, "en")
+    return _load(path, report, stats, SOURCE, "en", antecedents_as_history)
 
 
 def load_ddxplus_v0(
@@ -372,6 +406,7 @@ def _load(
     stats: DDXPlusStats | None,
     source: str,
     expected: Release,
+    antecedents_as_history: bool = False,
 ) -> Iterator[Case]:
     # Resolve and read everything that can fail as a whole before the first row, so a wrong
     # PATH is one clear error at call time rather than at the first iteration.
@@ -390,6 +425,7 @@ def _load(
         report if report is not None else LoadReport(source),
         stats if stats is not None else DDXPlusStats(),
         source,
+        antecedents_as_history,
     )
 
 
@@ -399,6 +435,7 @@ def _stream(
     report: LoadReport,
     stats: DDXPlusStats,
     source: str,
+    antecedents_as_history: bool = False,
 ) -> Iterator[Case]:
     for pf in files:
         with _open_lines(pf) as lines:
@@ -437,7 +474,9 @@ def _stream(
                     continue
                 fields = {c: row[index[c]] for c in COLUMNS}
                 try:
-                    case, evidences = release._decode_row(fields, f"{pf.stem}:{line}", source)
+                    case, evidences = release._decode_row(
+                        fields, f"{pf.stem}:{line}", source, antecedents_as_history
+                    )
                 except RowError as e:
                     report.skip(pf.display, line, e.reason, e.detail)
                     continue
@@ -707,9 +746,19 @@ def _parse_age(raw: str) -> float:
     return age
 
 
+def _history_phrase(f: Finding) -> str:
+    """An antecedent as a prior-condition phrase: "smokes cigarettes", "no travel abroad"."""
+    if f.negated:
+        return f"no {f.name}"
+    return f.name if f.value is None else f"{f.name}: {f.value}"
+
+
 def _clip(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
 register_source(SOURCE, load_ddxplus)
 register_source(SOURCE_V0, load_ddxplus_v0)
+register_source(
+    SOURCE_HISTORY, lambda path, report: load_ddxplus(path, report, antecedents_as_history=True)
+)

@@ -37,7 +37,7 @@ from feddx.model.adapter import (
     read_adapter_state,
     validate_state,
 )
-from feddx.model.prompt import DEFAULT_MAX_PROMPT_TOKENS, render_prompt
+from feddx.model.prompt import DEFAULT_MAX_PROMPT_TOKENS, PromptContext, render_prompt
 
 if TYPE_CHECKING:
     from feddx.model.loading import LoadedModel
@@ -368,6 +368,7 @@ class Diagnoser:
         max_prompt_tokens: int | None = None,
         require_labels: bool = False,
         on_case: Callable[[int], None] | None = None,
+        context: Callable[[Case], PromptContext] | None = None,
     ) -> list[Prediction]:
         """Score a batch of cases into ranked differentials, in input order.
 
@@ -378,6 +379,9 @@ class Diagnoser:
         below the adapters running once per case (:class:`~feddx.model.ensemble.EnsembleScorer`);
         a case's latency covers every member. With ``require_labels`` every case must carry a
         label from the candidate list (:func:`check_labels`). ``on_case(i)`` reports progress.
+        ``context(case)`` (optional) gives the case's individual context: history lines in a
+        chosen order and few-shot examples (:mod:`feddx.personalize`), rendered within the
+        same budget; without it every prompt is the plain one the adapters were trained on.
 
         Raises :class:`ValueError` for bad candidates, labels or temperature and
         :class:`ModelError` for an unknown adapter.
@@ -405,7 +409,10 @@ class Diagnoser:
         with torch.inference_mode(), self._base_only(not members):
             for i, case in enumerate(cases):
                 start = time.perf_counter()
-                prompt = render_prompt(case, self.tokenizer, budget)
+                extra = context(case) if context else PromptContext()
+                prompt = render_prompt(
+                    case, self.tokenizer, budget, history=extra.history, examples=extra.examples
+                )
                 ranked = rank_scores(cset, score(prompt.input_ids), temperature)
                 out.append(Prediction(case, ranked, (time.perf_counter() - start) * 1000))
                 if on_case:

@@ -9,6 +9,7 @@ token budget is spent.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,24 @@ class RenderedPrompt:
     truncated: bool
 
 
+@dataclass(frozen=True)
+class Example:
+    """A solved past case shown before the question (few-shot context): its compact text (what
+    :func:`case_summary` writes: demographics and findings, never identifiers) and its diagnosis."""
+
+    text: str
+    diagnosis: str
+
+
+@dataclass(frozen=True)
+class PromptContext:
+    """What an individual-level caller adds to a case's prompt (see :func:`render_prompt`):
+    ``history`` lines in priority order (``None``: the default order) and few-shot ``examples``."""
+
+    history: tuple[str, ...] | None = None
+    examples: tuple[Example, ...] = ()
+
+
 def render_finding(f: Finding) -> str:
     """A finding as a short phrase ("no fever", "chest pain: burning", "BP 145 mmHg")."""
     if f.negated or f.value is False:
@@ -45,6 +64,12 @@ def _demographics(case: Case) -> str:
     if case.sex and case.sex != "unknown":
         parts.append(case.sex)
     return "Patient: " + " ".join(parts) + "." if parts else ""
+
+
+def history_pieces(case: Case) -> list[str]:
+    """The default history lines of ``case``, in the order the renderer keeps them under a
+    budget: prior conditions, medications, then encounters most recent first."""
+    return _history_pieces(case)
 
 
 def _history_pieces(case: Case) -> list[str]:
@@ -68,15 +93,41 @@ def _history_pieces(case: Case) -> list[str]:
     return pieces
 
 
-def _user_message(case: Case, n_findings: int, text: str | None, n_history: int) -> str:
-    lines = [_demographics(case)]
+def case_summary(case: Case, max_findings: int | None = None) -> str:
+    """A one-line, identifier-free summary of a case (demographics and the first findings) as a
+    few-shot example or a retrieval text: what the prompt itself would show of it."""
+    findings = case.findings if max_findings is None else case.findings[:max_findings]
+    parts = [_demographics(case).removeprefix("Patient: ").removesuffix(".")]
+    if findings:
+        parts.append(_SEP.join(render_finding(f) for f in findings))
+    elif case.text:
+        parts.append(" ".join(case.text.split()[:48]))
+    return "; ".join(p for p in parts if p)
+
+
+def _examples_block(examples: Sequence[Example]) -> str:
+    if not examples:
+        return ""
+    rows = [f"{i}. {e.text} -> {e.diagnosis}" for i, e in enumerate(examples, start=1)]
+    return "Similar past cases:\n" + "\n".join(rows) + "\nThis patient:"
+
+
+def _user_message(
+    case: Case,
+    n_findings: int,
+    text: str | None,
+    n_history: int,
+    history: Sequence[str] | None = None,
+    examples: Sequence[Example] = (),
+) -> str:
+    lines = [_examples_block(examples), _demographics(case)]
     if n_findings:
         lines.append(
             "Findings: " + _SEP.join(render_finding(f) for f in case.findings[:n_findings]) + "."
         )
     if text:
         lines.append("Note: " + text)
-    lines.extend(_history_pieces(case)[:n_history])
+    lines.extend((_history_pieces(case) if history is None else list(history))[:n_history])
     return "\n".join(x for x in lines if x)
 
 
@@ -100,33 +151,48 @@ def _ids(tokenizer: Any, text: str) -> list[int]:
 
 
 def render_prompt(
-    case: Case, tokenizer: Any, max_tokens: int = DEFAULT_MAX_PROMPT_TOKENS
+    case: Case,
+    tokenizer: Any,
+    max_tokens: int = DEFAULT_MAX_PROMPT_TOKENS,
+    *,
+    history: Sequence[str] | None = None,
+    examples: Sequence[Example] = (),
 ) -> RenderedPrompt:
     """Render ``case`` as a chat prompt of at most ``max_tokens`` tokens.
 
-    Pieces are dropped from the end of the priority order (oldest history, then the last
-    findings) and the free-text note is cut at a token boundary, so the most important
-    information always fits. Raises :class:`ValueError` if even the bare template is over budget.
+    Pieces are dropped from the end of the priority order (few-shot examples, oldest history,
+    then the last findings) and the free-text note is cut at a token boundary, so the most
+    important information always fits. Raises :class:`ValueError` if even the bare template is
+    over budget.
+
+    ``history`` replaces the default history lines (:func:`history_pieces`) with lines in the
+    caller's priority order (e.g. :mod:`feddx.personalize.history` ranks them by relevance);
+    ``examples`` are solved past cases shown before the patient, the first ones kept under the
+    budget. Both default to nothing new, so every existing adapter sees the prompts it was
+    trained on.
     """
-    n_find, n_hist = len(case.findings), len(_history_pieces(case))
+    pieces = _history_pieces(case) if history is None else list(history)
+    examples = list(examples)
+
+    def message(nf: int, tx: str | None, nh: int, ne: int = 0) -> str:
+        return _user_message(case, nf, tx, nh, pieces, examples[:ne])
+
+    n_find, n_hist, n_ex = len(case.findings), len(pieces), len(examples)
     text = case.text
-    full = _template(tokenizer, _user_message(case, n_find, text, n_hist))
+    full = _template(tokenizer, message(n_find, text, n_hist, n_ex))
     ids = _ids(tokenizer, full)
     if len(ids) <= max_tokens:
         return RenderedPrompt(full, ids, truncated=False)
 
-    base = len(_ids(tokenizer, _template(tokenizer, _user_message(case, 0, None, 0))))
+    base = len(_ids(tokenizer, _template(tokenizer, message(0, None, 0))))
     if base > max_tokens:
         raise ValueError(f"max_tokens={max_tokens} is below the bare prompt size ({base} tokens)")
     # Grow greedily in priority order, measuring the real templated length each time.
-    n_find = n_hist = 0
+    n_hist = n_ex = 0
     text = None
 
-    def fits(nf: int, tx: str | None, nh: int) -> bool:
-        return (
-            len(_ids(tokenizer, _template(tokenizer, _user_message(case, nf, tx, nh))))
-            <= max_tokens
-        )
+    def fits(nf: int, tx: str | None, nh: int, ne: int = 0) -> bool:
+        return len(_ids(tokenizer, _template(tokenizer, message(nf, tx, nh, ne)))) <= max_tokens
 
     lo, hi = 0, len(case.findings)
     while lo < hi:  # largest number of findings that fits
@@ -140,10 +206,11 @@ def render_prompt(
             mid = (lo + hi + 1) // 2
             lo, hi = (mid, hi) if fits(n_find, " ".join(words[:mid]), 0) else (lo, mid - 1)
         text = " ".join(words[:lo]) or None
-    total_hist = len(_history_pieces(case))
-    while n_hist < total_hist and fits(n_find, text, n_hist + 1):
+    while n_hist < len(pieces) and fits(n_find, text, n_hist + 1):
         n_hist += 1
-    final = _template(tokenizer, _user_message(case, n_find, text, n_hist))
+    while n_ex < len(examples) and fits(n_find, text, n_hist, n_ex + 1):
+        n_ex += 1
+    final = _template(tokenizer, message(n_find, text, n_hist, n_ex))
     return RenderedPrompt(final, _ids(tokenizer, final), truncated=True)
 
 
