@@ -75,9 +75,9 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TypeVar
+from typing import IO, ClassVar, TypeVar
 
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 
 from feddx.data.csvio import allow_long_fields
 from feddx.data.icd10 import curated_map, label_key, lookup_icd10, normalize_icd10
@@ -85,6 +85,7 @@ from feddx.data.report import LoadReport, describe_error
 from feddx.data.schema import Case, Encounter, Finding, History, Label, Sex
 from feddx.data.sources import register_source
 from feddx.errors import DataError
+from feddx.settings import Settings
 
 SOURCE = "eicu"
 
@@ -185,8 +186,7 @@ _NOT_ALLERGEN = re.compile(r"\b(?:see|refer to)\b|\bcerner\b|\bemr\b|^(?:none|nk
 _PATH_SPLIT = re.compile(r"(?<!\bs)/(?!p\b)")
 
 
-@dataclass(frozen=True)
-class EICUOptions:
+class EICUOptions(Settings):
     """How :func:`load_eicu` builds cases.
 
     Parameters
@@ -203,8 +203,10 @@ class EICUOptions:
         alone.
     """
 
+    settings_name: ClassVar[str] = "eicu"
+
     keep_unlabeled: bool = False
-    max_history_encounters: int | None = 20
+    max_history_encounters: int | None = Field(default=20, ge=0)
     same_hospitalization_history: bool = True
 
 

@@ -50,9 +50,9 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 
 from feddx.data.fhir_index import (
     ClinicalRecord,
@@ -70,6 +70,7 @@ from feddx.data.fhir_read import read_resources
 from feddx.data.report import LoadReport, describe_error
 from feddx.data.schema import Case, Encounter, Finding, History, Label
 from feddx.data.sources import register_source
+from feddx.settings import Names, Settings
 
 SOURCE = "fhir"
 HIPAA_MAX_AGE = 90
@@ -82,8 +83,7 @@ _ASSESSMENT_HEADING = re.compile(
 )
 
 
-@dataclass(frozen=True)
-class FHIRLoadOptions:
+class FHIRLoadOptions(Settings):
     """How FHIR resources become cases. The registry loader (``fhir`` source) uses defaults.
 
     Parameters
@@ -115,14 +115,16 @@ class FHIRLoadOptions:
         ``"state"`` (default) or ``"city"`` (``"City, ST"`` of the organization).
     """
 
+    settings_name: ClassVar[str] = "fhir"
+
     granularity: Literal["encounter", "patient"] = "encounter"
     unlabeled: Literal["skip", "keep"] = "skip"
     deidentify: bool = True
-    finding_tags: tuple[str, ...] = ("finding", "situation")
+    finding_tags: Names = ("finding", "situation")
     strip_assessment: bool = True
     include_procedures: bool = True
-    max_history_encounters: int | None = 50
-    medication_window_days: int = 365
+    max_history_encounters: int | None = Field(default=50, ge=0)
+    medication_window_days: int = Field(default=365, ge=0)
     region_level: Literal["state", "city"] = "state"
 
 

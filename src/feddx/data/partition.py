@@ -28,17 +28,18 @@ import json
 import shutil
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
+from pydantic import model_validator
 
 from feddx.data.jsonl import load_jsonl, write_jsonl
 from feddx.data.report import LoadReport
 from feddx.data.schema import Case
-from feddx.errors import DataError
+from feddx.errors import DataError, FeddxError
 from feddx.io import atomic_write_json, atomic_write_with, file_sha256, replace_dir, temp_dir_beside
+from feddx.settings import Settings
 
 PartitionKind = Literal["attribute", "iid", "dirichlet", "size-skew"]
 KINDS: tuple[PartitionKind, ...] = ("attribute", "iid", "dirichlet", "size-skew")
@@ -54,8 +55,7 @@ class PartitionError(DataError):
     clients, a missing attribute, a bad parameter)."""
 
 
-@dataclass(frozen=True)
-class PartitionSpec:
+class PartitionSpec(Settings):
     """How to partition.
 
     Parameters
@@ -70,6 +70,9 @@ class PartitionSpec:
         :class:`PartitionError`. Default 1.
     """
 
+    settings_name: ClassVar[str] = "partition"
+    settings_error: ClassVar[type[FeddxError]] = PartitionError
+
     kind: PartitionKind
     num_clients: int = 5
     attribute: str | None = None
@@ -78,19 +81,33 @@ class PartitionSpec:
     seed: int = 0
     min_size: int = 1
 
-    def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise PartitionError(f"unknown partition kind {self.kind!r}; choose one of {KINDS}")
+    def __init__(self, kind: PartitionKind | None = None, /, **data: Any) -> None:
+        # The kind may come first, unnamed: PartitionSpec("iid", num_clients=4).
+        if kind is not None:
+            data["kind"] = kind
+        super().__init__(**data)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_kind(cls, data: Any) -> Any:
+        kind = data.get("kind") if isinstance(data, dict) else None
+        if kind is not None and kind not in KINDS:
+            raise ValueError(f"unknown partition kind {kind!r}; choose one of {KINDS}")
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PartitionSpec:
         if self.kind == "attribute" and not self.attribute:
-            raise PartitionError("an attribute partition needs an attribute (e.g. institution)")
+            raise ValueError("an attribute partition needs an attribute (e.g. institution)")
         if self.kind != "attribute" and self.num_clients < 1:
-            raise PartitionError(f"num_clients must be at least 1, got {self.num_clients}")
+            raise ValueError(f"num_clients must be at least 1, got {self.num_clients}")
         if self.alpha <= 0:
-            raise PartitionError(f"alpha must be positive, got {self.alpha}")
+            raise ValueError(f"alpha must be positive, got {self.alpha}")
         if self.sigma < 0:
-            raise PartitionError(f"sigma must be non-negative, got {self.sigma}")
+            raise ValueError(f"sigma must be non-negative, got {self.sigma}")
         if self.min_size < 0:
-            raise PartitionError(f"min_size must be non-negative, got {self.min_size}")
+            raise ValueError(f"min_size must be non-negative, got {self.min_size}")
+        return self
 
 
 def case_attribute(case: Case, attribute: str) -> str | None:
@@ -285,7 +302,7 @@ def write_partition(
             clients.append(client)
         manifest: dict[str, Any] = {
             "format": MANIFEST_FORMAT,
-            "spec": asdict(spec),
+            "spec": spec.to_dict(),
             "seed": spec.seed,
             "num_clients": len(parts),
             "n_cases": sum(len(p) for p in parts),
