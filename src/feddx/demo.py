@@ -21,8 +21,9 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
+from pydantic import Field
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -36,6 +37,7 @@ from feddx.model.adapter import LoraSpec
 from feddx.model.loading import DEFAULT_MODEL, load_base_model
 from feddx.model.predict import Diagnoser
 from feddx.paths import activation_cache_root
+from feddx.settings import Names, SettingPath, Settings
 
 if TYPE_CHECKING:  # the harness pulls in scikit-learn and torch: import it when evaluating
     from feddx.evaluate.harness import EvaluationResult
@@ -46,16 +48,21 @@ DEFAULT_OUT = Path("runs/demo")
 DEMO_LORA = LoraSpec(rank=8, alpha=16.0, top_layers=2)
 
 
-@dataclass(frozen=True)
-class DemoOptions:
+class DemoOptions(Settings):
+    """What ``feddx demo`` runs: the base ``model``; the stratified ``test_fraction`` held out
+    with split ``seed``; at most ``limit`` test cases (``0``: all); outputs under ``out_dir``;
+    the ``stages`` among :data:`STAGES`; centralized ``epochs`` and federated ``rounds``."""
+
+    settings_name: ClassVar[str] = "demo"
+
     model: str = DEFAULT_MODEL
-    test_fraction: float = 0.2
+    test_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
     seed: int = 0
-    limit: int = 0
-    out_dir: Path = DEFAULT_OUT
-    stages: tuple[str, ...] = STAGES
-    epochs: int = 2
-    rounds: int = 2
+    limit: int = Field(default=0, ge=0)
+    out_dir: SettingPath = DEFAULT_OUT
+    stages: Names = STAGES
+    epochs: int = Field(default=2, ge=1)
+    rounds: int = Field(default=2, ge=1)
 
 
 @dataclass

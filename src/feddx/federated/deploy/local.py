@@ -29,13 +29,17 @@ import re
 import signal
 import socket
 import ssl
+import subprocess
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
+
+import psutil
+from pydantic import Field
 
 from feddx.errors import ConfigError
 from feddx.federated.certs import FederationCredentials, load_credentials, validate_node_names
@@ -51,16 +55,18 @@ from feddx.federated.deploy.control import (
 )
 from feddx.federated.deploy.processes import DeploymentError, ManagedProcess, ProcessSet
 from feddx.io import atomic_write_json
+from feddx.settings import SettingPath, Settings
 
 LOOPBACK = "127.0.0.1"
 _FLOWER_EXIT = re.compile(r"Exit Code: (\d+)")
 
 
-@dataclass(frozen=True)
-class NodeSpec:
+class NodeSpec(Settings):
     """One institution's SuperNode: its name (= its key's name in the credentials) and the
     node config it alone receives (``data-source``, ``data-path``, anything else the app reads
     from ``context.node_config``)."""
+
+    settings_name: ClassVar[str] = "node"
 
     name: str
     node_config: Mapping[str, Scalar]
@@ -184,8 +190,7 @@ def prepare_local_data(
     )
 
 
-@dataclass
-class LocalFederationConfig:
+class LocalFederationConfig(Settings):
     """Everything one loopback federation needs.
 
     Parameters
@@ -214,15 +219,17 @@ class LocalFederationConfig:
         with the shared secret from the credentials folder.
     """
 
-    run_dir: Path
-    credentials: Path
+    settings_name: ClassVar[str] = "local federation"
+
+    run_dir: SettingPath
+    credentials: SettingPath
     nodes: Sequence[NodeSpec]
-    app_dir: Path
-    run_config: Mapping[str, Scalar] = field(default_factory=dict)
+    app_dir: SettingPath
+    run_config: Mapping[str, Scalar] = Field(default_factory=dict)
     host: str = LOOPBACK
-    threads_per_node: int | None = None
-    startup_timeout: float = 120.0
-    run_timeout: float = 3600.0
+    threads_per_node: int | None = Field(default=None, ge=1)
+    startup_timeout: float = Field(default=120.0, gt=0.0)
+    run_timeout: float = Field(default=3600.0, gt=0.0)
     isolation: Literal["subprocess", "process"] = "subprocess"
 
 
@@ -563,10 +570,16 @@ class LocalFederation:
         return Refusal(code, int(found[-1]) if found else None, time.monotonic() - t0)
 
     def run(
-        self, run_config: Mapping[str, Scalar] | None = None, *, timeout: float | None = None
+        self,
+        run_config: Mapping[str, Scalar] | None = None,
+        *,
+        timeout: float | None = None,
+        on_tick: Callable[[], None] | None = None,
     ) -> RunStatus:
         """Submit the app, follow its log into ``logs/run.log`` and return its final status.
 
+        ``on_tick`` is called about once a second while the run is followed (a fault drill
+        uses it to act at a chosen moment: kill a node, kill the ServerApp).
         Raises :class:`DeploymentError` if it does not finish within ``timeout`` (then it is
         stopped on the SuperLink).
         """
@@ -576,9 +589,13 @@ class LocalFederation:
         run_id = self.control.submit_run(self.config.app_dir.resolve(), config_file)
         self.run_id = run_id
         timeout = timeout or self.config.run_timeout
-        finished = self.control.stream_logs(
-            run_id, self.logs / "run.log", timeout, tick=self.procs.refresh_descendants
-        )
+
+        def tick() -> None:
+            self.procs.refresh_descendants()
+            if on_tick is not None:
+                on_tick()
+
+        finished = self.control.stream_logs(run_id, self.logs / "run.log", timeout, tick=tick)
         if not finished:
             with contextlib.suppress(DeploymentError):
                 self.control.stop_run(run_id)
@@ -593,6 +610,49 @@ class LocalFederation:
             status = self.control.run_status(run_id)
         self.timings["run"] = time.monotonic() - t0
         return status
+
+    # -- fault drills ---------------------------------------------------------------------------
+
+    def app_processes(self, daemon: ManagedProcess, executable: str) -> list[psutil.Process]:
+        """The live descendants of ``daemon`` running ``executable`` (``flwr-serverapp`` under
+        the SuperLink, ``flwr-clientapp`` under a SuperNode). Each is also remembered, so
+        :meth:`stop` ends it even once its parent is gone."""
+        self.procs.refresh_descendants()
+        found = []
+        for proc in list(daemon.known_descendants.values()):
+            with contextlib.suppress(psutil.Error):
+                running = proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+                if running and any(Path(a).name == executable for a in proc.cmdline()[:2]):
+                    found.append(proc)
+        return found
+
+    def kill(self, pid: int) -> None:
+        """SIGKILL one process we started or saw as a descendant: a crash, not a shutdown.
+
+        Raises :class:`DeploymentError` for a PID this federation does not own: a drill never
+        signals anyone else's process."""
+        if pid not in self.procs.all_pids():
+            raise DeploymentError(f"PID {pid} is not a process of this federation")
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        for proc in self.procs.processes:
+            if proc.pid == pid:  # our own child: reap it
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.popen.wait(timeout=10)
+
+    def restart_supernode(self, name: str) -> ManagedProcess:
+        """Start node ``name`` again after it crashed, on a fresh runtime port, and wait until
+        the SuperLink lists it online."""
+        node = next((n for n in self.config.nodes if n.name == name), None)
+        if node is None:
+            raise ConfigError(f"no node named {name!r} in this federation")
+        old = self.supernodes.get(name)
+        if old is not None and old.alive():
+            raise DeploymentError(f"SuperNode '{name}' is still running")
+        (self.node_ports[name],) = free_loopback_ports(1, self.config.host)
+        proc = self.start_supernode(node)
+        self.wait_online()
+        return proc
 
     def stop(self) -> list[int]:
         """Stop every process started here and all their descendants; return any survivors."""
