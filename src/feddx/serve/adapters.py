@@ -1,0 +1,382 @@
+"""Which adapter answers a caller, and keeping it loaded: the registry's chain per institution, a
+bounded LRU of adapters held in the :class:`~feddx.model.predict.Diagnoser`, new versions picked
+up without a restart, a corrupt adapter replaced by its parent.
+
+Only the scoring thread calls :class:`AdapterPool` (it touches the Diagnoser, which is not
+thread-safe). Per batch it compares the registry's :meth:`generation` with the one it resolved
+against, so an adapter registered by a trainer answers the next batch. The resolver
+(``AdapterRegistry.resolve``) already skips missing, corrupt and other-base adapters; the pool
+also falls back when an adapter that verified fails to load into the Diagnoser (a file changed
+between the two, another LoRA layout), and the answer says which chain answered and what was
+skipped.
+
+**Candidates** (decided here, documented in the README): the answering adapter's own list, in
+its ``feddx_adapter.json`` metadata ``candidates`` (names) and ``candidates_icd10`` (name ->
+code); else the label space of the data source it records (``metadata.data``) when that source
+has a fixed one (``uci-heart``); else the service's ``candidates`` setting; else the request is
+refused (503) naming the adapter.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from feddx.data.candidates import CandidateList, candidate_list
+from feddx.errors import ConfigError, FeddxError, ModelError
+
+if TYPE_CHECKING:
+    from feddx.model.predict import Diagnoser
+    from feddx.serve.metrics import ServiceMetrics
+
+log = logging.getLogger(__name__)
+
+
+class RegistryEntry(Protocol):
+    """What the service reads of an ``AdapterEntry`` (``feddx.personalize.registry``)."""
+
+    @property
+    def adapter_id(self) -> str: ...
+    @property
+    def level(self) -> str: ...
+    @property
+    def region(self) -> str | None: ...
+    @property
+    def institution(self) -> str | None: ...
+    @property
+    def parent_id(self) -> str | None: ...
+    @property
+    def version(self) -> int: ...
+    @property
+    def path(self) -> Path: ...
+    @property
+    def base_fingerprint(self) -> str: ...
+    @property
+    def training_round(self) -> int | None: ...
+    @property
+    def metrics(self) -> Mapping[str, float]: ...
+    @property
+    def created_at(self) -> str: ...
+
+
+class ResolvedChainLike(Protocol):
+    @property
+    def entries(self) -> Sequence[RegistryEntry]: ...
+    @property
+    def fallbacks(self) -> Sequence[str]: ...
+
+
+class Registry(Protocol):
+    """The part of ``AdapterRegistry`` the service uses."""
+
+    def resolve(
+        self, *, institution: str | None, region: str | None, base_fingerprint: str
+    ) -> ResolvedChainLike: ...
+    def get(self, adapter_id: str) -> RegistryEntry: ...
+    def verify(self, adapter_id: str) -> RegistryEntry: ...
+    def entries(
+        self,
+        *,
+        level: Any = None,
+        region: str | None = None,
+        institution: str | None = None,
+    ) -> Sequence[RegistryEntry]: ...
+    def generation(self) -> int: ...
+
+
+def open_registry(root: Path) -> Registry:
+    """The adapter registry at ``root`` (``feddx.personalize.registry.AdapterRegistry``)."""
+    from feddx.personalize.registry import AdapterRegistry
+
+    registry: Registry = AdapterRegistry(Path(root))
+    return registry
+
+
+class AdapterNotFound(FeddxError):
+    """A pinned adapter id is not in the registry (HTTP 404)."""
+
+
+class AdapterForbidden(FeddxError):
+    """A pinned adapter belongs to another institution or region (HTTP 403)."""
+
+
+class NoCandidates(FeddxError):
+    """The answering adapter records no candidate list and the service has none (HTTP 503)."""
+
+
+@dataclass(frozen=True)
+class ChainAnswer:
+    """The chain that will answer (global first, answering last), what was skipped, and the
+    candidates it ranks. ``answering`` ``None``: the base model alone."""
+
+    entries: tuple[RegistryEntry, ...]
+    fallbacks: tuple[str, ...]
+    candidates: CandidateList
+
+    @property
+    def answering(self) -> RegistryEntry | None:
+        return self.entries[-1] if self.entries else None
+
+    @property
+    def adapter_name(self) -> str | None:
+        return self.entries[-1].adapter_id if self.entries else None
+
+    def ids(self) -> list[str]:
+        return [e.adapter_id for e in self.entries]
+
+
+def may_use(entry: RegistryEntry, institution: str, region: str | None) -> bool:
+    """Whether an institution (in ``region``) may be answered by ``entry``: the global
+    adapters, its own region's, and its own (names compared as the registry stores them)."""
+    if entry.level == "global":
+        return True
+    if entry.level == "regional":
+        return region is not None and entry.region == scope_name(region)
+    return entry.institution == scope_name(institution)
+
+
+def scope_name(name: str) -> str:
+    """``name`` as the registry stores institution and region names (``Hospital A`` ->
+    ``hospital-a``); unchanged if the registry would refuse it."""
+    from feddx.personalize.registry import normalize_scope
+
+    try:
+        return normalize_scope(name)
+    except ConfigError:
+        return name
+
+
+def default_candidates(spec: str | None) -> CandidateList | None:
+    """The ``candidates`` setting as a list: a pathless data source (``uci-heart``) or a file
+    of names. Raises :class:`ConfigError` for anything else."""
+    if not spec:
+        return None
+    from feddx.data.sources import PATHLESS
+
+    if spec in PATHLESS:
+        return candidate_list(spec, None, [])
+    path = Path(spec)
+    if path.is_file():
+        return candidate_list("file", path, [], candidates_file=path)
+    raise ConfigError(
+        f"candidates setting {spec!r} is neither a data source with a fixed label space "
+        f"({', '.join(sorted(PATHLESS))}) nor a file"
+    )
+
+
+def adapter_candidates(metadata: Mapping[str, Any]) -> CandidateList | None:
+    """The candidate list an adapter's metadata records (see the module docstring)."""
+    names = metadata.get("candidates")
+    if isinstance(names, list) and len(names) >= 2 and all(isinstance(n, str) for n in names):
+        codes = metadata.get("candidates_icd10")
+        icd10 = (
+            {k: v for k, v in codes.items() if isinstance(v, str)}
+            if isinstance(codes, dict)
+            else {}
+        )
+        return CandidateList(list(names), icd10)
+    data = metadata.get("data")
+    if isinstance(data, str):
+        from feddx.data.sources import PATHLESS
+
+        source = data.split(":", 1)[0]
+        if source in PATHLESS:
+            return candidate_list(source, None, [])
+    return None
+
+
+class AdapterPool:
+    """Resolves callers' chains and keeps their adapters held in ``diagnoser``.
+
+    Parameters
+    ----------
+    diagnoser
+        The scorer's Diagnoser (base model loaded once).
+    registry
+        The adapter registry, or ``None`` (every caller gets the base model alone).
+    capacity
+        Adapters held at once; the least recently used is removed beyond it.
+    candidates
+        The service's default candidate list (the ``candidates`` setting).
+    resolve_ttl_s
+        A resolved chain is reused until the registry's generation changes or this many
+        seconds pass (so an adapter whose files were damaged on disk is noticed).
+    """
+
+    def __init__(
+        self,
+        diagnoser: Diagnoser,
+        registry: Registry | None,
+        *,
+        capacity: int = 8,
+        candidates: CandidateList | None = None,
+        metrics: ServiceMetrics | None = None,
+        resolve_ttl_s: float = 30.0,
+    ) -> None:
+        self.diagnoser = diagnoser
+        self.registry = registry
+        self.capacity = capacity
+        self.default = candidates
+        self.metrics = metrics
+        self.resolve_ttl_s = resolve_ttl_s
+        self._held: OrderedDict[str, CandidateList | None] = OrderedDict()
+        self._resolved: dict[tuple[str, str | None], tuple[ResolvedChainLike, float]] = {}
+        self._generation: int | None = None
+
+    def refresh(self) -> None:
+        """Forget resolved chains if the registry changed (called once per batch)."""
+        if self.registry is None:
+            return
+        gen = self.registry.generation()
+        if gen != self._generation:
+            if self._generation is not None:
+                log.info("adapter registry changed (generation %s -> %s)", self._generation, gen)
+            self._resolved.clear()
+            self._generation = gen
+
+    def chain_for(
+        self, institution: str, region: str | None, pinned: str | None = None
+    ) -> ChainAnswer:
+        """The chain answering ``institution`` (optionally pinned to adapter ``pinned``), its
+        answering adapter held and ready. Raises :class:`AdapterNotFound`,
+        :class:`AdapterForbidden` or :class:`NoCandidates`."""
+        if self.registry is None:
+            return ChainAnswer((), (), self._candidates_for(None))
+        if pinned is not None:
+            entries, fallbacks = self._pinned_chain(pinned, institution, region)
+        else:
+            resolved = self._resolve(institution, region)
+            entries, fallbacks = list(resolved.entries), list(resolved.fallbacks)
+        while entries:
+            entry = entries[-1]
+            try:
+                candidates = self._hold(entry)
+                break
+            except ModelError as e:
+                reason = (str(e).splitlines() or ["failed to load"])[0]
+                log.warning("adapter %s skipped for its parent: %s", entry.adapter_id, reason)
+                fallbacks.append(f"{entry.adapter_id}: {reason}")
+                if self.metrics:
+                    self.metrics.fallbacks.inc()
+                entries.pop()
+        else:
+            candidates = None
+        if self.metrics:
+            self.metrics.adapters_held.set(len(self._held))
+        chain = tuple(entries)
+        return ChainAnswer(chain, tuple(fallbacks), self._candidates_for(candidates, chain))
+
+    def ensure_held(self, answer: ChainAnswer) -> None:
+        """Hold ``answer``'s answering adapter again if it was evicted since it was resolved
+        (a batch with more groups than the cache holds). Raises :class:`ModelError`."""
+        entry = answer.answering
+        if entry is not None and entry.adapter_id not in self._held:
+            self._hold(entry)
+
+    def describe(
+        self, institution: str, region: str | None
+    ) -> tuple[list[RegistryEntry], list[str], CandidateList | None]:
+        """The chain the registry resolves for ``institution`` (without loading it), its
+        fallbacks, and the candidates its answering adapter would rank."""
+        if self.registry is None:
+            return [], [], self.default
+        resolved = self._resolve(institution, region)
+        entries = list(resolved.entries)
+        candidates = self.default
+        if entries:
+            from feddx.model.adapter import read_adapter_info
+
+            try:
+                own = adapter_candidates(read_adapter_info(entries[-1].path).metadata)
+            except ModelError:
+                own = None
+            candidates = own or candidates
+        return entries, list(resolved.fallbacks), candidates
+
+    def entries_for(self, institution: str, region: str | None) -> list[RegistryEntry]:
+        """Every registry entry ``institution`` may be answered by (for ``/v1/models``)."""
+        if self.registry is None:
+            return []
+        found = list(self.registry.entries(level="global"))
+        if region is not None:
+            found += self.registry.entries(level="regional", region=region)
+        found += self.registry.entries(level="institutional", institution=institution)
+        return [e for e in found if may_use(e, institution, region)]
+
+    # ------------------------------------------------------------------ internals
+    def _resolve(self, institution: str, region: str | None) -> ResolvedChainLike:
+        assert self.registry is not None
+        key = (institution, region)
+        now = time.monotonic()
+        cached = self._resolved.get(key)
+        if cached is not None and now - cached[1] < self.resolve_ttl_s:
+            return cached[0]
+        resolved = self.registry.resolve(
+            institution=institution,
+            region=region,
+            base_fingerprint=self.diagnoser.base_fingerprint,
+        )
+        self._resolved[key] = (resolved, now)
+        return resolved
+
+    def _pinned_chain(
+        self, pinned: str, institution: str, region: str | None
+    ) -> tuple[list[RegistryEntry], list[str]]:
+        assert self.registry is not None
+        try:
+            entry = self.registry.get(pinned)
+        except ModelError:
+            raise AdapterNotFound(f"no adapter {pinned!r} in the registry") from None
+        if not may_use(entry, institution, region):
+            raise AdapterForbidden(f"adapter {pinned!r} belongs to another institution or region")
+        if entry.base_fingerprint != self.diagnoser.base_fingerprint:
+            raise AdapterNotFound(f"adapter {pinned!r} was trained for another base model")
+        chain = [entry]
+        while chain[0].parent_id is not None and len(chain) < 16:
+            try:
+                chain.insert(0, self.registry.get(chain[0].parent_id))
+            except ModelError:
+                break
+        return chain, []
+
+    def _hold(self, entry: RegistryEntry) -> CandidateList | None:
+        """Hold ``entry`` in the Diagnoser (verified first), most recently used; its candidate
+        list. Raises :class:`ModelError` if it cannot be held."""
+        name = entry.adapter_id
+        if name in self._held:
+            self._held.move_to_end(name)
+            if self.metrics:
+                self.metrics.adapter_cache.labels("hit").inc()
+            return self._held[name]
+        assert self.registry is not None
+        verified = self.registry.verify(name)
+        held = self.diagnoser.add_adapter(verified.path, name=name)
+        metadata = held.info.metadata if held.info is not None else {}
+        candidates = adapter_candidates(metadata)
+        self._held[name] = candidates
+        if self.metrics:
+            self.metrics.adapter_cache.labels("miss").inc()
+        while len(self._held) > self.capacity:
+            old, _ = self._held.popitem(last=False)
+            self.diagnoser.remove_adapter(old)
+            if self.metrics:
+                self.metrics.adapter_cache.labels("evict").inc()
+        log.info("adapter %s loaded (%d held)", name, len(self._held))
+        return candidates
+
+    def _candidates_for(
+        self, own: CandidateList | None, chain: tuple[RegistryEntry, ...] = ()
+    ) -> CandidateList:
+        if own is not None:
+            return own
+        if self.default is not None:
+            return self.default
+        who = chain[-1].adapter_id if chain else "the base model"
+        raise NoCandidates(
+            f"{who} records no candidate list and the service has none (set 'candidates')"
+        )

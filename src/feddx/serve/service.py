@@ -1,0 +1,194 @@
+"""The service's long-lived parts in one object: settings, identities, audit log, rate limits,
+metrics, histories, and the scorer (loaded in the background so ``/healthz`` answers at once and
+``/readyz`` turns ready when the model is in memory).
+
+Routes receive it through ``Depends`` and call its methods; nothing here knows about HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, TypeVar
+
+from feddx.data.schema import Case
+from feddx.serve.adapters import AdapterPool, Registry, default_candidates, open_registry
+from feddx.serve.audit import AuditLog
+from feddx.serve.batching import MicroBatcher, ScoreJob, ScoreResult, SerialScheduler
+from feddx.serve.history import HistoryStore, merge_history
+from feddx.serve.metrics import ServiceMetrics
+from feddx.serve.security import Identity, KeyStore, RateLimiter
+from feddx.serve.settings import ServeSettings
+
+if TYPE_CHECKING:
+    from feddx.model.predict import Diagnoser
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Failed sign-ins per client address: enough for a person mistyping, not for guessing.
+_AUTH_FAILURES_PER_MINUTE = 30.0
+_AUTH_FAILURE_BURST = 10
+
+
+class NotReady(Exception):
+    """The model is still loading, or failed to (HTTP 503)."""
+
+
+@dataclass(frozen=True)
+class PreparedCase:
+    case: Case
+    history_used: bool
+    patient_ref: str | None
+
+
+class DiagnosisService:
+    """Everything a request needs (see the module docstring).
+
+    ``diagnoser`` and ``registry`` may be given (tests, the benchmark); otherwise
+    :meth:`start` loads ``settings.model`` and opens ``settings.registry`` in a thread.
+    """
+
+    def __init__(
+        self,
+        settings: ServeSettings,
+        *,
+        diagnoser: Diagnoser | None = None,
+        registry: Registry | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = ServiceMetrics()
+        self.keys = KeyStore(settings.keys_file)
+        key = os.environ.get("FEDDX_AUDIT_KEY")
+        self.audit = AuditLog(settings.audit_log, patient_key=key.encode() if key else None)
+        self.limiter = RateLimiter(settings.rate_per_minute, settings.rate_burst)
+        self.auth_limiter = RateLimiter(_AUTH_FAILURES_PER_MINUTE, _AUTH_FAILURE_BURST)
+        self.histories = HistoryStore(settings.history_dir) if settings.history_dir else None
+        self.candidates = default_candidates(settings.candidates)
+        self.status: Literal["loading", "ok", "failed"] = "loading"
+        self.error: str | None = None
+        self.model_name = settings.model
+        self.base_fingerprint = ""
+        self.scheduler: MicroBatcher | None = None
+        self._diagnoser = diagnoser
+        self._registry = registry
+        self._loader: threading.Thread | None = None
+        # CDS Hooks cards issued (uuid -> institution), so feedback can be matched to them.
+        self.cds_cards: OrderedDict[str, str] = OrderedDict()
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        """Make the scorer ready: at once with a given Diagnoser, else in a loading thread."""
+        if self._diagnoser is not None:
+            self._ready(self._diagnoser)
+            return
+        self._loader = threading.Thread(target=self._load, name="feddx-model-load", daemon=True)
+        self._loader.start()
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        if self._loader is not None:
+            self._loader.join(timeout)
+        return self.status == "ok"
+
+    def _load(self) -> None:
+        from feddx.model.predict import Diagnoser
+
+        try:
+            diagnoser = Diagnoser.load(self.settings.model)
+            self._ready(diagnoser)
+        except Exception as e:  # reported by /readyz and the log; the process stays up
+            self.status = "failed"
+            self.error = (str(e).splitlines() or [type(e).__name__])[0]
+            log.error("model %s failed to load: %s", self.settings.model, self.error)
+
+    def _ready(self, diagnoser: Diagnoser) -> None:
+        registry = self._registry
+        if registry is None:
+            registry = self._registry = open_registry(self.settings.registry)
+        if not registry.entries():
+            log.warning(
+                "adapter registry %s holds no adapters: every institution is answered by the "
+                "base model alone",
+                self.settings.registry,
+            )
+        pool = AdapterPool(
+            diagnoser,
+            registry,
+            capacity=self.settings.adapter_cache,
+            candidates=self.candidates,
+            metrics=self.metrics,
+        )
+        if self.settings.scheduler == "serial":
+            self.scheduler = SerialScheduler(
+                pool, max_queue=self.settings.max_queue, metrics=self.metrics
+            )
+        else:
+            self.scheduler = MicroBatcher(
+                pool,
+                window_ms=self.settings.batch_window_ms,
+                max_batch_cases=self.settings.max_batch_cases,
+                max_queue=self.settings.max_queue,
+                metrics=self.metrics,
+            )
+        self.model_name = diagnoser.model_name or self.settings.model
+        self.base_fingerprint = diagnoser.base_fingerprint
+        self.status = "ok"
+        self.metrics.ready.set(1)
+        log.info("ready: model %s, scheduler %s", self.model_name, self.settings.scheduler)
+
+    def remember_card(self, uuid: str, institution: str, limit: int = 10_000) -> None:
+        self.cds_cards[uuid] = institution
+        while len(self.cds_cards) > limit:
+            self.cds_cards.popitem(last=False)
+
+    def close(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.close()
+        self.audit.close()
+
+    # ------------------------------------------------------------------ work
+    def _scheduler(self) -> MicroBatcher:
+        if self.scheduler is None or self.status != "ok":
+            raise NotReady(self.error or "the model is still loading")
+        return self.scheduler
+
+    def prepare(self, identity: Identity, case: Case, patient_id: str | None) -> PreparedCase:
+        """``case`` as the caller's: its institution and region from the credentials, no
+        label, and the stored history of ``patient_id`` (this institution's only) merged in."""
+        case = case.model_copy(
+            update={"institution": identity.institution, "region": identity.region, "label": None}
+        )
+        used = False
+        ref = None
+        if patient_id is not None:
+            ref = self.audit.patient_ref(identity.institution, patient_id)
+            stored = (
+                self.histories.get(identity.institution, patient_id) if self.histories else None
+            )
+            if stored is not None and not stored.is_empty():
+                case, used = merge_history(case, stored), True
+        return PreparedCase(case, used, ref)
+
+    async def score(self, identity: Identity, case: Case, pinned: str | None) -> ScoreResult:
+        """Score ``case`` for ``identity`` through the scheduler. Raises :class:`NotReady`,
+        :class:`~feddx.serve.batching.Overloaded`, :class:`TimeoutError` and whatever the
+        chain resolution raises (unknown or foreign adapter, no candidates)."""
+        job = ScoreJob(identity.institution, identity.region, case, pinned)
+        future = self._scheduler().submit(job)
+        try:
+            return await asyncio.wait_for(
+                asyncio.wrap_future(future), self.settings.request_timeout_s
+            )
+        except TimeoutError:
+            future.cancel()
+            raise
+
+    async def on_scorer(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the scoring thread (it may touch the Diagnoser and the registry)."""
+        future = self._scheduler().call(fn)
+        return await asyncio.wait_for(asyncio.wrap_future(future), self.settings.request_timeout_s)

@@ -1,0 +1,186 @@
+"""The service's configuration: one typed object, defaults that work, a file and the environment.
+
+Precedence (highest first): explicit keyword arguments (what ``feddx serve`` passes for the
+options given on its command line), ``FEDDX_SERVE_<FIELD>`` environment variables (what a
+container or a Kubernetes ConfigMap sets; values are read as YAML scalars or lists, so
+``FEDDX_SERVE_ADAPTER_CACHE=4`` is an integer), a YAML, JSON or TOML file (``feddx serve
+--config FILE``, at the top level or under ``serve:``), the defaults below. Every field is
+documented once, here. The model is feddx's one configuration idiom (:class:`feddx.settings.
+Settings`): frozen, unknown keys refused, errors naming the origin and the key.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, field_validator
+
+from feddx.errors import ConfigError
+from feddx.paths import cache_root, registry_root
+from feddx.settings import Names, SettingPath, Settings, read_config_file
+
+ENV_PREFIX = "FEDDX_SERVE_"
+# Settings whose environment value is taken as written, not parsed as YAML.
+_TEXT_FIELDS = frozenset(
+    {
+        "model",
+        "registry",
+        "keys_file",
+        "audit_log",
+        "history_dir",
+        "candidates",
+        "public_url",
+        "scheduler",
+    }
+)
+
+
+def _default_keys_file() -> Path:
+    return registry_root().parent / "serve-keys.json"
+
+
+def _default_audit_log() -> Path:
+    return cache_root() / "serve" / "audit.jsonl"
+
+
+class ServeSettings(Settings):
+    """Everything ``create_app`` needs.
+
+    Parameters
+    ----------
+    model
+        Base model: alias, ``.gguf`` file, directory or hub id (as ``feddx train``).
+    registry
+        The adapter registry root (``feddx.personalize.registry``); institutions' adapter
+        chains are resolved there on every request batch, so a newly registered version
+        answers without a restart.
+    keys_file
+        The identities file (``feddx serve keys add``): API keys stored hashed, EHR issuers
+        with their public keys.
+    audit_log
+        Append-only JSON-lines audit log (one line per request; never patient text).
+    history_dir
+        Where stored patient histories live (per institution, keyed by a hash of the
+        pseudonymous patient id); ``None`` disables the history endpoints.
+    candidates
+        The candidate diagnoses when the answering adapter records none (and for the base
+        model alone): a pathless data source with a fixed label space (``uci-heart``) or a
+        file with one name per line. ``None``: refuse to score without an adapter's list.
+    scheduler
+        ``"batched"`` (default): requests are micro-batched in one scoring thread.
+        ``"serial"``: one request at a time under a lock (the naive baseline of the benchmark).
+    batch_window_ms, max_batch_cases
+        After the first request of a batch arrives, wait this long for more (while the scorer
+        is busy, requests queue anyway); at most this many cases go into one batch.
+    max_queue
+        Requests waiting beyond this are refused with 503 (back-pressure, not a growing
+        backlog of timeouts).
+    request_timeout_s
+        A request still unscored after this long gets 504.
+    adapter_cache
+        How many adapters the scorer holds at once (least recently used evicted).
+    max_body_bytes
+        Larger request bodies are refused with 413 before they are parsed.
+    max_cases_per_request
+        Cases one ``/v1/diagnose`` call may carry.
+    rate_per_minute, rate_burst
+        Token bucket per identity (and per client address for failed sign-ins): refill rate
+        and bucket size; excess requests get 429 with ``Retry-After``.
+    jwt_algorithms, jwt_leeway_s, jwt_max_lifetime_s
+        CDS Hooks JWTs: accepted signature algorithms (the specification names ES384 and
+        RS384), clock skew tolerated, and the longest ``exp - iat`` accepted.
+    public_url
+        The URL the EHR calls (``https://cds.hospital.org``), used to check a CDS Hooks JWT's
+        ``aud``; ``None`` takes it from the request (behind a proxy, set it).
+    fhir_deidentify
+        De-identify free text of FHIR input before scoring. Off by default: request data is
+        never stored, and the prompt is what the model was trained on.
+    top_k
+        Diagnoses returned by default (the request may ask for up to all candidates).
+    cors_origins
+        Origins allowed to call the API from a browser (the clinician page is same-origin and
+        needs none).
+    """
+
+    settings_name: ClassVar[str] = "serve settings"
+    file_section: ClassVar[str | None] = "serve"
+
+    model: str = "smollm2-135m-instruct"
+    registry: SettingPath = Field(default_factory=registry_root)
+    keys_file: SettingPath = Field(default_factory=_default_keys_file)
+    audit_log: SettingPath = Field(default_factory=_default_audit_log)
+    history_dir: SettingPath | None = None
+    candidates: str | None = "uci-heart"
+    scheduler: Literal["batched", "serial"] = "batched"
+    batch_window_ms: float = Field(default=2.0, ge=0, le=1000)
+    max_batch_cases: int = Field(default=16, ge=1, le=1024)
+    max_queue: int = Field(default=256, ge=1)
+    request_timeout_s: float = Field(default=120.0, gt=0)
+    adapter_cache: int = Field(default=8, ge=1)
+    max_body_bytes: int = Field(default=1 << 20, ge=1024)
+    rate_per_minute: float = Field(default=600.0, gt=0)
+    rate_burst: int = Field(default=60, ge=1)
+    jwt_algorithms: Names = ("ES384", "RS384")
+    jwt_leeway_s: int = Field(default=30, ge=0)
+    jwt_max_lifetime_s: int = Field(default=300, ge=1)
+    public_url: str | None = None
+    fhir_deidentify: bool = False
+    top_k: int = Field(default=5, ge=1)
+    cors_origins: Names = ()
+
+    @field_validator("jwt_algorithms")
+    @classmethod
+    def _known_algorithms(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        allowed = {"ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384"}
+        bad = [a for a in v if a not in allowed]
+        if bad or not v:
+            raise ValueError(f"must be asymmetric JWS algorithms from {sorted(allowed)}")
+        return v
+
+    @classmethod
+    def load(cls, file: Path | None = None, **overrides: Any) -> ServeSettings:
+        """Settings from ``file``, the environment and ``overrides`` (``None`` values are
+        ignored, so a CLI can pass every option; see the module docstring). Raises
+        :class:`ConfigError` naming the origin and the key at fault."""
+        data: dict[str, Any] = {}
+        origin = "serve settings"
+        if file is not None:
+            data = read_config_file(Path(file))
+            section = cls.file_section
+            if section is not None and set(data) == {section} and isinstance(data[section], dict):
+                data = data[section]
+            origin = str(file)
+        env = environment_settings(os.environ)
+        if env:
+            origin += " + environment" if file is not None else " (environment)"
+        data.update(env)
+        data.update({k: _plain(v) for k, v in overrides.items() if v is not None})
+        return cls.from_mapping(data, origin=origin)
+
+
+def environment_settings(environ: Any) -> dict[str, Any]:
+    """The ``FEDDX_SERVE_*`` variables as settings (values parsed as YAML scalars/lists).
+    Raises :class:`ConfigError` naming an unknown variable."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        key = name[len(ENV_PREFIX) :].lower()
+        if key not in ServeSettings.model_fields:
+            raise ConfigError(f"environment: unknown setting {name}")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        if key in _TEXT_FIELDS and value is not None:
+            value = raw  # text keeps what was written (a model named "1e3" stays "1e3")
+        out[key] = value
+    return out
+
+
+def _plain(value: Any) -> Any:
+    return str(value) if isinstance(value, Path) else value

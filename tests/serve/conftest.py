@@ -1,0 +1,85 @@
+"""Fixtures of the service tests (see :mod:`world`)."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .world import SEEDS, World, add_keys, build_registry, make_diagnoser, save_adapter
+
+
+@pytest.fixture(scope="session")
+def adapter_sources(tokenizer: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The adapters of the world, saved once per session (registries copy them)."""
+    root = tmp_path_factory.mktemp("serve-adapters")
+    return {name: save_adapter(tokenizer, root / name, seed) for name, seed in SEEDS.items()}
+
+
+@pytest.fixture(scope="session")
+def session_keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    """One keys file per session (scrypt makes each key cost ~40 ms); tests copy it."""
+    path = tmp_path_factory.mktemp("serve-keys") / "keys.json"
+    return path, add_keys(path)
+
+
+@pytest.fixture()
+def world(
+    tmp_path: Path, adapter_sources: dict[str, Path], session_keys: tuple[Path, dict[str, str]]
+) -> World:
+    registry, ids = build_registry(tmp_path / "registry", adapter_sources)
+    keys_file = tmp_path / "keys.json"
+    shutil.copy(session_keys[0], keys_file)
+    return World(tmp_path, adapter_sources, registry, dict(session_keys[1]), keys_file, ids)
+
+
+@pytest.fixture()
+def make_settings(world: World) -> Callable[..., Any]:
+    from feddx.serve.settings import ServeSettings
+
+    def make(**overrides: Any) -> ServeSettings:
+        values: dict[str, Any] = {
+            "model": "tiny-llama",
+            "registry": world.root / "registry",
+            "keys_file": world.keys_file,
+            "audit_log": world.root / "audit" / "audit.jsonl",
+            "history_dir": world.root / "histories",
+            "candidates": None,
+            "batch_window_ms": 1.0,
+        }
+        values.update(overrides)
+        return ServeSettings(**values)
+
+    return make
+
+
+@pytest.fixture()
+def make_client(
+    world: World, tokenizer: Any, make_settings: Callable[..., Any]
+) -> Iterator[Callable[..., Any]]:
+    """``make_client(**settings)``: a started TestClient over a fresh app and Diagnoser."""
+    from fastapi.testclient import TestClient
+
+    from feddx.serve.app import create_app
+
+    clients: list[Any] = []
+
+    def make(**overrides: Any) -> Any:
+        app = create_app(
+            make_settings(**overrides), diagnoser=make_diagnoser(tokenizer), registry=world.registry
+        )
+        client = TestClient(app)
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield make
+    for c in clients:
+        c.__exit__(None, None, None)
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
