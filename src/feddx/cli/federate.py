@@ -79,6 +79,22 @@ def federate(
             "in this process (quick checks)."
         ),
     ] = "flower",
+    registry: Annotated[
+        Path | None,
+        typer.Option(
+            "--registry",
+            help="Adapter registry to register the run's global adapter in (implies --register).",
+        ),
+    ] = None,
+    register: Annotated[
+        bool | None,
+        typer.Option(
+            "--register/--no-register",
+            help="Register the global adapter as the next global version, with its round and "
+            "final metrics (default: only with --registry; without it, $FEDDX_REGISTRY or "
+            "~/.local/share/feddx/registry).",
+        ),
+    ] = None,
 ) -> None:
     """Run a federated simulation from a settings file: ``feddx federate --config fed.toml``."""
     if ctx.invoked_subcommand is not None:
@@ -98,6 +114,13 @@ def federate(
     if overrides:
         cfg = cfg.replace(**overrides)
     cfg = _absolute(cfg)
+    store = None
+    if (registry is not None) if register is None else register:
+        # Opened before the run, so a bad --registry fails before hours of training.
+        from feddx.paths import registry_root
+        from feddx.personalize.registry import AdapterRegistry
+
+        store = AdapterRegistry(registry or registry_root())
     console.print(
         f"[bold]feddx federate[/]: {cfg.strategy}, {cfg.num_clients} clients "
         f"({cfg.partition}), {cfg.num_rounds} rounds on {cfg.data.split(':')[0]} -> {cfg.out_dir}"
@@ -117,6 +140,19 @@ def federate(
         run_federated(cfg, "inprocess")
         history = json.loads((cfg.out_path() / "history.json").read_text())
     _print_history(history)
+    if store is not None:
+        from feddx.federated.task import task_data
+        from feddx.personalize.registry import data_fingerprint, register_federated_run
+
+        entry = register_federated_run(
+            store, cfg.out_path(), data_fingerprint=data_fingerprint(task_data(cfg).train)
+        )
+        console.print(
+            f"Registered the global adapter as {entry.adapter_id} in {store.root}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 def _print_history(history: dict[str, Any]) -> None:
