@@ -1,0 +1,54 @@
+"""``feddx personalize --config FILE``: the adapter hierarchy (global -> regional ->
+institutional) trained and evaluated per region and institution
+(:mod:`feddx.personalize.experiment`); writes ``table.md``, ``table.json`` and
+``per_group.png`` to ``--out``. ``--json`` prints the table's JSON and nothing else on stdout;
+progress goes to stderr."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from feddx.cli._app import app, console, console_err, quiet_libraries
+
+
+@app.command()
+def personalize(
+    config: Annotated[
+        Path,
+        typer.Option(
+            "--config",
+            help="YAML/JSON/TOML experiment config (see configs/personalize-*.yaml).",
+        ),
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Output folder (default: runs/personalize-<config name>)."),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the result as one JSON object.")
+    ] = False,
+) -> None:
+    """Train global, regional and institutional adapters and compare them per group."""
+    from feddx.personalize.experiment import TABLE_MD, PersonalizeConfig, run_experiment
+
+    cfg = PersonalizeConfig.from_file(config)  # ConfigError names the file and the key
+    out_dir = out or Path("runs") / f"personalize-{config.stem}"
+    quiet_libraries()
+
+    started = time.perf_counter()
+
+    def progress(message: str) -> None:
+        elapsed = time.perf_counter() - started
+        console_err.print(f"[dim]{elapsed:7.0f} s  {message}[/]", highlight=False, markup=True)
+
+    result = run_experiment(cfg, out_dir, progress=progress)
+    if as_json:
+        typer.echo(json.dumps(result, default=str, allow_nan=False))
+        return
+    console.print((out_dir / TABLE_MD).read_text(encoding="utf-8"), markup=False, highlight=False)
+    console.print(f"written: {out_dir / TABLE_MD}, table.json, per_group.png", markup=False)

@@ -1,0 +1,177 @@
+"""The personalization experiment end to end on a tiny random Llama: groups, splits, every
+method, the table, the plot and the registry entries."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from feddx.data.jsonl import write_jsonl
+from feddx.data.schema import Case, Finding, Label
+from feddx.errors import ConfigError, DataError
+from feddx.model.adapter import LoraSpec
+from feddx.personalize.experiment import (
+    PLOT_FILE,
+    TABLE_JSON,
+    TABLE_MD,
+    PersonalizeConfig,
+    assign_groups,
+    build_groups,
+    run_experiment,
+)
+
+HOSPITALS = {  # institution -> (region, share of "Asthma", cases)
+    "North General": ("north", 0.8, 30),
+    "North Clinic": ("north", 0.7, 30),
+    "South General": ("south", 0.2, 30),
+    "South Cottage": ("south", 0.5, 6),  # small: merged into "south small hospitals"
+    "South Hut": ("south", 0.5, 6),
+}
+
+
+def hospital_cases() -> list[Case]:
+    out = []
+    for name, (region, share, n) in HOSPITALS.items():
+        k = round(n * share)
+        for i in range(n):
+            dx = "Asthma" if i < k else "Pneumonia"
+            out.append(
+                Case(
+                    case_id=f"{name.replace(' ', '-')}-{i}",
+                    findings=(Finding(name="cough"), Finding(name="fever", negated=i % 2 == 0)),
+                    region=region,
+                    institution=name,
+                    label=Label(diagnosis=dx),
+                )
+            )
+    return out
+
+
+def tiny_config(data: Path, **changes: Any) -> PersonalizeConfig:
+    settings: dict[str, Any] = {
+        "data": f"jsonl:{data}",
+        "min_institution_cases": 10,
+        "rounds": 1,
+        "local_epochs": 1,
+        "personal_epochs": 1,
+        "learning_rate": 1e-2,
+        "personal_learning_rate": 1e-2,
+        "ditto_mu": (0.5, 5.0),
+        "regional": ("finetune", "federated"),
+        "lora": LoraSpec(rank=4, alpha=8, top_layers=1, dropout=0.0),
+        "max_prompt_tokens": 128,
+        "batch_size": 8,
+    }
+    return PersonalizeConfig(**{**settings, **changes})
+
+
+@pytest.fixture()
+def data_file(tmp_path: Path) -> Path:
+    path = tmp_path / "cases.jsonl"
+    write_jsonl(hospital_cases(), path)
+    return path
+
+
+def test_small_hospitals_are_merged_per_region(data_file: Path) -> None:
+    cases, notes = assign_groups(hospital_cases(), tiny_config(data_file))
+    names = sorted({c.institution or "" for c in cases})
+    assert names == ["North Clinic", "North General", "South General", "south small hospitals"]
+    assert sum(c.institution == "south small hospitals" for c in cases) == 12
+    assert any("2 hospitals with < 10 cases merged" in n for n in notes)
+    groups = build_groups(hospital_cases(), tiny_config(data_file))
+    general = next(i for i in groups.institutions if i.name == "North General")
+    # 30 cases (24 Asthma): 6 test (20%), then 15% of the other 24 for validation.
+    assert (len(general.train), len(general.validation), len(general.test)) == (20, 4, 6)
+    assert sorted(groups.regions()) == ["north", "south"]
+
+
+def test_dirichlet_partition_draws_regions_then_institutions(data_file: Path) -> None:
+    cfg = tiny_config(
+        data_file,
+        partition="dirichlet",
+        regions=2,
+        institutions_per_region=2,
+        min_institution_cases=5,
+        alpha=0.3,
+    )
+    cases, notes = assign_groups(hospital_cases(), cfg)
+    assert len(cases) == len(hospital_cases())
+    assert sorted({c.institution or "" for c in cases}) == [
+        "inst-1.1",
+        "inst-1.2",
+        "inst-2.1",
+        "inst-2.2",
+    ]
+    assert all(c.institution.startswith(c.region.replace("region-", "inst-")) for c in cases)  # type: ignore[union-attr]
+    assert "alpha=0.3" in notes[0]
+
+
+def test_one_institution_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "one.jsonl"
+    write_jsonl([c for c in hospital_cases() if c.institution == "North General"], path)
+    with pytest.raises(DataError, match="at least 2 institutions, found 1"):
+        build_groups(hospital_cases()[:30], tiny_config(path))
+
+
+def test_bad_config_names_the_key() -> None:
+    with pytest.raises(ConfigError, match="methods"):
+        PersonalizeConfig.from_mapping({"methods": ["fedprox"]}, origin="p.yaml")
+    with pytest.raises(ConfigError, match="ditto_mu"):
+        PersonalizeConfig.from_mapping({"ditto_mu": [0]}, origin="p.yaml")
+    with pytest.raises(ConfigError, match="unknown setting 'roundz'"):
+        PersonalizeConfig.from_mapping({"roundz": 3}, origin="p.yaml")
+
+
+def test_experiment_writes_table_plot_and_registers_the_hierarchy(
+    data_file: Path, tmp_path: Path, diagnoser: Any
+) -> None:
+    out = tmp_path / "out"
+    result = run_experiment(tiny_config(data_file), out, diagnoser=diagnoser)
+    assert result["columns"] == [
+        "global",
+        "+regional (finetune)",
+        "+regional (federated)",
+        "+institutional (finetune)",
+        "+institutional (ditto)",
+        "+institutional (fedsa)",
+    ]
+    rows = {(r["kind"], r["group"]): r for r in result["rows"]}
+    sizes = {g["institution"]: g["test"] for g in result["groups"]}
+    assert sizes == {
+        "North Clinic": 6,
+        "North General": 6,
+        "South General": 6,
+        "south small hospitals": 2,
+    }
+    assert rows[("all", "all")]["n"] == 20 and rows[("region", "south")]["n"] == 8
+    for row in result["rows"]:
+        for column in result["columns"]:
+            m = row[column]
+            assert m is not None and m["n"] == row["n"]
+            assert m["top1"] <= m["top3"]  # only 2 candidates: top-3 is always 1
+            assert m["top3"] == 1.0
+    assert set(result["ditto_mu"].values()) <= {0.5, 5.0} and len(result["ditto_mu"]) == 4
+    assert result["regional_default"] in ("finetune", "federated")
+    table = (out / TABLE_MD).read_text()
+    assert "south small hospitals" in table and "+institutional (fedsa)" in table
+    assert json.loads((out / TABLE_JSON).read_text())["rows"] == json.loads(
+        json.dumps(result["rows"])
+    )
+    assert (out / PLOT_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    from feddx.personalize.registry import AdapterRegistry
+
+    registry = AdapterRegistry(out / "registry", create=False)
+    ids = sorted(e.adapter_id for e in registry.entries())
+    # 1 global, 2 regional (the default construction only), 4 institutions x 3 methods.
+    assert len(ids) == 1 + 2 + 12 and ids[0] == "global/v1"
+    inst = registry.entries(level="institutional")
+    ft = [e for e in inst if e.parent_id is not None]
+    assert len(ft) == 8 and {e.parent_id for e in ft} == {"global/v1"}
+    assert all(e.data_fingerprint and "validation_top1" in e.metrics for e in inst)
+    for e in registry.entries():
+        registry.verify(e.adapter_id)
+        assert e.max_prompt_tokens == 128 and e.temperature > 0
