@@ -232,7 +232,7 @@ class AdapterRegistry:
     """
 
     def __init__(self, root: Path, *, create: bool = True) -> None:
-        self.root = Path(root).expanduser()
+        self.root = Path(root).expanduser().absolute()
         self.db_path = self.root / DB_FILE
         self._cache_lock = threading.Lock()
         self._verified: dict[str, _Verdict] = {}
