@@ -95,3 +95,43 @@ def test_undated_history_most_recent_first() -> None:
     )
     text = case_to_text(_case(history=history))
     assert text.index("newer stay") < text.index("older stay")
+
+
+def test_explicit_history_lines_replace_the_default_and_keep_their_order(tokenizer: Any) -> None:
+    case = _case(
+        findings=(Finding(name="cough"),),
+        history=History(prior_conditions=("asthma", "diabetes")),
+    )
+    assert "Prior conditions: asthma, diabetes." in render_prompt(case, tokenizer).text
+    p = render_prompt(
+        case, tokenizer, history=("Prior condition: diabetes.", "Prior condition: asthma.")
+    )
+    assert "Prior conditions:" not in p.text
+    assert p.text.index("diabetes") < p.text.index("asthma")
+    assert "asthma" not in render_prompt(case, tokenizer, history=()).text
+    # Under a tight budget the first lines given are the ones kept.
+    lines = tuple(f"Prior condition: condition number {i}." for i in range(40))
+    tight = render_prompt(case, tokenizer, 120, history=lines)
+    assert tight.truncated and len(tight.input_ids) <= 120
+    assert "condition number 0." in tight.text and "condition number 39." not in tight.text
+
+
+def test_fewshot_examples_come_before_the_patient_and_go_first_under_budget(
+    tokenizer: Any,
+) -> None:
+    from feddx.model.prompt import Example, case_summary
+
+    case = _case(findings=(Finding(name="cough"), Finding(name="fever")))
+    ex = (Example("70y female; wheeze", "Asthma"), Example("40y male; fever; cough", "Pneumonia"))
+    p = render_prompt(case, tokenizer, examples=ex)
+    assert "Similar past cases:\n1. 70y female; wheeze -> Asthma\n2. 40y male" in p.text
+    assert p.text.index("-> Pneumonia") < p.text.index("Patient: 63y male")
+    assert not p.truncated
+    plain = render_prompt(case, tokenizer)
+    assert render_prompt(case, tokenizer, examples=()).text == plain.text
+    # A budget that fits the case and one example keeps exactly the first example.
+    one = len(render_prompt(case, tokenizer, examples=ex[:1]).input_ids)
+    cut = render_prompt(case, tokenizer, one, examples=ex)
+    assert cut.truncated and "-> Asthma" in cut.text and "Pneumonia" not in cut.text
+    assert "fever" in cut.text  # the patient's own findings are never dropped for examples
+    assert case_summary(case) == "63y male; cough; fever"
