@@ -175,3 +175,29 @@ def test_experiment_writes_table_plot_and_registers_the_hierarchy(
     for e in registry.entries():
         registry.verify(e.adapter_id)
         assert e.max_prompt_tokens == 128 and e.temperature > 0
+
+
+def test_small_hospitals_can_be_dealt_into_several_groups(data_file: Path) -> None:
+    sizes = {"A": 6, "B": 5, "C": 3, "D": 2}
+    cases = [
+        Case(
+            case_id=f"{h}{i}",
+            region="south",
+            institution=h,
+            label=Label(diagnosis="Asthma" if i % 2 else "Pneumonia"),
+        )
+        for h, n in sizes.items()
+        for i in range(n)
+    ]
+    cfg = tiny_config(data_file, min_institution_cases=8, small_groups_per_region=2)
+    tagged, notes = assign_groups(cases, cfg)
+    # Whole hospitals, largest first, each to the emptiest group: A | B, C to B's, D to A's.
+    groups = {
+        g: sorted({c.institution for c in cases if c.case_id in ids})
+        for g, ids in {
+            g: {c.case_id for c in tagged if c.institution == g}
+            for g in {c.institution for c in tagged}
+        }.items()
+    }
+    assert groups == {"south small hospitals 1": ["A", "D"], "south small hospitals 2": ["B", "C"]}
+    assert len(notes) == 2 and all("(8 cases)" in n for n in notes)

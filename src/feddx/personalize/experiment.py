@@ -71,6 +71,13 @@ class PersonalizeConfig(Settings):
         Natural partition: institutions with fewer cases are merged into one
         ``"<region> small hospitals"`` institution per region (eICU's demo has many tiny
         hospitals); a merged group still smaller than this is dropped, and the report says so.
+    small_groups_per_region
+        Deal a region's small hospitals into this many groups instead of one (whole hospitals,
+        largest first, each to the group with the fewest cases so far), so a region of many
+        tiny hospitals still has several institutions to personalize for.
+    answer_loss
+        The trainer's loss (:class:`~feddx.train.config.TrainConfig`): ``candidates`` trains
+        the softmax over the candidate list that the scorer ranks by.
     test_fraction, validation_fraction
         Per institution: the test share, then the validation share of what remains.
     rounds, local_epochs, learning_rate
@@ -100,6 +107,7 @@ class PersonalizeConfig(Settings):
     regions: int = Field(default=3, ge=1)
     institutions_per_region: int = Field(default=2, ge=1)
     min_institution_cases: int = Field(default=20, ge=1)
+    small_groups_per_region: int = Field(default=1, ge=1)
     max_cases: int = Field(default=0, ge=0)
     test_fraction: float = Field(default=0.2, gt=0, lt=1)
     validation_fraction: float = Field(default=0.15, gt=0, lt=1)
@@ -113,6 +121,7 @@ class PersonalizeConfig(Settings):
     personal_learning_rate: float = Field(default=1e-3, gt=0)
     ditto_mu: tuple[float, ...] = (1.0,)
     batch_size: int = Field(default=8, ge=1)
+    answer_loss: Literal["vocabulary", "candidates"] = "vocabulary"
     max_prompt_tokens: int = Field(default=256, ge=16)
     lora: LoraSpec = Field(default_factory=lambda: LoraSpec(rank=8, alpha=16.0, top_layers=2))
     seed: int = 0
@@ -236,20 +245,34 @@ def assign_groups(cases: Sequence[Case], config: PersonalizeConfig) -> tuple[lis
         else:
             small.setdefault(region, []).extend(group)
     for region in sorted(small):
-        group = small[region]
-        n_hosp = len({c.institution for c in group})
-        if len(group) >= config.min_institution_cases:
-            kept.extend(_retag(group, region, f"{region} small hospitals"))
-            notes.append(
-                f"{region}: {n_hosp} hospitals with < {config.min_institution_cases} cases "
-                f"merged into '{region} small hospitals' ({len(group)} cases)"
-            )
-        else:
-            notes.append(
-                f"{region}: {n_hosp} small hospitals ({len(group)} cases) dropped: even merged "
-                f"they have < {config.min_institution_cases} cases"
-            )
+        for name, group in _deal_hospitals(small[region], region, config.small_groups_per_region):
+            n_hosp = len({c.institution for c in group})
+            if len(group) >= config.min_institution_cases:
+                kept.extend(_retag(group, region, name))
+                notes.append(
+                    f"{region}: {n_hosp} hospitals with < {config.min_institution_cases} cases "
+                    f"merged into '{name}' ({len(group)} cases)"
+                )
+            else:
+                notes.append(
+                    f"{region}: {n_hosp} small hospitals ({len(group)} cases) dropped: even "
+                    f"merged they have < {config.min_institution_cases} cases"
+                )
     return kept, notes
+
+
+def _deal_hospitals(cases: list[Case], region: str, k: int) -> list[tuple[str, list[Case]]]:
+    """A region's small hospitals dealt into ``k`` named groups of whole hospitals (largest
+    hospital first, each to the group with the fewest cases so far; ties by name)."""
+    by_hosp: dict[str, list[Case]] = {}
+    for c in cases:
+        by_hosp.setdefault(c.institution or "", []).append(c)
+    if k == 1:
+        return [(f"{region} small hospitals", cases)]
+    groups: list[list[Case]] = [[] for _ in range(k)]
+    for _, hosp in sorted(by_hosp.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+        min(groups, key=len).extend(hosp)
+    return [(f"{region} small hospitals {i + 1}", g) for i, g in enumerate(groups) if g]
 
 
 def build_groups(cases: Sequence[Case], config: PersonalizeConfig) -> Groups:
@@ -403,12 +426,15 @@ def run_experiment(
         diagnoser.attach(config.lora)
     fresh = adapter_state(diagnoser.model)
     cache = config.activation_cache or activation_cache_root()
-    trainer = LocalTrainer(diagnoser.model, diagnoser.tokenizer, Path(cache))
+    trainer = LocalTrainer(
+        diagnoser.model, diagnoser.tokenizer, Path(cache), candidates=candidates.names
+    )
     fed_cfg = TrainConfig(
         lora=config.lora,
         learning_rate=config.learning_rate,
         epochs=config.local_epochs,
         batch_size=config.batch_size,
+        answer_loss=config.answer_loss,
         seed=config.seed,
         max_prompt_tokens=config.max_prompt_tokens,
     )
@@ -420,7 +446,13 @@ def run_experiment(
     adapters: list[_Adapter] = []
 
     say(f"global: FedAvg, {len(insts)} clients x {config.rounds} rounds")
-    glob = federate(trainer, fresh, [i.train for i in insts], fed_cfg, rounds=config.rounds)
+
+    def on_round(r: int, losses: list[float]) -> None:
+        say(f"  round {r}: clients' mean training loss {sum(losses) / len(losses):.3f}")
+
+    glob = federate(
+        trainer, fresh, [i.train for i in insts], fed_cfg, rounds=config.rounds, on_round=on_round
+    )
     g = _Adapter(
         "global",
         "global",
@@ -439,7 +471,12 @@ def run_experiment(
                 state = local_finetune(trainer, g.state, pooled, personal_cfg)
             else:
                 state = federate(
-                    trainer, g.state, [i.train for i in members], fed_cfg, rounds=config.rounds
+                    trainer,
+                    g.state,
+                    [i.train for i in members],
+                    fed_cfg,
+                    rounds=config.rounds,
+                    on_round=on_round,
                 ).global_state
             a = _Adapter(
                 f"regional-{mode}:{region}",
@@ -507,6 +544,7 @@ def run_experiment(
             fed_cfg,
             rounds=config.rounds,
             aggregate="lora-a",
+            on_round=on_round,
         )
         for inst, st in zip(insts, sa.client_states, strict=True):
             inst_adapters[inst.name]["fedsa"] = _Adapter(
