@@ -152,6 +152,7 @@ def run_ours(
 ) -> tuple[Any, Any, dict[str, float]]:
     import torch
 
+    from feddx.cli.progress import train_progress
     from feddx.model.adapter import LoraSpec, attach_lora, lora_parameters
     from feddx.model.loading import load_base_model
     from feddx.train.config import TrainConfig
@@ -179,14 +180,14 @@ def run_ours(
     n_lora_layers = spec.top_layers or model.get_base_model().config.num_hidden_layers
     lora_per_layer = sum(p.numel() for p in lora_parameters(model).values()) / n_lora_layers
     gc.collect()
-    with peak_rss() as mem:
+    with peak_rss() as mem, train_progress(enabled=args.progress) as progress:
         start, cpu = time.perf_counter(), time.process_time()
         result = train_adapter(
             model,
             loaded.tokenizer,
             train,
             config,
-            show_progress=args.progress,
+            progress=progress,
             candidates=candidates,
         )
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu

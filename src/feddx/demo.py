@@ -151,6 +151,7 @@ def _centralized(
     ``"centralized"``; returns that name."""
     import torch
 
+    from feddx.cli.progress import train_progress
     from feddx.model.adapter import save_adapter
     from feddx.train.config import TrainConfig
     from feddx.train.trainer import train_adapter
@@ -166,14 +167,15 @@ def _centralized(
     torch.manual_seed(opts.seed)  # the initial adapter is a function of the seed
     diagnoser.attach(config.lora)
     net = diagnoser.model
-    result = train_adapter(
-        net,
-        diagnoser.tokenizer,
-        train,
-        config,
-        show_progress=console.is_terminal,
-        feature_cache_dir=activation_cache_root(),
-    )
+    with train_progress(enabled=console.is_terminal) as progress:
+        result = train_adapter(
+            net,
+            diagnoser.tokenizer,
+            train,
+            config,
+            progress=progress,
+            feature_cache_dir=activation_cache_root(),
+        )
     adapter_dir = opts.out_dir / "centralized-adapter"
     net.eval()
     save_adapter(

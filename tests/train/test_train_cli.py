@@ -209,3 +209,35 @@ def test_train_seed_and_augmentation_reach_the_run(
     assert result["config"]["seed"] == 7
     assert result["config"]["augment"]["copies"] == 1
     assert result["result"]["stats"]["augmented_examples"] == result["n_train"]
+
+
+def test_rich_progress_shows_each_stage_with_its_status() -> None:
+    import io
+
+    from rich.console import Console
+
+    from feddx.cli.progress import RichTrainProgress, train_progress
+    from feddx.train.trainer import NoProgress
+
+    out = io.StringIO()
+    with train_progress(Console(file=out, width=100)) as progress:
+        assert isinstance(progress, RichTrainProgress)
+        progress.started("caching frozen layers", 24)
+        progress.advanced(20)
+        progress.advanced(4)
+        progress.finished()
+        progress.started("training", 12, done=4)
+        progress.advanced(1, info="loss 2.345  6.1 ex/s")
+        progress.advanced(1)  # no info: the last status stays
+        progress.finished()
+        caching, training = progress.bar.tasks
+    assert (caching.description, caching.completed, caching.total) == (
+        "caching frozen layers",
+        24,
+        24,
+    )
+    assert (training.completed, training.total) == (6, 12)
+    assert training.fields["info"] == "loss 2.345  6.1 ex/s"
+    assert "training" in out.getvalue() and "6/12" in out.getvalue()
+    with train_progress(enabled=False) as quiet:
+        assert isinstance(quiet, NoProgress)

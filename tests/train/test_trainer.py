@@ -143,6 +143,72 @@ def test_resume_after_interruption_reproduces_the_uninterrupted_run(
     assert done.steps == 18 and done.loss_history == expected.loss_history
 
 
+class _Recorder:
+    """A TrainProgress that records the events."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[Any, ...]] = []
+
+    def started(self, stage: str, total: int, done: int = 0) -> None:
+        self.events.append(("started", stage, total, done))
+
+    def advanced(self, n: int = 1, info: str = "") -> None:
+        self.events.append(("advanced", n, info))
+
+    def finished(self) -> None:
+        self.events.append(("finished",))
+
+
+def test_progress_reports_each_stage_its_total_and_each_step_loss(
+    make_model: Callable[..., Any], tokenizer: Any, cases: list[Case], tmp_path: Path
+) -> None:
+    config = FAST.replace(lora=LoraSpec(top_layers=1, dropout=0.0), checkpoint_every=4)
+    progress = _Recorder()
+    result = train_adapter(
+        make_model(top_layers=1), tokenizer, cases, config, progress=progress, out_dir=tmp_path
+    )
+    events = progress.events
+    assert [e for e in events if e[0] != "advanced"] == [
+        ("started", "caching frozen layers", 24, 0),
+        ("finished",),
+        ("started", "training", 12, 0),
+        ("finished",),
+    ]
+    split = events.index(("finished",))
+    assert sum(e[1] for e in events[1:split]) == 24  # every example's frozen pass
+    steps = events[split + 2 : -1]
+    assert [e[1] for e in steps] == [1] * 12 == [1] * result.steps
+    assert [e[2].split()[:2] for e in steps] == [["loss", f"{x:.3f}"] for x in result.loss_history]
+    assert all(e[2].endswith(" ex/s") for e in steps)
+
+    # A resumed run's training bar starts where the checkpoint left off.
+    def stop_at_6(step: int, loss: float) -> None:
+        if step == 6:
+            raise _Interrupt
+
+    with pytest.raises(_Interrupt):
+        train_adapter(
+            make_model(top_layers=1),
+            tokenizer,
+            cases,
+            config,
+            out_dir=tmp_path / "b",
+            on_step=stop_at_6,
+        )
+    resumed = _Recorder()
+    train_adapter(
+        make_model(top_layers=1), tokenizer, cases, config, progress=resumed, out_dir=tmp_path / "b"
+    )
+    assert ("started", "training", 12, 4) in resumed.events
+    assert sum(1 for e in resumed.events if e[0] == "advanced" and e[2]) == 12 - 4
+    # A finished run reports nothing.
+    done = _Recorder()
+    train_adapter(
+        make_model(top_layers=1), tokenizer, cases, config, progress=done, out_dir=tmp_path
+    )
+    assert done.events == []
+
+
 def test_corrupt_checkpoint_is_one_clear_error_and_keeps_the_previous_one(
     make_model: Callable[..., Any], tokenizer: Any, cases: list[Case], tmp_path: Path
 ) -> None:

@@ -155,23 +155,25 @@ def train(
     import torch
 
     from feddx.model.adapter import attach_lora, save_adapter
+    from feddx.cli.progress import train_progress
     from feddx.model.loading import load_base_model
     from feddx.train.trainer import train_adapter
 
     loaded = load_base_model(model)
     torch.manual_seed(cfg.seed)  # the adapter's initial values
     net = attach_lora(loaded.model, cfg.lora)
-    result = train_adapter(
-        net,
-        loaded.tokenizer,
-        cases,
-        cfg,
-        out_dir=out,
-        resume=resume,
-        show_progress=console_err.is_terminal,
-        feature_cache_dir=feature_cache,
-        candidates=tdata.candidates.names if tdata.candidates else None,
-    )
+    with train_progress(console_err, enabled=console_err.is_terminal) as progress:
+        result = train_adapter(
+            net,
+            loaded.tokenizer,
+            cases,
+            cfg,
+            out_dir=out,
+            resume=resume,
+            progress=progress,
+            feature_cache_dir=feature_cache,
+            candidates=tdata.candidates.names if tdata.candidates else None,
+        )
     meta: dict[str, Any] = {
         "data": data,
         "split": split.value,

@@ -15,7 +15,11 @@ What makes it fast, compared with Hugging Face's ``Trainer`` on the same model:
 Everything else a real run needs is here too: AdamW with linear warm-up and cosine decay,
 gradient accumulation, gradient clipping, seeds (two runs with one seed are identical),
 atomic checkpoints with exact resume (:mod:`feddx.train.checkpoint`), a FedProx proximal term,
-DP-SGD through Opacus (:mod:`feddx.train.dp`) and a rich progress bar.
+DP-SGD through Opacus (:mod:`feddx.train.dp`) and progress events for the caller's display
+(:class:`TrainProgress`).
+
+:func:`train_adapter` reads as the recipe it is: encode the examples, set up the trainer,
+open the checkpoints (resume), cache the frozen layers, run the epochs, save, report.
 
 Loss: with ``loss_reduction="token"`` (default) a step's loss is the mean over all answer
 tokens of its micro-batches, exactly Hugging Face's masked loss for one large batch; with
@@ -35,7 +39,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -201,51 +205,35 @@ def _epoch_steps(
     return [batches[i : i + ga] for i in range(0, len(batches), ga)]
 
 
-class _Progress:
-    """A rich progress bar (or nothing), showing the loss and examples/s."""
+class TrainProgress(Protocol):
+    """What the training loop reports as it goes, for a progress display passed in by the
+    caller (the CLI's rich bars: :mod:`feddx.cli.progress`). A run has up to two stages,
+    ``"caching frozen layers"`` (``total``: examples) and ``"training"`` (``total``: optimizer
+    steps; ``done``: the steps a resumed run already has); each is started, advanced and
+    finished in turn."""
 
-    def __init__(self, enabled: bool) -> None:
-        self.bar: Any = None
-        if enabled:
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
+    def started(self, stage: str, total: int, done: int = 0) -> None:
+        """A stage begins: ``total`` units of work, ``done`` of them already done."""
 
-            self.bar = Progress(
-                TextColumn("[bold]{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[info]}"),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-                console=Console(stderr=True),
-            )
+    def advanced(self, n: int = 1, info: str = "") -> None:
+        """``n`` more units of the current stage are done; ``info`` is a short status (the
+        step's loss and throughput), never case data."""
 
-    @contextmanager
-    def running(self) -> Iterator[_Progress]:
-        if self.bar is None:
-            yield self
-            return
-        with self.bar:
-            yield self
+    def finished(self) -> None:
+        """The current stage is over."""
 
-    def task(self, description: str, total: int, completed: int = 0) -> Any:
-        if self.bar is None:
-            return None
-        return self.bar.add_task(description, total=total, completed=completed, info="")
 
-    def advance(self, task: Any, n: int = 1, info: str | None = None) -> None:
-        if self.bar is not None and task is not None:
-            if info is None:
-                self.bar.advance(task, n)
-            else:
-                self.bar.update(task, advance=n, info=info)
+class NoProgress:
+    """The default :class:`TrainProgress`: reports nothing."""
+
+    def started(self, stage: str, total: int, done: int = 0) -> None:
+        pass
+
+    def advanced(self, n: int = 1, info: str = "") -> None:
+        pass
+
+    def finished(self) -> None:
+        pass
 
 
 class _Trainer:
@@ -411,7 +399,7 @@ def train_adapter(
     *,
     out_dir: Path | None = None,
     resume: bool = True,
-    show_progress: bool = False,
+    progress: TrainProgress | None = None,
     proximal_reference: dict[str, torch.Tensor] | None = None,
     feature_cache_dir: Path | None = None,
     on_step: Callable[[int, float], None] | None = None,
@@ -433,6 +421,8 @@ def train_adapter(
     resume
         Continue from the newest checkpoint in ``out_dir`` (``False``: delete them and start
         over). A finished run returns its result without training again.
+    progress
+        Receives the loop's progress events (:class:`TrainProgress`); default: none.
     proximal_reference
         FedProx anchor (the global adapter's :func:`~feddx.model.adapter.adapter_state`) when
         ``config.proximal_mu > 0``; defaults to the adapter's starting weights.
@@ -446,71 +436,128 @@ def train_adapter(
         training label must be among them) and ignored otherwise.
 
     Raises :class:`~feddx.errors.DataError` for an empty dataset or unlabelled cases,
-    :class:`~feddx.errors.ConfigError` for an invalid config, and
+    :class:`~feddx.errors.ConfigError` for a config that needs what was not given, and
     :class:`~feddx.errors.ModelError` for a model without LoRA, an unsupported architecture,
     or a corrupt or mismatched checkpoint.
     """
     started = time.perf_counter()
+    progress = progress or NoProgress()
+    # Setup: examples, the step plan, the optimizer, then where a previous run stopped.
+    examples, n_augmented = _encode_examples(cases, tokenizer, config, candidates)
+    pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+    _seed_all(config.seed)
+    trainer = _Trainer(model, examples, config, pad_id, proximal_reference)
+    # The split forward must match the model's own forward (guards unsupported architectures).
+    self_check = check_model_once(trainer.runner, examples[0], pad_id)
+    run = _Run(trainer, started)
+    if out_dir is not None:
+        run.open_checkpoints(out_dir, resume)
+    run.stats.update(
+        {
+            "split_layer": float(trainer.split),
+            "n_layers": float(trainer.runner.n_layers),
+            "self_check_max_rel_diff": self_check,
+            "pruned_last_layer": float(trainer.runner.prune_last_layer),
+            "resumed_from_step": float(run.state.step),
+            "total_steps": float(trainer.plan.total_steps),
+            "augmented_examples": float(n_augmented),
+        }
+    )
+    if run.finished:
+        return run.result()
+
+    # Train: frozen layers once, then the epochs; save where the run ended.
+    with _training_session(trainer):
+        if trainer.split > 0:
+            _cache_frozen_layers(run, feature_cache_dir, progress)
+        _start_training(run)
+        _train_epochs(run, progress, on_step)
+        run.checkpoint()
+    return run.result()
+
+
+def _encode_examples(
+    cases: Sequence[Case],
+    tokenizer: Any,
+    config: TrainConfig,
+    candidates: Sequence[str] | None,
+) -> tuple[list[Example], int]:
+    """The training examples (with ``config.augment``'s copies) and how many copies that
+    added."""
     if config.answer_loss == "candidates" and candidates is None:
         raise ConfigError(
             "training config: answer_loss 'candidates' needs the candidate list "
             "(train_adapter(candidates=...))"
         )
-    n_cases = len(cases)
-    cases = augment_cases(cases, config.augment, config.seed)
+    augmented = augment_cases(cases, config.augment, config.seed)
     examples = encode_cases(
-        cases,
+        augmented,
         tokenizer,
         config.max_prompt_tokens,
         candidates if config.answer_loss == "candidates" else None,
     )
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    _seed_all(config.seed)
-    trainer = _Trainer(model, examples, config, int(pad_id), proximal_reference)
-    plan = trainer.plan
+    return examples, len(augmented) - len(cases)
 
-    # The split forward must match the model's own forward (guards unsupported architectures).
-    self_check = check_model_once(trainer.runner, examples[0], int(pad_id))
 
-    store = CheckpointStore(out_dir, _identity(trainer)) if out_dir is not None else None
-    state = TrainState()
-    rng: dict[str, Any] | None = None
-    if store is not None:
-        checkpoint = store.latest() if resume else None
+class _Run:
+    """The bookkeeping of one :func:`train_adapter` call around its :class:`_Trainer`: where
+    the run stands (resumable), its checkpoints, and the figures it reports."""
+
+    def __init__(self, trainer: _Trainer, started: float) -> None:
+        self.trainer = trainer
+        self.started = started
+        self.store: CheckpointStore | None = None
+        self.state = TrainState()
+        self.rng: dict[str, Any] | None = None  # the RNG state a resumed run continues from
+        self.stats: dict[str, float] = {}
+
+    @property
+    def finished(self) -> bool:
+        return self.state.step >= self.trainer.plan.total_steps
+
+    def seconds(self) -> float:
+        """Training time so far, across the invocations of a resumed run."""
+        return self.state.seconds + (time.perf_counter() - self.started)
+
+    def open_checkpoints(self, out_dir: Path, resume: bool) -> None:
+        """Bind the run to ``out_dir``'s checkpoints; continue from the newest when
+        ``resume`` (its adapter, optimizer, position and RNG), else delete them."""
+        trainer = self.trainer
+        self.store = CheckpointStore(out_dir, _identity(trainer))
         if not resume:
-            store.clear()
-        if checkpoint is not None:
-            load_adapter_state(model, checkpoint.adapter)
-            trainer.optimizer.load_state_dict(checkpoint.optimizer)
-            state, rng = checkpoint.state, checkpoint.rng
-            log.info(
-                "resuming from %s (step %d of %d)",
-                checkpoint.path.name,
-                state.step,
-                plan.total_steps,
-            )
-    resumed_from = state.step
-    stats: dict[str, float] = {
-        "split_layer": float(trainer.split),
-        "n_layers": float(trainer.runner.n_layers),
-        "self_check_max_rel_diff": self_check,
-        "pruned_last_layer": float(trainer.runner.prune_last_layer),
-        "resumed_from_step": float(resumed_from),
-        "total_steps": float(plan.total_steps),
-        "augmented_examples": float(len(cases) - n_cases),
-    }
+            self.store.clear()
+            return
+        checkpoint = self.store.latest()
+        if checkpoint is None:
+            return
+        load_adapter_state(trainer.model, checkpoint.adapter)
+        trainer.optimizer.load_state_dict(checkpoint.optimizer)
+        self.state, self.rng = checkpoint.state, checkpoint.rng
+        log.info(
+            "resuming from %s (step %d of %d)",
+            checkpoint.path.name,
+            self.state.step,
+            trainer.plan.total_steps,
+        )
 
-    def seconds_so_far() -> float:
-        return state.seconds + (time.perf_counter() - started)
+    def checkpoint(self) -> None:
+        """Save a resumable checkpoint of the run as it stands (if it has an ``out_dir``)."""
+        if self.store is None:
+            return
+        trainer = self.trainer
+        snapshot = TrainState(**{**asdict(self.state), "seconds": self.seconds()})
+        self.store.save(snapshot, adapter_state(trainer.model), trainer.optimizer.state_dict())
 
-    def result() -> TrainResult:
-        seconds = seconds_so_far()
-        epsilon = None
-        if config.dp is not None:
-            epsilon = _epsilon(state.dp_history, config.dp.delta)
+    def result(self) -> TrainResult:
+        state, trainer = self.state, self.trainer
+        seconds = self.seconds()
+        dp = trainer.config.dp
+        epsilon = _epsilon(state.dp_history, dp.delta) if dp is not None else None
         slots = trainer.counters["slots"]
-        stats["padding_ratio"] = (1 - trainer.counters["real_tokens"] / slots) if slots else 0.0
-        stats.update({k: float(v) for k, v in trainer.counters.items()})
+        self.stats["padding_ratio"] = (
+            (1 - trainer.counters["real_tokens"] / slots) if slots else 0.0
+        )
+        self.stats.update({k: float(v) for k, v in trainer.counters.items()})
         return TrainResult(
             steps=state.step,
             examples=state.examples,
@@ -519,94 +566,17 @@ def train_adapter(
             examples_per_second=state.examples / seconds if seconds > 0 else 0.0,
             epsilon=epsilon,
             loss_history=list(state.loss_history),
-            stats=stats,
+            stats=self.stats,
         )
 
-    if state.step >= plan.total_steps:
-        return result()
 
-    modes = {m: m.training for m in model.modules()}
-    progress = _Progress(show_progress)
+@contextmanager
+def _training_session(trainer: _Trainer) -> Iterator[None]:
+    """Leave the model as it was found, however training ends: module modes restored, the
+    DP wrapper removed, gradients dropped."""
+    modes = {m: m.training for m in trainer.model.modules()}
     try:
-        with progress.running():
-            if trainer.split > 0:
-                epochs_left = config.epochs - state.epoch
-                keep = epochs_left > 1 or feature_cache_dir is not None
-                t0 = time.perf_counter()
-                trainer.cache = ActivationCache(
-                    trainer.runner,
-                    examples,
-                    trainer.split,
-                    dtype=config.activation_cache_dtype,
-                    max_bytes=(config.activation_cache_max_mb << 20) if keep else 0,
-                    directory=feature_cache_dir,
-                )
-                task = progress.task("caching frozen layers", len(examples))
-                trainer.cache.build(on_progress=lambda n: progress.advance(task, n))
-                stats["cache_seconds"] = time.perf_counter() - t0
-                stats.update({f"cache_{k}": float(v) for k, v in trainer.cache.stats.items()})
-                stats["cache_memory_mb"] = trainer.cache.memory_bytes / 2**20
-
-            model.train()
-            if config.dp is not None:
-                trainer.dp = DPSGD(
-                    model,
-                    list(trainer.params.values()),
-                    trainer.optimizer,
-                    config.dp,
-                    sample_rate=plan.sample_rate,
-                    expected_batch_size=plan.sample_rate * len(examples),
-                    history=state.dp_history,
-                )
-            # Seed (or restore) the RNG right before the loop: dropout and DP noise then draw
-            # the same numbers in a resumed run as in an uninterrupted one.
-            if rng is not None:
-                set_rng_state(rng)
-            else:
-                _seed_all(config.seed)
-
-            task = progress.task("training", plan.total_steps, completed=state.step)
-            loop_start, loop_examples = time.perf_counter(), 0
-            while state.step < plan.total_steps:
-                steps = _epoch_steps(examples, config, plan, state.epoch)
-                for k in range(state.step_in_epoch, len(steps)):
-                    if state.step >= plan.total_steps:
-                        break
-                    loss_sum, count, n = trainer.step(steps[k], state.step)
-                    step_loss = loss_sum / count if count else float("nan")
-                    if not math.isfinite(step_loss) and count:
-                        raise ModelError(
-                            f"training diverged at step {state.step + 1} (loss {step_loss}); "
-                            "lower learning_rate or check the data"
-                        )
-                    state.step += 1
-                    state.step_in_epoch = k + 1
-                    state.examples += n
-                    state.loss_sum += loss_sum
-                    state.loss_count += count
-                    state.loss_history.append(step_loss)
-                    if trainer.dp is not None:
-                        state.dp_history = trainer.dp.history
-                    if state.step_in_epoch == len(steps):
-                        state.epoch, state.step_in_epoch = state.epoch + 1, 0
-                    loop_examples += n
-                    rate = loop_examples / max(1e-9, time.perf_counter() - loop_start)
-                    progress.advance(task, 1, info=f"loss {step_loss:.3f}  {rate:.1f} ex/s")
-                    every = config.checkpoint_every
-                    if (
-                        store is not None
-                        and every
-                        and state.step % every == 0
-                        and state.step < plan.total_steps
-                    ):
-                        _save(store, trainer, state, seconds_so_far())
-                    if on_step is not None:
-                        on_step(state.step, step_loss)
-                if state.step_in_epoch == 0 and state.epoch >= config.epochs:
-                    break
-            stats["loop_seconds"] = time.perf_counter() - loop_start
-            if store is not None:
-                _save(store, trainer, state, seconds_so_far())
+        yield
     finally:
         if trainer.dp is not None:
             trainer.dp.close()
@@ -614,12 +584,112 @@ def train_adapter(
             module.training = mode
         for p in trainer.params.values():
             p.grad = None
-    return result()
 
 
-def _save(store: CheckpointStore, trainer: _Trainer, state: TrainState, seconds: float) -> None:
-    snapshot = TrainState(**{**asdict(state), "seconds": seconds})
-    store.save(snapshot, adapter_state(trainer.model), trainer.optimizer.state_dict())
+def _cache_frozen_layers(
+    run: _Run, feature_cache_dir: Path | None, progress: TrainProgress
+) -> None:
+    """Run the layers below the adapters once per example and keep their output (in memory
+    within the budget when later epochs will reuse it, and in ``feature_cache_dir``)."""
+    trainer, config = run.trainer, run.trainer.config
+    epochs_left = config.epochs - run.state.epoch
+    keep = epochs_left > 1 or feature_cache_dir is not None
+    t0 = time.perf_counter()
+    trainer.cache = ActivationCache(
+        trainer.runner,
+        trainer.examples,
+        trainer.split,
+        dtype=config.activation_cache_dtype,
+        max_bytes=(config.activation_cache_max_mb << 20) if keep else 0,
+        directory=feature_cache_dir,
+    )
+    progress.started("caching frozen layers", len(trainer.examples))
+    trainer.cache.build(on_progress=lambda n: progress.advanced(n))
+    progress.finished()
+    run.stats["cache_seconds"] = time.perf_counter() - t0
+    run.stats.update({f"cache_{k}": float(v) for k, v in trainer.cache.stats.items()})
+    run.stats["cache_memory_mb"] = trainer.cache.memory_bytes / 2**20
 
 
-__all__ = ["TrainResult", "lr_at", "proximal_term", "train_adapter"]
+def _start_training(run: _Run) -> None:
+    """Training mode, the DP-SGD wrapper, and the RNG state the first step draws from."""
+    trainer, config, plan = run.trainer, run.trainer.config, run.trainer.plan
+    trainer.model.train()
+    if config.dp is not None:
+        trainer.dp = DPSGD(
+            trainer.model,
+            list(trainer.params.values()),
+            trainer.optimizer,
+            config.dp,
+            sample_rate=plan.sample_rate,
+            expected_batch_size=plan.sample_rate * len(trainer.examples),
+            history=run.state.dp_history,
+        )
+    # Seed (or restore) the RNG right before the loop: dropout and DP noise then draw the same
+    # numbers in a resumed run as in an uninterrupted one.
+    if run.rng is not None:
+        set_rng_state(run.rng)
+    else:
+        _seed_all(config.seed)
+
+
+def _train_epochs(
+    run: _Run, progress: TrainProgress, on_step: Callable[[int, float], None] | None
+) -> None:
+    """The optimizer steps from where the run stands to the plan's end, epoch by epoch in the
+    seeded order of :func:`_epoch_steps`, with periodic checkpoints."""
+    trainer, state, config = run.trainer, run.state, run.trainer.config
+    total = trainer.plan.total_steps
+    progress.started("training", total, done=state.step)
+    loop_start, loop_examples = time.perf_counter(), 0
+    while state.step < total:
+        steps = _epoch_steps(trainer.examples, config, trainer.plan, state.epoch)
+        for k in range(state.step_in_epoch, len(steps)):
+            if state.step >= total:
+                break
+            loss_sum, count, n = trainer.step(steps[k], state.step)
+            step_loss = loss_sum / count if count else float("nan")
+            if not math.isfinite(step_loss) and count:
+                raise ModelError(
+                    f"training diverged at step {state.step + 1} (loss {step_loss}); "
+                    "lower learning_rate or check the data"
+                )
+            _record_step(state, trainer, k, len(steps), loss_sum, count, n, step_loss)
+            loop_examples += n
+            rate = loop_examples / max(1e-9, time.perf_counter() - loop_start)
+            progress.advanced(1, info=f"loss {step_loss:.3f}  {rate:.1f} ex/s")
+            every = config.checkpoint_every
+            if every and state.step % every == 0 and state.step < total:
+                run.checkpoint()
+            if on_step is not None:
+                on_step(state.step, step_loss)
+        if state.step_in_epoch == 0 and state.epoch >= config.epochs:
+            break
+    progress.finished()
+    run.stats["loop_seconds"] = time.perf_counter() - loop_start
+
+
+def _record_step(
+    state: TrainState,
+    trainer: _Trainer,
+    k: int,
+    steps_in_epoch: int,
+    loss_sum: float,
+    count: float,
+    n: int,
+    step_loss: float,
+) -> None:
+    """Advance the resumable position and the running loss past step ``k`` of the epoch."""
+    state.step += 1
+    state.step_in_epoch = k + 1
+    state.examples += n
+    state.loss_sum += loss_sum
+    state.loss_count += count
+    state.loss_history.append(step_loss)
+    if trainer.dp is not None:
+        state.dp_history = trainer.dp.history
+    if state.step_in_epoch == steps_in_epoch:
+        state.epoch, state.step_in_epoch = state.epoch + 1, 0
+
+
+__all__ = ["NoProgress", "TrainProgress", "TrainResult", "lr_at", "proximal_term", "train_adapter"]
