@@ -202,3 +202,29 @@ def test_minilm_embeds_offline_and_ranks_a_clinical_paraphrase_first() -> None:
     [row] = index.neighbours([query], emb, k=3)
     assert row[0].diagnosis == "Myocardial infarction"
     assert row[0].similarity > row[1].similarity + 0.1
+
+
+def test_individual_context_fits_on_validation_and_applies_the_prior(diagnoser: Any) -> None:
+    from feddx.personalize.retrieval import PRIOR_WEIGHTS, IndividualContext
+
+    names = ["Pneumonia", "Asthma", "Myocardial infarction", "Urticaria"]
+    val = [
+        _case("v1", ("cough", "fever"), "Pneumonia"),
+        _case("v2", ("rash", "itch"), "Urticaria"),
+        _case("v3", ("chest pain", "sweating"), "Myocardial infarction"),
+    ]
+    ctx = IndividualContext.fit(
+        diagnoser, TRAIN, val, names, embedder=BagEmbedder(), shots=2, history_order="relevance"
+    )
+    # On these cases the neighbours' labels are right and the random model is not, so the
+    # validation likelihood prefers a large weight.
+    assert ctx.prior_weight in PRIOR_WEIGHTS and ctx.prior_weight >= 0.5
+    test = [_case("q1", ("rash",), "Urticaria"), _case("q2", ("wheeze", "cough"), "Asthma")]
+    preds = ctx.diagnose(diagnoser, test, names)
+    assert [p.case.case_id for p in preds] == ["q1", "q2"]
+    assert sum(r.probability for r in preds[0].ranked) == pytest.approx(1.0)
+    ctx.prior_weight = 1.0
+    assert [p.top for p in ctx.diagnose(diagnoser, test, names)] == ["Urticaria", "Asthma"]
+    ctx.prior_weight, ctx.shots = 0.0, 0
+    plain = diagnoser.diagnose(test, names)
+    assert [p.ranked for p in ctx.diagnose(diagnoser, test, names)] == [p.ranked for p in plain]

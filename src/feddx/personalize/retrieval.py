@@ -39,9 +39,10 @@ import numpy as np
 from feddx.data.schema import Case
 from feddx.errors import DataError, ModelError
 from feddx.io import atomic_write_json, atomic_write_with, building_dir, file_sha256
-from feddx.model.predict import Prediction
+from feddx.model.predict import AdapterChoice, Diagnoser, Prediction
 from feddx.model.prompt import Example, PromptContext, case_summary
 from feddx.model.scoring import ScoredCandidate
+from feddx.personalize.history import HistoryOrder, history_lines
 
 INDEX_FORMAT = 1
 INDEX_FILE = "vectors.faiss"
@@ -356,3 +357,90 @@ def neighbours_by_case(
     return {
         c.case_id: row for c, row in zip(cases, index.neighbours(cases, embedder, k), strict=True)
     }
+
+
+# --- the individual level, in one call -----------------------------------------------------
+
+
+@dataclass
+class IndividualContext:
+    """Everything the individual level adds for one institution, fitted once and applied per
+    case: the patient's history in ``history_order``, ``shots`` few-shot neighbours, and the
+    kNN prior mixed at ``prior_weight`` (0: off).
+
+    :meth:`fit` builds the index from the institution's training cases and chooses the prior
+    weight on its validation cases; :meth:`diagnose` scores cases through the one
+    :class:`~feddx.model.predict.Diagnoser`. This is what ``feddx personalize``'s
+    "+individual context" column calls.
+    """
+
+    index: CaseIndex
+    embedder: Embedder
+    history_order: HistoryOrder = "recent"
+    shots: int = 0
+    prior_weight: float = 0.0
+    k: int = DEFAULT_K
+
+    @classmethod
+    def fit(
+        cls,
+        diagnoser: Diagnoser,
+        train: Sequence[Case],
+        validation: Sequence[Case],
+        candidates: Sequence[str],
+        *,
+        adapter: AdapterChoice = None,
+        icd10: Mapping[str, str] | None = None,
+        embedder: Embedder | None = None,
+        history_order: HistoryOrder = "recent",
+        shots: int = 0,
+        use_prior: bool = True,
+        k: int = DEFAULT_K,
+    ) -> IndividualContext:
+        """Index ``train`` (labeled, the institution's own) and, with ``use_prior``, choose the
+        prior's weight on ``validation`` (scored with the same history order and shots)."""
+        embedder = embedder or MiniLMEmbedder()
+        ctx = cls(CaseIndex.build(train, embedder), embedder, history_order, shots, 0.0, k)
+        if use_prior and validation:
+            preds, priors = ctx._scored(diagnoser, validation, candidates, adapter, icd10)
+            ctx.prior_weight = choose_prior_weight(preds, priors)
+        return ctx
+
+    def _scored(
+        self,
+        diagnoser: Diagnoser,
+        cases: Sequence[Case],
+        candidates: Sequence[str],
+        adapter: AdapterChoice,
+        icd10: Mapping[str, str] | None,
+    ) -> tuple[list[Prediction], list[dict[str, float]]]:
+        nbs = neighbours_by_case(self.index, cases, self.embedder, self.k)
+        order = self.history_order
+
+        def history(case: Case) -> tuple[str, ...] | None:
+            return history_lines(case, order)
+
+        preds = diagnoser.diagnose(
+            cases,
+            candidates,
+            adapter=adapter,
+            icd10=icd10,
+            context=fewshot_context(nbs, self.shots, history),
+        )
+        priors = [knn_prior(nbs[c.case_id], list(candidates)) for c in cases]
+        return preds, priors
+
+    def diagnose(
+        self,
+        diagnoser: Diagnoser,
+        cases: Sequence[Case],
+        candidates: Sequence[str],
+        *,
+        adapter: AdapterChoice = None,
+        icd10: Mapping[str, str] | None = None,
+    ) -> list[Prediction]:
+        """Ranked differentials for ``cases`` with the individual context applied."""
+        preds, priors = self._scored(diagnoser, cases, candidates, adapter, icd10)
+        if self.prior_weight == 0.0:
+            return preds
+        return [mix_prior(p, q, self.prior_weight) for p, q in zip(preds, priors, strict=True)]
