@@ -19,6 +19,8 @@ node config, ``flower-supernode --node-config "key=value ..."``:
                    run's ``activation-cache-dir``, else ``$FEDDX_CACHE/activations``)
 ``client-index``   optional integer that seeds this node's local training (default 0, or the
                    partition id in simulation)
+``reply-delay``    optional seconds to hold the reply back after training (default 0): a
+                   straggler drill, to see what ``round-timeout`` does with a slow node
 =================  ==============================================================================
 
 A deployed node must set ``data-source`` (and ``data-path``); a node with neither falls back to
@@ -31,10 +33,29 @@ reply carries only:
 * ``metrics``: numbers only (``num-examples``, ``unit-weight``, ``train-loss``, ``train-steps``,
   ``train-seconds``, ``update-bytes``, ``dp-epsilon-round``, ``dp-epsilon-total``).
 
-No case text, prompt, label or per-example value is ever put in a reply or logged. An exception
-in local training becomes an error reply whose text names only the exception type and the code
-location (or a feddx error message, which by design quotes no data): Flower logs and forwards
-that text, so the original exception, which might quote data, is not chained.
+No case text, prompt, label or per-example value is ever put in a reply or logged. A failed
+round becomes an error reply that names a failure class and that class's fixed text, from
+:data:`FAILURE_CLASSES`, and nothing else: an exception's own message may quote a case id, a
+name or a path (a loader's ``DataError`` names the row it could not read), and Flower would
+forward it to the server and write it to every log on the way. The node's local log gets the
+same class and text plus the code location (file and line of the innermost frame) and a short
+digest of the full message, so an operator can tell two failures apart and reproduce them with
+the data they hold, without the log itself holding data:
+
+============  ==============================  =============================================
+class         raised as                       reply text (``feddx <class>: <text>``)
+============  ==============================  =============================================
+``data``      :class:`~feddx.errors.DataError`  the node's training data cannot be used
+``config``    :class:`~feddx.errors.ConfigError`  the node or run configuration is invalid
+``model``     :class:`~feddx.errors.ModelError`  the base model or adapter cannot be loaded
+``message``   a malformed train message        the train message is malformed
+``memory``    :class:`MemoryError`             the node ran out of memory
+``feddx``     any other feddx error            local training was refused by feddx
+``internal``  anything else (a bug)            local training failed (internal error)
+============  ==============================  =============================================
+
+The reply is returned as an ``Error`` message rather than raised, so Flower neither logs a
+traceback nor wraps the exception's text into the reason.
 """
 
 from __future__ import annotations
@@ -42,15 +63,15 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode
 
-from feddx.errors import ConfigError, FeddxError
+from feddx.errors import ConfigError
 from feddx.federated.codec import (
     ARRAYS_KEY,
     CODEC_KEY,
@@ -64,12 +85,9 @@ from feddx.federated.codec import (
     torch_state_to_numpy,
 )
 from feddx.federated.config import FederatedConfig
+from feddx.federated.failures import ClientRoundError, failure_class, local_description
 
 log = logging.getLogger(__name__)
-
-
-class ClientRoundError(RuntimeError):
-    """Local training failed; the message names the failure, never data."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +103,7 @@ class NodeSettings:
     max_cases: int
     state_dir: Path
     activation_dir: Path
+    reply_delay: float = 0.0
 
     @classmethod
     def from_context(cls, context: Context, cfg: FederatedConfig) -> NodeSettings:
@@ -119,6 +138,7 @@ class NodeSettings:
                 if (act := _opt_str(nc, "activation-cache-dir"))
                 else cfg.activation_cache_path()
             ),
+            reply_delay=_opt_seconds(nc, "reply-delay"),
         )
 
 
@@ -141,6 +161,19 @@ def _opt_int(nc: dict[str, Any], key: str) -> int | None:
         return int(v)
     except ValueError:
         raise ConfigError(f"node config {key} must be an integer") from None
+
+
+def _opt_seconds(nc: dict[str, Any], key: str) -> float:
+    v = nc.get(key)
+    if v is None or v == "":
+        return 0.0
+    try:
+        seconds = float(v)
+    except (TypeError, ValueError):
+        raise ConfigError(f"node config {key} must be a number of seconds") from None
+    if isinstance(v, bool) or not 0 <= seconds < float("inf"):
+        raise ConfigError(f"node config {key} must be a number of seconds >= 0")
+    return seconds
 
 
 def local_seed(cfg: FederatedConfig, server_round: int, index: int) -> int:
@@ -243,19 +276,25 @@ def handle_train(msg: Message, context: Context) -> Message:
         result.mean_loss,
         seconds,
     )
+    if node.reply_delay > 0:
+        log.info(
+            "round %d, %s: holding the reply %.0f s (reply-delay)",
+            server_round,
+            node.key,
+            node.reply_delay,
+        )
+        time.sleep(node.reply_delay)
     return Message(
         RecordDict({ARRAYS_KEY: arrays, CODEC_KEY: codec, METRICS_KEY: metrics}), reply_to=msg
     )
 
 
-def sanitized(exc: BaseException) -> ClientRoundError:
-    """A data-free description of ``exc``: feddx errors keep their (reviewed) message; any
-    other exception is reduced to its type and where it was raised."""
-    if isinstance(exc, FeddxError | ClientRoundError):
-        return ClientRoundError(f"{type(exc).__name__}: {exc}")
-    frames = traceback.extract_tb(exc.__traceback__)
-    where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
-    return ClientRoundError(f"{type(exc).__name__}{where}")
+def failure_reply(msg: Message, exc: BaseException) -> Message:
+    """The error reply for a round that raised ``exc``: Flower's "ClientApp raised an
+    exception" code and the fixed text of ``exc``'s failure class, nothing of ``exc`` itself
+    (see :mod:`feddx.federated.failures`)."""
+    reason = failure_class(exc).reason
+    return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg)
 
 
 # ----------------------------------------------------------------------------- the Flower app
@@ -271,6 +310,5 @@ def train(msg: Message, context: Context) -> Message:
     try:
         return handle_train(msg, context)
     except Exception as e:
-        err = sanitized(e)
-        log.error("local training failed: %s", err)
-        raise err from None
+        log.error("local training failed: %s", local_description(e))
+        return failure_reply(msg, e)

@@ -5,12 +5,16 @@ scaled update (a bug, a corrupted transfer, a poisoned client) ends up in the gl
 or makes ``aggregate_train`` raise and the round fail. :class:`GuardedStrategy` wraps a strategy
 and, before delegating, for every reply of a round:
 
-1. drops error replies (a client that crashed) and counts them;
+1. drops error replies (a client that crashed), counts them and records the failure class
+   each states (:func:`feddx.federated.failures.failure_class_of`: only the exact fixed texts
+   of the failure table are recognised, so no client-supplied text is ever logged or stored);
 2. decodes compressed updates back into full adapters (:func:`feddx.federated.codec.decode_update`)
    against the global adapter the round started from;
 3. rejects replies with missing/extra tensors, wrong shapes, non-finite values, a missing or
    invalid ``num-examples``, or an update norm above ``max_update_norm`` or above
-   ``outlier_factor`` times the round's median update norm;
+   ``outlier_factor`` times the round's median update norm (the absolute limit works with any
+   number of replies, the relative one needs 3; under central DP the strategy factory turns
+   both off, see :func:`feddx.federated.strategies.guard_limits`);
 4. aggregates only if at least ``min_replies`` replies survive, else keeps the global adapter.
 
 Clients that never answered (dropped out, timed out) simply have no reply: the round goes on
@@ -47,6 +51,7 @@ from feddx.federated.codec import (
     from_array_record,
     to_array_record,
 )
+from feddx.federated.failures import failure_class_of
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +64,16 @@ class Rejection:
     reason: str
 
 
+@dataclass(frozen=True)
+class Failure:
+    """An error reply: the node, Flower's error code and the failure class its reason states
+    (``"unrecognised"`` for anything but the exact texts of the failure table)."""
+
+    node_id: int
+    code: int
+    kind: str
+
+
 @dataclass
 class RoundOutcome:
     """What :meth:`GuardedStrategy.aggregate_train` saw and did in one round."""
@@ -66,6 +81,7 @@ class RoundOutcome:
     server_round: int
     replies: int = 0
     failed: int = 0  # error replies (the client raised)
+    failures: list[Failure] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
     accepted: int = 0
     aggregated: bool = False
@@ -76,6 +92,9 @@ class RoundOutcome:
         return {
             "replies": self.replies,
             "failed": self.failed,
+            "failures": [
+                {"node": f.node_id, "code": f.code, "class": f.kind} for f in self.failures
+            ],
             "rejected": [{"node": r.node_id, "reason": r.reason} for r in self.rejected],
             "accepted": self.accepted,
             "aggregated": self.aggregated,
@@ -159,9 +178,15 @@ class GuardedStrategy(Strategy):  # type: ignore[misc]  # flwr is untyped for my
             node = int(msg.metadata.src_node_id)
             if msg.has_error():
                 outcome.failed += 1
-                # The reason may carry a client's exception text: log the code only.
+                # The reason is client-supplied text: only a recognised fixed class is kept.
+                kind = failure_class_of(msg.error.reason)
+                outcome.failures.append(Failure(node, int(msg.error.code), kind))
                 log.warning(
-                    "round %d: node %d failed (error code %d)", server_round, node, msg.error.code
+                    "round %d: node %d failed (error code %d, class %s)",
+                    server_round,
+                    node,
+                    msg.error.code,
+                    kind,
                 )
                 continue
             try:
