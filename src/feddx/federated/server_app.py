@@ -48,7 +48,11 @@ from feddx.federated.config import FederatedConfig
 from feddx.federated.guard import GuardedStrategy
 from feddx.federated.history import plot_history, write_history
 from feddx.federated.privacy import RdpLedger, central_round_release, epsilon_of
-from feddx.federated.strategies import build_strategy, expected_clients_per_round
+from feddx.federated.strategies import (
+    build_strategy,
+    client_selection,
+    expected_clients_per_round,
+)
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +104,7 @@ def run_server(
         len(eval_cases),
         out,
     )
+    log.info("client selection: %s", client_selection(cfg))
 
     def evaluate(arrays: dict[str, np.ndarray]) -> dict[str, float]:
         return evaluate_adapter(
@@ -280,6 +285,7 @@ def summarize(cfg: FederatedConfig, history: list[dict[str, Any]]) -> dict[str, 
         "rounds_completed": history[-1]["round"] if history else 0,
         "compression": cfg.compression,
         "dp": cfg.dp,
+        "client_selection": client_selection(cfg),
         "initial": history[0].get("eval") if history else None,
         "final": evals[-1]["eval"] if evals else None,
         "bytes_sent": sum(h.get("bytes_sent", 0) for h in rounds),
@@ -288,6 +294,7 @@ def summarize(cfg: FederatedConfig, history: list[dict[str, Any]]) -> dict[str, 
             sum(h.get("bytes_per_reply", 0.0) for h in rounds) / len(rounds) if rounds else 0.0
         ),
         "rejected": sum(len(h.get("rejected", [])) for h in rounds),
+        "failed": sum(h.get("failed", 0) for h in rounds),
         "epsilon_total": rounds[-1].get("epsilon_total") if rounds else None,
         "seconds": sum(h.get("seconds", 0.0) for h in history),
     }

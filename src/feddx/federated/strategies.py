@@ -18,7 +18,16 @@ Every strategy is Flower's own (``flwr.serverapp.strategy``); feddx only chooses
 With ``dp = "central"`` the strategy is wrapped in Flower's
 ``DifferentialPrivacyServerSideFixedClipping`` and aggregation weights are uniform (the noise
 calibration assumes equal weights). The outermost layer is always the
-:class:`~feddx.federated.guard.GuardedStrategy` validation filter. Federated evaluation on
+:class:`~feddx.federated.guard.GuardedStrategy` validation filter. Under central DP the filter
+keeps only its structural checks (keys, shapes, finite values, a positive weight): the norm
+rules choose which clients are aggregated from their updates, a data-dependent selection the
+epsilon ledger (:mod:`feddx.federated.privacy`) does not account for. The relative rule is the
+worse one, since one client's update decides whether *another* client is aggregated, so the
+sum could move by more than the clipping norm when one client is added or removed. Clipping
+each update to ``dp-clipping-norm`` bounds an outsized update instead. Under local DP the
+rules stay: they act on releases that are already private (post-processing), so each client's
+epsilon is unchanged. :func:`client_selection` states the rule in force; the server writes it
+into the run's summary. Federated evaluation on
 clients is off (``fraction_evaluate = 0``): the server evaluates the global adapter itself.
 """
 
@@ -87,6 +96,37 @@ def expected_clients_per_round(cfg: FederatedConfig, num_nodes: int) -> int:
     return max(int(num_nodes * cfg.fraction_train), cfg.min_train_clients)
 
 
+def guard_limits(cfg: FederatedConfig) -> tuple[float, float]:
+    """``(max_update_norm, outlier_factor)`` the validation filter applies for ``cfg``: the
+    configured values, or both off (``0``) under central DP (see the module docstring)."""
+    if cfg.dp == "central":
+        return 0.0, 0.0
+    return cfg.max_update_norm, cfg.outlier_factor
+
+
+def client_selection(cfg: FederatedConfig) -> str:
+    """One sentence for the run's summary: which valid replies are aggregated, and why."""
+    if cfg.dp == "central":
+        return (
+            "all valid replies aggregated (outlier filter and max-update-norm off under "
+            f"central DP; every update clipped to dp-clipping-norm {cfg.dp_clipping_norm:g})"
+        )
+    max_norm, factor = guard_limits(cfg)
+    rules = []
+    if max_norm > 0:
+        rules.append(f"update norm above max-update-norm {max_norm:g}")
+    if factor > 0:
+        rules.append(f"update norm above {factor:g} x the round's median (with 3+ replies)")
+    text = (
+        "valid replies aggregated except those with an " + " or an ".join(rules)
+        if rules
+        else "all valid replies aggregated (no norm limit)"
+    )
+    if cfg.dp == "local" and rules:
+        text += " (applied to DP-SGD releases: post-processing, epsilon unchanged)"
+    return text
+
+
 def build_strategy(cfg: FederatedConfig, num_nodes: int) -> GuardedStrategy:
     """The full server-side stack: validation filter -> (central DP) -> Flower strategy.
 
@@ -101,10 +141,11 @@ def build_strategy(cfg: FederatedConfig, num_nodes: int) -> GuardedStrategy:
             clipping_norm=cfg.dp_clipping_norm,
             num_sampled_clients=expected_clients_per_round(cfg, num_nodes),
         )
+    max_norm, factor = guard_limits(cfg)
     return GuardedStrategy(
         strategy,
         min_replies=cfg.min_train_clients,
-        max_update_norm=cfg.max_update_norm,
-        outlier_factor=cfg.outlier_factor,
+        max_update_norm=max_norm,
+        outlier_factor=factor,
         weight_key=UNIT_WEIGHT if cfg.dp == "central" else NUM_EXAMPLES,
     )
