@@ -69,6 +69,11 @@ def test_a_damaged_institutional_adapter_falls_back_to_its_parent_and_says_so(
     assert record.levelno == logging.WARNING
     assert record.getMessage().startswith(f"adapter institutional/cleveland/v1 skipped: {reason}")
     assert record.getMessage().endswith("; falling back to regional/europe/v1")
+    # Resolving per request lists the skip every time but does not repeat the warning.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="feddx.personalize.hierarchy"):
+        assert resolve(registry).fallbacks == chain.fallbacks
+    assert caplog.records == []
 
 
 def test_an_adapter_for_another_base_model_is_skipped_for_an_older_version(

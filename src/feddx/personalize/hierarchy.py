@@ -18,6 +18,7 @@ changed on disk.
 from __future__ import annotations
 
 import logging
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -67,6 +68,7 @@ def resolve_chain(
     institution: str | None,
     region: str | None,
     base_fingerprint: str,
+    logged: MutableMapping[str, str] | None = None,
 ) -> ResolvedChain:
     """The most specific usable chain for (``institution``, ``region``) on the base model
     ``base_fingerprint``; names as normalised by the registry.
@@ -75,6 +77,9 @@ def resolve_chain(
     the region's (the one given, else the one the institution is registered under), then the
     global ones. The first candidate that is intact, for this base model and whose whole
     lineage is too, answers. Never raises for a damaged adapter: it is skipped and reported.
+
+    ``logged`` (adapter id -> last warning) keeps a service that resolves per request from
+    repeating the same warning: a skip is logged again only when its message changes.
     """
     verdicts: dict[str, str | None] = {}
 
@@ -123,12 +128,13 @@ def resolve_chain(
 
     answer = chosen[-1].adapter_id if chosen else None
     for adapter_id, why in skipped:
-        log.warning(
-            "adapter %s skipped: %s; %s",
-            adapter_id,
-            why,
-            f"falling back to {answer}" if answer else "no usable adapter is left",
+        message = f"adapter {adapter_id} skipped: {why}; " + (
+            f"falling back to {answer}" if answer else "no usable adapter is left"
         )
+        if logged is None or logged.get(adapter_id) != message:
+            log.warning("%s", message)
+            if logged is not None:
+                logged[adapter_id] = message
     return ResolvedChain(
         entries=tuple(chosen),
         fallbacks=tuple(f"{adapter_id} skipped: {why}" for adapter_id, why in skipped),

@@ -237,6 +237,7 @@ class AdapterRegistry:
         self._cache_lock = threading.Lock()
         self._verified: dict[str, _Verdict] = {}
         self._local = threading.local()
+        self._logged_skips: dict[str, str] = {}
         if not self.db_path.is_file():
             if not create:
                 raise ModelError(f"no adapter registry at {self.root} (no {DB_FILE})")
@@ -747,12 +748,14 @@ class AdapterRegistry:
     ) -> ResolvedChain:
         """The most specific usable chain for (institution, region) on the base model
         ``base_fingerprint`` (see :func:`feddx.personalize.hierarchy.resolve_chain`):
-        skipped adapters are logged as warnings and listed in ``fallbacks``."""
+        skipped adapters are listed in ``fallbacks`` every time and logged as a warning the
+        first time (and again when the reason or the fallback changes)."""
         return resolve_chain(
             self,
             institution=normalize_scope(institution, "institution") if institution else None,
             region=normalize_scope(region, "region") if region else None,
             base_fingerprint=base_fingerprint,
+            logged=self._logged_skips,
         )
 
 
