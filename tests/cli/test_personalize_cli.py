@@ -70,7 +70,12 @@ def test_writes_table_plot_and_json(
     )
     assert code == 0
     printed = json.loads(capsys.readouterr().out)
-    assert printed["columns"] == ["global", "+regional (finetune)", "+institutional (finetune)"]
+    assert printed["columns"] == [
+        "global",
+        "+regional (finetune)",
+        "+institutional (finetune)",
+        "selected on validation",
+    ]
     groups = [(r["kind"], r["group"], r["n"]) for r in printed["rows"]]
     assert groups == [
         ("all", "all", 8),

@@ -137,6 +137,7 @@ def test_experiment_writes_table_plot_and_registers_the_hierarchy(
         "+institutional (finetune)",
         "+institutional (ditto)",
         "+institutional (fedsa)",
+        "selected on validation",
     ]
     rows = {(r["kind"], r["group"]): r for r in result["rows"]}
     sizes = {g["institution"]: g["test"] for g in result["groups"]}
@@ -155,6 +156,11 @@ def test_experiment_writes_table_plot_and_registers_the_hierarchy(
             assert m["top3"] == 1.0
     assert set(result["ditto_mu"].values()) <= {0.5, 5.0} and len(result["ditto_mu"]) == 4
     assert result["regional_default"] in ("finetune", "federated")
+    chosen = result["selected_on_validation"]
+    assert sorted(chosen) == sorted(sizes) and all(
+        k == "global" or k.startswith(("regional-", "finetune:", "ditto-", "fedsa:"))
+        for k in chosen.values()
+    )
     table = (out / TABLE_MD).read_text()
     assert "south small hospitals" in table and "+institutional (fedsa)" in table
     assert json.loads((out / TABLE_JSON).read_text())["rows"] == json.loads(

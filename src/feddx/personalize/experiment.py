@@ -52,6 +52,7 @@ METHODS: tuple[str, ...] = ("finetune", "ditto", "fedsa")
 RegionalMode = Literal["finetune", "federated"]
 Partition = Literal["natural", "dirichlet"]
 TABLE_MD, TABLE_JSON, PLOT_FILE = "table.md", "table.json", "per_group.png"
+SELECTED = "selected on validation"
 _COLOUR_CYCLE = 10
 
 
@@ -640,11 +641,34 @@ def run_experiment(
         "global",
         *(f"+regional ({m})" for m in config.regional),
         *(f"+institutional ({m})" for m in config.methods),
+        SELECTED,
     ]
+
+    # Per institution, the adapter of its chain with the best validation figures (ties keep
+    # the less specific one): what a hospital would deploy without looking at its test cases.
+    selected: dict[str, str] = {}
+    for inst in insts:
+        options = [
+            "global",
+            regional[default_regional][inst.region].key,
+            *(
+                inst_adapters[inst.name][m].key
+                for m in config.methods
+                if m in inst_adapters[inst.name]
+            ),
+        ]
+        best_key, best_m = options[0], group_metrics(val_preds[inst.name][options[0]])
+        for option in options[1:]:
+            m = group_metrics(val_preds[inst.name][option])
+            if _better(m, best_m):
+                best_key, best_m = option, m
+        selected[inst.name] = best_key
 
     def column_key(inst: Institution, column: str) -> str | None:
         if column == "global":
             return "global"
+        if column == SELECTED:
+            return selected[inst.name]
         for m in config.regional:
             if column == f"+regional ({m})":
                 return regional[m][inst.region].key
@@ -701,6 +725,7 @@ def run_experiment(
         "summary": summary,
         "regional_validation": regional_choice,
         "regional_default": default_regional,
+        "selected_on_validation": selected,
         "ditto_mu": {
             i: inst_adapters[i]["ditto"].extra.get("mu")
             for i in inst_adapters
@@ -832,6 +857,11 @@ def render_table(result: dict[str, Any]) -> str:
         + ", ".join(f"{m} top-1 {v['top1']:.3f}" for m, v in result["regional_validation"].items())
         + ")"
     )
+    if result.get("selected_on_validation"):
+        lines.append(
+            f"- {SELECTED}: "
+            + ", ".join(f"{k} -> {v}" for k, v in result["selected_on_validation"].items())
+        )
     if result.get("ditto_mu"):
         lines.append(
             "- Ditto mu chosen on validation: "
