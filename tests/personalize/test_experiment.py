@@ -125,6 +125,7 @@ def test_bad_config_names_the_key() -> None:
         PersonalizeConfig.from_mapping({"roundz": 3}, origin="p.yaml")
 
 
+@pytest.mark.slow  # ~25 training runs of the tiny model: 30-55 s on a shared core
 def test_experiment_writes_table_plot_and_registers_the_hierarchy(
     data_file: Path, tmp_path: Path, diagnoser: Any
 ) -> None:
