@@ -1,7 +1,19 @@
-"""``feddx demo`` end to end on a tiny model (the real model is exercised by the smollm2 tests)."""
+"""``feddx demo`` end to end on a tiny random Llama (the real model: the smollm2-marked tests).
+
+The fast stages (data, zero-shot, baseline, centralized, evaluation, report) run for real on
+UCI Heart's 920 cases with 12 test cases; the federated stage on Flower's runtime is marked
+slow. A module-scoped run folder is built once and copied where a test changes it.
+"""
 
 from __future__ import annotations
 
+import io
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -9,24 +21,210 @@ import pytest
 
 from feddx.cli import main
 
+FAST = "data,zero-shot,baseline,centralized,evaluation,report"
 
-def test_demo_zero_shot_and_centralized_on_a_tiny_model(
-    tmp_path: Path,
-    tiny_model: Any,
-    tokenizer: Any,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.tiny_llama import make_tiny_llama
+    from transformers import AutoTokenizer
+
+    from feddx.model.loading import resolve_model
+
+    path = Path(resolve_model("smollm2-135m-instruct").location)
+    tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    out = tmp_path_factory.mktemp("tiny") / "model"
+    make_tiny_llama(len(tok)).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def _argv(model: Path, out: Path, stages: str = FAST, *extra: str) -> list[str]:
+    return [
+        "demo",
+        "--model",
+        str(model),
+        "--stages",
+        stages,
+        "--limit",
+        "12",
+        "--epochs",
+        "1",
+        "--out",
+        str(out),
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def demo_cache(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """One feddx cache (activations) for the module's runs, as one machine would have."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FEDDX_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("demo") / "run"
+    assert main(_argv(tiny_dir, run)) == 0
+    return run
+
+
+def _results(run: Path) -> dict[str, Any]:
+    return json.loads((run / "results.json").read_text())
+
+
+def test_the_fast_stages_record_their_figures_and_artefacts(finished_run: Path) -> None:
+    r = _results(finished_run)
+    data = r["stages"]["data"]
+    assert (data["n_cases"], data["n_train"], data["n_test"]) == (920, 736, 12)
+    train = data["partition"]["train"]
+    assert len(train) == 4 and sum(train.values()) == 736
+    assert sum(data["partition"]["test"].values()) == 12
+    for stage in ("zero-shot", "baseline", "centralized"):
+        e = r["stages"][stage]
+        assert e["n"] == 12 and {"top1", "top3", "macro_f1", "ece"} <= set(e)
+        rows = json.loads((finished_run / stage / "predictions.json").read_text())
+        assert len(rows) == 12
+        assert e["top1"] == pytest.approx(sum(x["correct"] for x in rows) / 12)
+    assert (finished_run / "centralized" / "adapter").is_dir()
+    rows = r["per_hospital"]
+    assert rows[0]["hospital"] == "all" and rows[0]["n"] == 12
+    assert sum(x["n"] for x in rows[1:]) == 12
+    assert rows[0]["centralized"] == r["stages"]["centralized"]["top1"]
+    binary = r["stages"]["evaluation"]["binary"]["centralized"]
+    assert binary["n"] == 12 and 0 <= binary["accuracy"] <= 1
+    page = (finished_run / "report.html").read_text()
+    assert "data:image/png;base64," in page and "http" not in page.replace("http-equiv", "")
+    assert f"{r['stages']['centralized']['top1']:.3f}" in page
+
+
+def test_binary_task_sums_the_disease_grades() -> None:
+    from feddx.demo.stages import UCI_NO_DISEASE, _binary_accuracy
+
+    def row(gold: str, p_none: float) -> dict[str, Any]:
+        return {
+            "gold": gold,
+            "ranked": [
+                {"name": UCI_NO_DISEASE, "probability": p_none},
+                {"name": "a", "probability": (1 - p_none) / 2},
+                {"name": "b", "probability": (1 - p_none) / 2},
+            ],
+        }
+
+    # P(disease) 0.6 > 0.5 although "no disease" is the single most probable grade
+    out = _binary_accuracy(
+        [row("a", 0.4), row(UCI_NO_DISEASE, 0.7), row("b", 0.55)], UCI_NO_DISEASE
+    )
+    assert out == {"n": 3, "accuracy": pytest.approx(2 / 3), "sensitivity": 0.5, "precision": 1.0}
+
+
+def test_rerun_skips_finished_stages_and_force_reruns(
+    finished_run: Path, tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv("FEDDX_CACHE", str(tmp_path / "cache"))
-    model_dir = tmp_path / "tiny"
-    tiny_model.save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
-    argv = ["demo", "--model", str(model_dir), "--stages", "zero-shot,centralized"]
-    argv += ["--limit", "6", "--epochs", "1", "--out", str(tmp_path / "run")]
-    assert main(argv) == 0
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    before = _results(run)
+    capsys.readouterr()
+    assert main(_argv(tiny_dir, run, "data,zero-shot,centralized,evaluation")) == 0
     out = capsys.readouterr().out
-    assert "920 UCI Heart cases from 4 hospitals" in out
-    assert "3. Zero-shot" in out and "4. Centralized fine-tune" in out
-    for column in ("zero-shot", "centralized", "logistic", "majority"):
-        assert column in out
-    assert (tmp_path / "run" / "centralized-adapter").is_dir()
+    assert "zero-shot: finished earlier, skipped" in out
+    assert "centralized: finished earlier, skipped" in out
+    after = _results(run)
+    assert (
+        after["stages"]["centralized"]["finished_at"]
+        == before["stages"]["centralized"]["finished_at"]
+    )
+    assert main(_argv(tiny_dir, run, "zero-shot", "--force")) == 0
+    out = capsys.readouterr().out
+    assert "2. Zero-shot" in out and "skipped" not in out
+    forced = _results(run)["stages"]["zero-shot"]
+    assert forced["top1"] == before["stages"]["zero-shot"]["top1"]  # same seed, same figure
+
+
+def test_json_prints_the_results_object(
+    finished_run: Path, tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    capsys.readouterr()
+    assert main([*_argv(tiny_dir, run, "data,zero-shot"), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["stages"]["zero-shot"]["top1"] == _results(run)["stages"]["zero-shot"]["top1"]
+
+
+def test_other_settings_are_refused_without_force(
+    finished_run: Path, tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    assert main([*_argv(tiny_dir, run, "zero-shot"), "--seed", "3"]) != 0
+    err = capsys.readouterr().err
+    assert "other settings (seed 0 -> 3)" in err and "--force" in err
+
+
+def test_unknown_stage_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--stages", "zero-shot,nope"]) == 2
+    assert "unknown stage(s) nope" in capsys.readouterr().err
+
+
+def test_a_killed_run_resumes_and_ends_with_the_same_figures(
+    finished_run: Path, tiny_dir: Path, tmp_path: Path
+) -> None:
+    """Kill the demo process once the centralized stage's entry is written; a second run skips
+    the finished stages, runs the rest and reports what the uninterrupted run reported."""
+    run = tmp_path / "run"
+    cmd = [str(Path(sys.executable).parent / "feddx"), *_argv(tiny_dir, run)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            path = run / "results.json"
+            if path.is_file() and "centralized" in json.loads(path.read_text() or "{}").get(
+                "stages", {}
+            ):
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.05)
+    finally:
+        proc.wait(timeout=60)
+    partial = _results(run)["stages"]
+    assert "centralized" in partial
+    assert main(_argv(tiny_dir, run)) == 0
+    resumed, full = _results(run), _results(finished_run)
+    for stage in ("zero-shot", "baseline", "centralized"):
+        assert resumed["stages"][stage]["top1"] == full["stages"][stage]["top1"]
+        assert resumed["stages"][stage]["ece"] == pytest.approx(full["stages"][stage]["ece"])
+    assert resumed["per_hospital"] == full["per_hospital"]
+
+
+@pytest.mark.slow
+def test_federated_personalized_and_serve_stages_in_process(
+    finished_run: Path, tiny_dir: Path, tmp_path: Path
+) -> None:
+    from rich.console import Console
+
+    from feddx.demo import DemoOptions, run_demo
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    opts = DemoOptions(
+        model=str(tiny_dir),
+        limit=12,
+        epochs=1,
+        out_dir=run,
+        engine="inprocess",
+        stages=("data", "federated", "personalized", "evaluation", "report", "serve"),
+    )
+    results = run_demo(opts, Console(file=io.StringIO()))
+    fed = results["stages"]["federated"]
+    assert fed["rounds_planned"] == 2 and fed["clients"] == 4  # 1 epoch x 4 clients / 2 local
+    assert fed["full_model_bytes"] > 100 * fed["bytes_per_update"]
+    pers = results["stages"]["personalized"]
+    assert set(pers["answering"]) == {"Cleveland", "Hungary", "Switzerland", "VA Long Beach"}
+    assert pers["answering"]["Hungary"].startswith("regional/")
+    serve = results["stages"]["serve"]
+    assert serve["adapters"][0] == "global/v1" and "--registry" in serve["command"]

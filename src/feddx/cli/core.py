@@ -1,4 +1,4 @@
-"""General commands: version, models, demo."""
+"""General commands: version, models, demo, report."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from feddx import __version__
-from feddx.cli._app import app, console, quiet_libraries
+from feddx.cli._app import app, console, console_err, quiet_libraries
 from feddx.demo import DEFAULT_OUT, STAGES
 from feddx.model.loading import DEFAULT_MODEL, list_cached_models
 
@@ -43,19 +43,34 @@ def demo(
     model: str = typer.Option(
         DEFAULT_MODEL, help="Base model: alias, .gguf file, directory or hub id."
     ),
+    dataset: str = typer.Option(
+        "uci-heart",
+        help="Cases as SOURCE[:PATH] (uci-heart, ddxplus:DIR, csv:FILE, fhir:DIR, ...); "
+        "institutions become the federation's clients.",
+    ),
     test_fraction: float = typer.Option(0.2, min=0.05, max=0.5, help="Share of cases held out."),
-    seed: int = typer.Option(0, help="Seed of the train/test split."),
+    seed: int = typer.Option(0, help="Seed of the split, the adapters and every data order."),
     limit: int = typer.Option(0, min=0, help="Evaluate at most this many test cases (0: all)."),
     out: Annotated[
-        Path, typer.Option(help="Folder for adapters, histories and plots.")
+        Path, typer.Option(help="Run folder: results.json, each stage's artefacts, report.html.")
     ] = DEFAULT_OUT,
     stages: str = typer.Option(
-        ",".join(STAGES), help="Comma-separated stages to run: zero-shot, centralized, federated."
+        ",".join(STAGES), help=f"Comma-separated stages, run in this order: {', '.join(STAGES)}."
     ),
-    epochs: int = typer.Option(2, min=1, help="Centralized epochs (= federated rounds x 1 epoch)."),
-    rounds: int = typer.Option(2, min=1, help="Federated rounds."),
+    force: bool = typer.Option(False, "--force", help="Rerun the chosen stages even if finished."),
+    epochs: int = typer.Option(
+        2, min=1, help="Centralized epochs (the federation's budget follows)."
+    ),
+    local_epochs: int = typer.Option(2, min=1, help="Local epochs per federated round."),
+    personal_epochs: int = typer.Option(
+        1, min=1, help="Fine-tuning epochs per region/institution."
+    ),
+    json_out: bool = typer.Option(
+        False, "--json", help="Print the results object as JSON at the end."
+    ),
 ) -> None:
-    """Run the end-to-end pipeline on the 4-hospital UCI Heart data and the default model."""
+    """The whole story on 4-hospital UCI Heart data (or --dataset): zero-shot, logistic
+    regression, centralized, federated (Flower) and personalized LoRA, a report, a service."""
     chosen = tuple(s.strip() for s in stages.split(",") if s.strip())
     unknown = [s for s in chosen if s not in STAGES]
     if unknown or not chosen:
@@ -64,16 +79,36 @@ def demo(
             param_hint="--stages",
         )
     quiet_libraries()
-    from feddx.demo import DemoOptions, run_demo
+    import json
+
+    from feddx.demo import DemoOptions
+    from feddx.demo.stages import run_demo
 
     opts = DemoOptions(
         model=model,
+        dataset=dataset,
         test_fraction=test_fraction,
         seed=seed,
         limit=limit,
         out_dir=out,
         stages=chosen,
+        force=force,
         epochs=epochs,
-        rounds=rounds,
+        local_epochs=local_epochs,
+        personal_epochs=personal_epochs,
     )
-    run_demo(opts, console)
+    shown = console_err if json_out else console
+    results = run_demo(opts, shown)
+    if json_out:
+        typer.echo(json.dumps(results, indent=1, allow_nan=False))
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A feddx demo run folder (holds results.json).")],
+) -> None:
+    """Rebuild RUN_DIR/report.html (self-contained: plots embedded, no network) from the run's
+    results.json alone."""
+    from feddx.demo.report import write_report
+
+    console.print(f"report written to {write_report(run_dir)}")
