@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from feddx.cli import main
-from feddx.cli.registry import model_fingerprint
+from feddx.model.loading import base_fingerprint as model_fingerprint
 from feddx.personalize.registry import AdapterRegistry
 from personalize.registry_helpers import BASE, flip_byte, save_tiny_adapter
 

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from feddx.cli._app import app, console, console_err
-from feddx.errors import ConfigError, ModelError
+from feddx.errors import ConfigError
 from feddx.model.loading import DEFAULT_MODEL
 from feddx.paths import registry_root
 from feddx.personalize.registry import AdapterEntry, AdapterRegistry
@@ -284,7 +284,9 @@ def resolve(
 ) -> None:
     """Which adapter answers for an institution, its lineage, and every adapter skipped."""
     registry = _open(root)
-    fingerprint = base_fingerprint or model_fingerprint(model)
+    from feddx.model.loading import base_fingerprint as fingerprint_of
+
+    fingerprint = base_fingerprint or fingerprint_of(model)
     # The skipped adapters are printed below; the resolver's own warnings would repeat them.
     logging.getLogger("feddx.personalize.hierarchy").setLevel(logging.ERROR)
     chain = registry.resolve(institution=institution, region=region, base_fingerprint=fingerprint)
@@ -297,22 +299,3 @@ def resolve(
     _plain(f"answering   {answering.adapter_id if answering else 'none: no usable adapter'}")
     for line in chain.fallbacks:
         _plain(f"fallback    {line}")
-
-
-def model_fingerprint(model: str) -> str:
-    """The fingerprint :func:`feddx.model.loading.load_base_model` gives ``model``, without
-    loading its weights: a GGUF file's content key (reads 2 MiB), or the commit a directory's
-    or hub id's config resolves to (reads ``config.json``)."""
-    from feddx.model.loading import cache_dir_for, resolve_model
-
-    source = resolve_model(model)
-    if source.kind == "gguf":
-        return f"{source.name}:{cache_dir_for(source).name.rsplit('-', 1)[-1]}"
-    from transformers import AutoConfig
-
-    try:
-        config = AutoConfig.from_pretrained(source.location)
-    except (OSError, ValueError) as e:
-        first = (str(e).splitlines() or ["?"])[0]
-        raise ModelError(f"cannot read the config of model {model!r}: {first}") from None
-    return f"{source.name}:{getattr(config, '_commit_hash', None) or 'local'}"

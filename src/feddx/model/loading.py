@@ -180,6 +180,32 @@ def _hub_error(source: ModelSource, err: Exception) -> ModelError:
     )
 
 
+def _gguf_fingerprint(source: ModelSource, directory: Path) -> str:
+    return f"{source.name}:{directory.name.rsplit('-', 1)[-1]}"  # the GGUF file's content key
+
+
+def _config_fingerprint(source: ModelSource, config: Any) -> str:
+    return f"{source.name}:{getattr(config, '_commit_hash', None) or 'local'}"
+
+
+def base_fingerprint(name_or_path: str = DEFAULT_MODEL) -> str:
+    """The fingerprint :func:`load_base_model` gives ``name_or_path``, without loading its
+    weights: a GGUF file's content key (reads 2 MiB), or the commit a directory's or hub id's
+    config resolves to (reads ``config.json``). For the registry's resolver and the service,
+    which must match adapters to a base model before (or without) loading it."""
+    source = resolve_model(name_or_path)
+    if source.kind == "gguf":
+        return _gguf_fingerprint(source, cache_dir_for(source))
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(source.location)
+    except (OSError, ValueError) as e:
+        first = (str(e).splitlines() or ["?"])[0]
+        raise ModelError(f"cannot read the config of model {name_or_path!r}: {first}") from None
+    return _config_fingerprint(source, config)
+
+
 def load_base_model(name_or_path: str = DEFAULT_MODEL) -> LoadedModel:
     """Load a base model in float32 (the fastest dtype on CPUs without bf16 units).
 
@@ -202,7 +228,7 @@ def load_base_model(name_or_path: str = DEFAULT_MODEL) -> LoadedModel:
         if not from_cache:
             _build_gguf_cache(source, directory)
             model, tokenizer = _load_pretrained(str(directory))
-        fingerprint = f"{source.name}:{directory.name.rsplit('-', 1)[-1]}"
+        fingerprint = _gguf_fingerprint(source, directory)
     else:
         from_cache = False
         try:
@@ -211,7 +237,7 @@ def load_base_model(name_or_path: str = DEFAULT_MODEL) -> LoadedModel:
             if source.kind == "hub":
                 raise _hub_error(source, e) from e
             raise ModelError(f"cannot load model from {source.location}: {e}") from e
-        fingerprint = f"{source.name}:{getattr(model.config, '_commit_hash', None) or 'local'}"
+        fingerprint = _config_fingerprint(source, model.config)
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
