@@ -9,7 +9,15 @@ from typing import Any
 
 import pytest
 
-from .world import SEEDS, World, add_keys, build_registry, make_diagnoser, save_adapter
+from .world import (
+    SEEDS,
+    World,
+    add_keys,
+    build_registry,
+    make_diagnoser,
+    running_server,
+    save_adapter,
+)
 
 
 @pytest.fixture(scope="session")
@@ -79,6 +87,28 @@ def make_client(
     yield make
     for c in clients:
         c.__exit__(None, None, None)
+
+
+@pytest.fixture()
+def server(
+    world: World, tokenizer: Any, make_settings: Callable[..., Any]
+) -> Iterator[Callable[..., str]]:
+    """``server(**settings)``: the app on a real uvicorn; returns its base URL."""
+    from contextlib import ExitStack
+
+    from feddx.serve.app import create_app
+
+    with ExitStack() as stack:
+
+        def start(**overrides: Any) -> str:
+            app = create_app(
+                make_settings(**overrides),
+                diagnoser=make_diagnoser(tokenizer),
+                registry=world.registry,
+            )
+            return stack.enter_context(running_server(app))
+
+        yield start
 
 
 def bearer(key: str) -> dict[str, str]:

@@ -19,31 +19,9 @@ import httpx
 import pytest
 
 from .conftest import bearer
-from .world import CASE, World, free_port, make_diagnoser, running_server
+from .world import CASE, World, free_port
 
 pytestmark = pytest.mark.server
-
-
-@pytest.fixture()
-def server(
-    world: World, tokenizer: Any, make_settings: Callable[..., Any]
-) -> Iterator[Callable[..., str]]:
-    """``server(**settings)``: the app on a real uvicorn; returns its base URL."""
-    from contextlib import ExitStack
-
-    from feddx.serve.app import create_app
-
-    with ExitStack() as stack:
-
-        def start(**overrides: Any) -> str:
-            app = create_app(
-                make_settings(**overrides),
-                diagnoser=make_diagnoser(tokenizer),
-                registry=world.registry,
-            )
-            return stack.enter_context(running_server(app))
-
-        yield start
 
 
 def test_concurrent_institutions_are_answered_and_batched(
