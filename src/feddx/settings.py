@@ -33,9 +33,17 @@ import types
 import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Self
+from typing import Annotated, Any, ClassVar, Self, dataclass_transform
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Strict, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    Strict,
+    ValidationError,
+)
 from pydantic._internal._model_construction import ModelMetaclass  # BaseModel's metaclass
 
 from feddx.errors import ConfigError, FeddxError
@@ -60,19 +68,23 @@ SettingPath = Annotated[Path, Strict(False)]
 """A filesystem path, given as a string in a file (``to_dict`` writes it back as one)."""
 
 
+# Restated for mypy, which applies pydantic's own transform only to ModelMetaclass itself: with
+# it, constructing a settings model in code is type-checked field by field.
+@dataclass_transform(kw_only_default=True, field_specifiers=(Field, PrivateAttr))
 class _SettingsMeta(ModelMetaclass):
     """Turns a failed construction in code (``TrainConfig(epochs=0)``) into the model's
     ``settings_error``. Done here, not in ``__init__``: a model that overrides ``__init__`` has
     pydantic call it for nested settings too, and the nested error would lose its dotted key."""
 
-    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return super().__call__(*args, **kwargs)
-        except ValidationError as e:
-            settings = typing.cast("type[Settings]", cls)
-            raise settings.settings_error(
-                f"{settings.settings_name}: {describe_validation_error(e, settings)}"
-            ) from None
+    if not typing.TYPE_CHECKING:  # hidden from mypy, which then checks each model's fields
+
+        def __call__(cls, *args, **kwargs):
+            try:
+                return super().__call__(*args, **kwargs)
+            except ValidationError as e:
+                raise cls.settings_error(
+                    f"{cls.settings_name}: {describe_validation_error(e, cls)}"
+                ) from None
 
 
 class Settings(BaseModel, metaclass=_SettingsMeta):
