@@ -17,6 +17,7 @@ from feddx.train.batching import (
     poisson_batches,
     split_by_length,
 )
+from feddx.train.cases import case_reference
 
 
 def test_example_is_prompt_plus_answer_without_its_last_token(
@@ -50,10 +51,15 @@ def test_empty_or_unlabelled_data_is_refused(tokenizer: Any, cases: list[Case]) 
     with pytest.raises(DataError, match="dataset is empty"):
         encode_cases([], tokenizer, 320)
     unlabelled = [*cases[:3], Case(case_id="x-1", text="cough"), Case(case_id="x-2")]
+    # The first is named by position and pseudonym, never by its id.
+    ref = case_reference("x-1")
+    assert ref.startswith("case#") and "x-1" not in ref
     with pytest.raises(
-        DataError, match=r"2 of 5 training cases have no label \(first: case 'x-1'\)"
-    ):
+        DataError,
+        match=rf"2 of 5 training cases have no label \(first: training case 4 \({ref}\)\)",
+    ) as err:
         encode_cases(unlabelled, tokenizer, 320)
+    assert "x-1" not in str(err.value)
     with pytest.raises(ConfigError, match="max_prompt_tokens"):
         encode_cases(cases[:1], tokenizer, 16)
     assert encode_cases([Case(case_id="y", label=Label(diagnosis="Flu"))], tokenizer, 320)

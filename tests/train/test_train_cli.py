@@ -30,6 +30,15 @@ def data_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def _extra_cases(n: int, offset: int) -> list[Any]:
+    """Extra training cases that are not copies of any held-out case (each has its own note;
+    the generator's findings repeat, and identical extra cases are refused)."""
+    return [
+        c.model_copy(update={"text": f"extra release note {offset + i}"})
+        for i, c in enumerate(make_cases(n, offset=offset))
+    ]
+
+
 def _one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
     err = capsys.readouterr().err.strip()
     assert err.startswith("feddx: error:") and "\n" not in err and "Traceback" not in err
@@ -133,7 +142,7 @@ def test_extra_data_trains_on_more_cases_and_must_share_the_labels(
     model_dir: Path, data_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     extra = tmp_path / "extra.jsonl"
-    write_jsonl(make_cases(6, offset=100), extra)
+    write_jsonl(_extra_cases(6, offset=100), extra)
     out = tmp_path / "run"
     base = ["train", "--data", f"jsonl:{data_file}", "--model", str(model_dir), "--out", str(out)]
     argv = [*base, "--extra-data", f"jsonl:{extra}", "--max-steps", "1", "--top-layers", "1"]
@@ -159,8 +168,8 @@ def test_extra_per_label_caps_each_diagnosis_of_the_pooled_extra_data(
 ) -> None:
     n_labels = len({c.label.diagnosis for c in make_cases(30) if c.label})
     extra_a, extra_b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
-    write_jsonl(make_cases(3 * n_labels, offset=100), extra_a)  # 3 of each diagnosis
-    write_jsonl(make_cases(n_labels, offset=200), extra_b)  # 1 of each
+    write_jsonl(_extra_cases(3 * n_labels, offset=100), extra_a)  # 3 of each diagnosis
+    write_jsonl(_extra_cases(n_labels, offset=200), extra_b)  # 1 of each
     out = tmp_path / "run"
     argv = ["train", "--data", f"jsonl:{data_file}", "--model", str(model_dir), "--out", str(out)]
     argv += ["--extra-data", f"jsonl:{extra_a}", "--extra-data", f"jsonl:{extra_b}"]
@@ -209,6 +218,43 @@ def test_train_seed_and_augmentation_reach_the_run(
     assert result["config"]["seed"] == 7
     assert result["config"]["augment"]["copies"] == 1
     assert result["result"]["stats"]["augmented_examples"] == result["n_train"]
+
+
+def test_extra_cases_identical_to_held_out_ones_are_refused_or_dropped(
+    model_dir: Path, data_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from feddx.data.split import stratified_split
+    from feddx.train.cases import case_reference
+
+    _, held_out = stratified_split(make_cases(30), test_fraction=0.2, seed=0)
+    # Two held-out cases again under other ids, ages and letter case: still the same answer.
+    copies = [
+        c.model_copy(
+            update={
+                "case_id": f"copy-{i}",
+                "age": 33,
+                "findings": tuple(
+                    f.model_copy(update={"name": f.name.upper()}) for f in c.findings
+                ),
+            }
+        )
+        for i, c in enumerate(held_out[:2])
+    ]
+    extra = tmp_path / "extra.jsonl"
+    write_jsonl([*_extra_cases(3, offset=100), *copies], extra)
+    out = tmp_path / "run"
+    base = ["train", "--data", f"jsonl:{data_file}", "--model", str(model_dir), "--out", str(out)]
+    argv = [*base, "--extra-data", f"jsonl:{extra}", "--max-steps", "1", "--top-layers", "1"]
+    assert main(argv) == 2
+    err = _one_line_error(capsys)
+    assert f"jsonl:{extra}: 2 of 5 cases are identical to held-out cases" in err
+    assert f"the 4th case, {case_reference('copy-0')}" in err
+    assert "copy-0" not in err.replace(case_reference("copy-0"), "")
+
+    assert main([*argv, "--drop-overlapping-extra"]) == 0
+    meta = json.loads((out / "train_result.json").read_text())
+    assert meta["extra_data"][f"jsonl:{extra}: dropped, identical to held-out cases"] == 2
+    assert meta["n_train"] == 24 + 3
 
 
 def test_rich_progress_shows_each_stage_with_its_status() -> None:

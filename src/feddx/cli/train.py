@@ -107,6 +107,14 @@ def train(
             "(default: as in 'feddx evaluate', the dataset's list or its training labels)."
         ),
     ] = None,
+    drop_overlapping_extra: Annotated[
+        bool,
+        typer.Option(
+            "--drop-overlapping-extra",
+            help="Leave out --extra-data cases identical to held-out ones (same label, findings "
+            "and text) instead of refusing to train; the count goes into train_result.json.",
+        ),
+    ] = False,
 ) -> None:
     """Fine-tune a LoRA adapter on a dataset's training split and save it to --out.
 
@@ -147,6 +155,7 @@ def train(
             extra_data=tuple(extra_data or ()),
             extra_per_label=extra_per_label,
             candidates_file=candidates,
+            drop_overlapping_extra=drop_overlapping_extra,
         ),
         need_candidates=cfg.answer_loss == "candidates",
     )
@@ -154,8 +163,8 @@ def train(
 
     import torch
 
-    from feddx.model.adapter import attach_lora, save_adapter
     from feddx.cli.progress import train_progress
+    from feddx.model.adapter import attach_lora, save_adapter
     from feddx.model.loading import load_base_model
     from feddx.train.trainer import train_adapter
 

@@ -22,6 +22,7 @@ import torch
 from feddx.data.schema import Case
 from feddx.errors import ConfigError, DataError
 from feddx.model.prompt import answer_ids, render_prompt
+from feddx.train.cases import case_reference
 
 
 @dataclass(frozen=True)
@@ -55,30 +56,32 @@ def encode_cases(
     candidates' trie (for the candidate-restricted loss).
 
     Raises :class:`DataError` for an empty dataset, cases without a label (naming how many
-    and the first case id) or, with ``candidates``, a label outside the list; and
+    and the first by position and pseudonym, :func:`~feddx.train.cases.case_reference`; never
+    a case id: these messages reach terminals, CI logs and Flower) or, with ``candidates``, a
+    label outside the list; and
     :class:`ConfigError` when ``max_prompt_tokens`` cannot hold even the bare prompt template
     or the candidate list is unusable.
     """
     if not cases:
         raise DataError("no training cases: the dataset is empty")
-    unlabeled = [c.case_id for c in cases if c.label is None]
+    unlabeled = [i for i, c in enumerate(cases) if c.label is None]
     if unlabeled:
         raise DataError(
-            f"{len(unlabeled)} of {len(cases)} training cases have no label "
-            f"(first: case {unlabeled[0]!r}); training needs a diagnosis for every case"
+            f"{len(unlabeled)} of {len(cases)} training cases have no label (first: "
+            f"{_where(cases, unlabeled[0])}); training needs a diagnosis for every case"
         )
     answers = [tuple(answer_ids(tokenizer, c.require_label())) for c in cases]
     choices = (
         None if candidates is None else _candidate_choices(cases, answers, tokenizer, candidates)
     )
     out: list[Example] = []
-    for case, answer in zip(cases, answers, strict=True):
+    for i, (case, answer) in enumerate(zip(cases, answers, strict=True)):
         try:
             prompt = render_prompt(case, tokenizer, max_prompt_tokens)
         except ValueError as e:
             raise ConfigError(f"max_prompt_tokens: {e}") from None
         if not answer:
-            raise DataError(f"case {case.case_id!r}: the diagnosis renders to no tokens")
+            raise DataError(f"{_where(cases, i)}: the diagnosis renders to no tokens")
         out.append(
             Example(
                 tuple(prompt.input_ids) + answer[:-1],
@@ -107,15 +110,20 @@ def _candidate_choices(
     if len(seqs) < 2:
         raise ConfigError("answer_loss 'candidates' needs at least 2 candidates")
     known = set(seqs)
-    outside = [c for c, a in zip(cases, answers, strict=True) if a not in known]
+    outside = [i for i, a in enumerate(answers) if a not in known]
     if outside:
         raise DataError(
             f"{len(outside)} of {len(cases)} training cases have a diagnosis outside the "
-            f"{len(candidates)} candidates (first: case {outside[0].case_id!r}, "
-            f"{outside[0].require_label().diagnosis!r}); the candidate-restricted loss needs "
-            "every label among them"
+            f"{len(candidates)} candidates (first: {_where(cases, outside[0])}, "
+            f"{cases[outside[0]].require_label().diagnosis!r}); the candidate-restricted loss "
+            "needs every label among them"
         )
     return dict(zip(seqs, trie_choices(seqs), strict=True))
+
+
+def _where(cases: Sequence[Case], i: int) -> str:
+    """``training case 3 (case#...)``: a position and a pseudonym, never the id itself."""
+    return f"training case {i + 1} ({case_reference(cases[i].case_id)})"
 
 
 @dataclass

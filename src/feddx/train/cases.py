@@ -3,11 +3,17 @@
 
 The split is the one ``feddx evaluate`` makes (:func:`feddx.data.split.stratified_split`
 with the same test fraction and seed), so the held-out cases are never trained on, even when
-extra data is added.
+extra data is added. Extra data could still hold copies of held-out cases (two releases of one
+dataset share patients; a file was assembled twice): :func:`training_cases` refuses extra
+cases identical to a held-out one, where identical means the same label, the same findings and
+the same free text after :func:`content_key`'s normalisation (demographics and ids are left
+out: a copy with another id or a re-drawn age still hands the model the held-out answer).
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +24,60 @@ from feddx.data.schema import Case
 from feddx.data.sources import load_cases
 from feddx.data.split import cap_per_label, stratified_split
 from feddx.errors import DataError
+
+
+def case_reference(case_id: str) -> str:
+    """A pseudonymous handle for a case in an error message (``case#`` and 12 hex digits of a
+    SHA-256 of its id): messages end up in terminals, CI logs and Flower replies, so they never
+    carry the id itself; whoever holds the data finds the case by hashing its ids the same way."""
+    return "case#" + hashlib.sha256(f"feddx-case:{case_id}".encode()).hexdigest()[:12]
+
+
+def _norm(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip().casefold()
+
+
+def content_key(case: Case) -> tuple[object, ...]:
+    """What makes two cases the same example for training: the label, the findings (name,
+    value, unit, negation; in any order) and the note, each case-folded with whitespace
+    collapsed. Ids, demographics and history are left out."""
+    findings = sorted(
+        (
+            _norm(f.name),
+            _norm(str(f.value)) if f.value is not None else "",
+            _norm(f.unit or ""),
+            f.negated,
+        )
+        for f in case.findings
+    )
+    label = _norm(case.label.diagnosis) if case.label is not None else ""
+    return (label, tuple(findings), _norm(case.text or ""))
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def identical_to_held_out(extra: Sequence[Case], held_out: Sequence[Case]) -> list[int]:
+    """Positions in ``extra`` of the cases identical (:func:`content_key`) to a held-out one."""
+    held = {content_key(c) for c in held_out}
+    return [i for i, c in enumerate(extra) if content_key(c) in held]
+
+
+def refuse_overlap(extra: Sequence[Case], held_out: Sequence[Case], spec: str) -> None:
+    """Raise :class:`DataError` if any case of ``extra`` (loaded from ``spec``) is identical
+    (:func:`content_key`) to a held-out case: training on it would score the model on an answer
+    it was shown. The message names how many and one by position and pseudonym, never an id."""
+    dup = identical_to_held_out(extra, held_out)
+    if dup:
+        first = extra[dup[0]]
+        raise DataError(
+            f"{spec}: {len(dup)} of {len(extra)} cases are identical to held-out cases (same "
+            f"label, findings and text; e.g. the {_ordinal(dup[0] + 1)} case, "
+            f"{case_reference(first.case_id)}); drop them (--drop-overlapping-extra) or hold out "
+            "another split"
+        )
 
 
 @dataclass(frozen=True)
@@ -31,6 +91,8 @@ class TrainingData:
     extra_data: Sequence[str] = ()
     extra_per_label: int | None = None
     candidates_file: Path | None = None
+    # Leave out extra cases identical to held-out ones instead of refusing the whole run.
+    drop_overlapping_extra: bool = False
 
 
 @dataclass(frozen=True)
@@ -50,8 +112,10 @@ def training_cases(spec: TrainingData, *, need_candidates: bool = False) -> Trai
     ``spec.data``, optionally capped per label), and build the candidate list from ``spec.data``'s
     own training split when ``need_candidates`` (the list ``feddx evaluate`` scores against).
 
-    Raises :class:`DataError` naming the spec for empty data, an empty training split or
-    extra-data labels unknown to ``spec.data``.
+    Raises :class:`DataError` naming the spec for empty data, an empty training split,
+    extra-data labels unknown to ``spec.data`` or extra-data cases identical to held-out ones
+    (:func:`refuse_overlap`; with ``spec.drop_overlapping_extra`` those are left out instead,
+    and counted in ``extra_info``).
     """
     loaded = load_cases(spec.data, purpose="train on")
     cases = loaded.cases
@@ -76,6 +140,12 @@ def training_cases(spec: TrainingData, *, need_candidates: bool = False) -> Trai
                     + "); a model trained on them could not be evaluated against --data"
                 )
             extra_info[extra_spec] = len(more)
+            if spec.drop_overlapping_extra:
+                dup = set(identical_to_held_out(more, held_out))
+                more = [c for i, c in enumerate(more) if i not in dup]
+                extra_info[f"{extra_spec}: dropped, identical to held-out cases"] = len(dup)
+            else:
+                refuse_overlap(more, held_out, extra_spec)
             extra.extend(more)
         if spec.extra_per_label is not None:
             extra = cap_per_label(extra, spec.extra_per_label, seed=spec.seed)
