@@ -241,3 +241,28 @@ def test_ensemble_of_different_lora_layouts_is_one_line(
     argv = ["evaluate", "--data", f"jsonl:{data_file}", "--model", str(model_dir)]
     assert main([*argv, "--adapter", str(a), "--adapter", str(b)]) == 1
     assert "must share their LoRA layout" in _one_line_error(capsys)
+
+
+def test_extra_data_fits_a_second_baseline_on_what_the_adapter_trained_on(
+    model_dir: Path, data_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    extra = tmp_path / "extra.jsonl"
+    more = [
+        c.model_copy(update={"case_id": f"x{c.case_id}", "text": f"second release {c.case_id}"})
+        for c in _cases(6)
+    ]
+    write_jsonl(more, extra)
+    argv = ["evaluate", "--data", f"jsonl:{data_file}", "--model", str(model_dir), "--json"]
+    assert main([*argv, "--extra-data", f"jsonl:{extra}", "--generate", "0"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    n_train = data["meta"]["n_train"]
+    assert n_train == 12  # 80% of 15
+    assert data["baseline"]["extra"]["n_train"] == n_train
+    assert data["baseline_extra"]["extra"]["n_train"] == n_train + 6
+    assert data["meta"]["baseline_extra_data"] == {f"jsonl:{extra}": 6}
+    assert data["baseline_extra"]["summary"]["n"] == data["baseline"]["summary"]["n"] == 3
+
+    # Extra cases that repeat held-out ones are refused here as in `feddx train`.
+    write_jsonl(_cases(15), extra)
+    assert main([*argv, "--extra-data", f"jsonl:{extra}"]) == 2
+    assert "identical to held-out cases" in _one_line_error(capsys)

@@ -4,8 +4,9 @@ A thin command over :func:`feddx.evaluate.dataset.evaluate_dataset`, which owns 
 (the split shared with ``feddx train``, the candidate list, fail-fast checks). The temperature
 is cross-fitted on the evaluated cases (each half calibrated on the other) so no training case
 is used for calibration. The logistic-regression baseline is fitted on the training split and
-reported beside the LLM. ``--json`` prints one JSON object and nothing else on stdout;
-progress goes to stderr.
+reported beside the LLM; with ``--extra-data`` (what the adapter also trained on) a second
+baseline is fitted on the same cases the adapter saw. ``--json`` prints one JSON object and
+nothing else on stdout; progress goes to stderr.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ def _results_table(result: Any) -> Table:
     table.add_column("LLM", justify="right")
     if result.baseline:
         table.add_column("baseline", justify="right")
+    if result.baseline_extra:
+        table.add_column("baseline + extra data", justify="right")
     rows = [
         ("summary", "top1", "top-1"),
         ("summary", "top3", "top-3"),
@@ -54,7 +57,7 @@ def _results_table(result: Any) -> Table:
     ]
     for section, key, label in rows:
         cells = []
-        for m in (result.llm, result.baseline):
+        for m in (result.llm, result.baseline, result.baseline_extra):
             if m is None:
                 continue
             value = (getattr(m, section) or {}).get(key)
@@ -118,6 +121,25 @@ def evaluate(
     baseline: Annotated[
         bool, typer.Option(help="Fit the logistic-regression baseline on the training split.")
     ] = True,
+    extra_data: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--extra-data",
+            help="SOURCE:PATH the adapter also trained on ('feddx train --extra-data'; "
+            "repeatable): a second baseline is fitted on the training split plus these cases.",
+        ),
+    ] = None,
+    extra_per_label: Annotated[
+        int | None,
+        typer.Option(min=1, help="As in 'feddx train': cap the pooled --extra-data per label."),
+    ] = None,
+    drop_overlapping_extra: Annotated[
+        bool,
+        typer.Option(
+            "--drop-overlapping-extra",
+            help="As in 'feddx train': leave out --extra-data cases identical to held-out ones.",
+        ),
+    ] = False,
     generate: Annotated[
         int, typer.Option(min=0, help="Also generate free answers for this many cases (BLEU).")
     ] = 0,
@@ -125,6 +147,14 @@ def evaluate(
         int | None,
         typer.Option(min=16, help="Prompt token budget (default: the adapter's, else 320)."),
     ] = None,
+    assume_deidentified: Annotated[
+        bool,
+        typer.Option(
+            "--assume-deidentified",
+            help="Write --predictions with the case ids as they are (the data is already "
+            "de-identified; recorded as 'assumed', with a warning) instead of keyed pseudonyms.",
+        ),
+    ] = False,
 ) -> None:
     """Evaluate a model (and adapter) on a dataset: accuracy, differential, calibration,
     per-group results and the classical baseline."""
@@ -143,6 +173,9 @@ def evaluate(
         limit=limit,
         candidates_file=candidates,
         baseline=baseline,
+        extra_data=tuple(extra_data or ()),
+        extra_per_label=extra_per_label,
+        drop_overlapping_extra=drop_overlapping_extra,
         options=EvaluationOptions(
             method=scoring.value,
             max_prompt_tokens=max_prompt_tokens,
@@ -170,7 +203,10 @@ def evaluate(
     if result_file:
         write_json(result, result_file)
     if predictions:
-        write_predictions(result, predictions)
+        from feddx.data.stage import DeidStage
+
+        stage = DeidStage(assume_deidentified=assume_deidentified)  # warns when assumed
+        write_predictions(result, predictions, stage=stage)
     if report:
         write_html(result, report, title=f"feddx evaluation: {data.partition(':')[0]}")
     if as_json:

@@ -8,6 +8,11 @@ trained on; ``split="all"`` evaluates every case (e.g. a hospital's own held-out
 Candidates come from :func:`feddx.data.candidates.candidate_list` over the training split (or
 a candidates file). Bad input (data, labels, candidates, adapters) fails before the base model
 is loaded, so it costs a second, not a minute.
+
+The logistic-regression baseline is fitted on the training split; with ``extra_data`` (the
+``--extra-data`` an adapter was trained with) a second one is fitted on exactly the cases
+``feddx train`` trained on (:func:`feddx.train.cases.training_cases`, same split, cap and
+overlap rule), so the LLM is compared with a baseline that saw the same data as well.
 """
 
 from __future__ import annotations
@@ -42,6 +47,9 @@ class DatasetEvaluation:
     limit: int = 0
     candidates_file: Path | None = None
     baseline: bool = True
+    extra_data: Sequence[str] = ()  # what the adapter also trained on: a second baseline
+    extra_per_label: int | None = None
+    drop_overlapping_extra: bool = False
     options: EvaluationOptions = field(default_factory=EvaluationOptions)
 
 
@@ -72,6 +80,20 @@ def evaluate_dataset(
         check_labels(test, candidates.names, f"{request.split} split")
     except ValueError as e:
         raise DataError(f"{request.data}: {e}") from None
+    extra_train = None
+    if request.baseline and request.extra_data and request.split == "test":
+        from feddx.train.cases import TrainingData, training_cases
+
+        extra_train = training_cases(
+            TrainingData(
+                data=request.data,
+                test_fraction=request.test_fraction,
+                seed=request.seed,
+                extra_data=tuple(request.extra_data),
+                extra_per_label=request.extra_per_label,
+                drop_overlapping_extra=request.drop_overlapping_extra,
+            )
+        )
     # Diagnoser.load reads the adapters' records before the base model: a missing or corrupt
     # adapter fails fast too.
     diagnoser = Diagnoser.load(request.model, request.adapters)
@@ -84,6 +106,7 @@ def evaluate_dataset(
         adapter=names or None,
         options=request.options,
         baseline_train=train if request.baseline and train else None,
+        baseline_extra_train=extra_train.cases if extra_train else None,
         on_progress=on_progress,
     )
     meta: dict[str, Any] = {
@@ -92,6 +115,7 @@ def evaluate_dataset(
         "test_fraction": request.test_fraction if request.split == "test" else None,
         "seed": request.seed,
         "n_train": len(train),
+        **({"baseline_extra_data": extra_train.extra_info} if extra_train else {}),
         "max_prompt_tokens": budget,
         **loaded.info,
         "model": diagnoser.model_name,

@@ -70,11 +70,13 @@ class ModelMetrics:
 class EvaluationResult:
     """The outcome of :func:`evaluate_cases`.
 
-    ``llm`` and ``baseline`` carry the same metrics; ``temperature`` says how the LLM's
-    probabilities were calibrated (``method``: ``"validation"``, ``"cross-fit"``, ``"fixed"``
-    or ``"none"``) with the ECE before and after; ``generation`` holds BLEU/ROUGE when the
-    model also answered freely. ``meta`` is free-form provenance (model, adapter, data, split)
-    that callers such as the CLI fill in.
+    ``llm`` and ``baseline`` carry the same metrics; ``baseline_extra`` is the baseline fitted
+    on the training split plus the extra cases an adapter trained on (``feddx train
+    --extra-data``), so the LLM is also compared with a baseline that saw the same data;
+    ``temperature`` says how the LLM's probabilities were calibrated (``method``:
+    ``"validation"``, ``"cross-fit"``, ``"fixed"`` or ``"none"``) with the ECE before and
+    after; ``generation`` holds BLEU/ROUGE when the model also answered freely. ``meta`` is
+    free-form provenance (model, adapter, data, split) that callers such as the CLI fill in.
     """
 
     n: int
@@ -83,6 +85,7 @@ class EvaluationResult:
     temperature: dict[str, Any]
     llm: ModelMetrics
     baseline: ModelMetrics | None = None
+    baseline_extra: ModelMetrics | None = None
     generation: dict[str, float | int] | None = None
     seconds: float = 0.0
     meta: dict[str, Any] = field(default_factory=dict)
@@ -199,6 +202,7 @@ def evaluate_cases(
     options: EvaluationOptions = EvaluationOptions(),
     validation_cases: Sequence[Case] | None = None,
     baseline_train: Sequence[Case] | None = None,
+    baseline_extra_train: Sequence[Case] | None = None,
     on_progress: Progress | None = None,
 ) -> EvaluationResult:
     """Evaluate ``diagnoser`` with ``adapter`` (see :data:`~feddx.model.predict.AdapterChoice`;
@@ -209,7 +213,9 @@ def evaluate_cases(
     ``validation_cases``: labeled cases to fit the softmax temperature on (never the evaluated
     cases; see :class:`EvaluationOptions`). ``baseline_train``: training cases of the same
     split; when given, the logistic-regression baseline is fitted on them and reported with
-    the same metrics. ``on_progress(stage, done, total)`` after each case of each stage.
+    the same metrics. ``baseline_extra_train``: the training split plus any extra training data
+    the evaluated adapter saw; a second baseline is fitted on it (``baseline_extra``).
+    ``on_progress(stage, done, total)`` after each case of each stage.
 
     Raises :class:`ValueError` for no cases, an unlabeled case, a label outside the candidate
     list (naming it), or bad candidates.
@@ -317,24 +323,30 @@ def evaluate_cases(
                     report(i)
         generation = {**text_overlap(hyps, refs), "latency_ms_p50": float(np.percentile(lat, 50))}
 
-    baseline = None
-    bpreds: list[Prediction] | None = None
-    if baseline_train:
-        fitted = fit_baseline(baseline_train, seed=seed)
-        bpreds = fitted.predict(cases, cset.names)
-        baseline = model_metrics(
-            bpreds,
+    def fit(train: Sequence[Case]) -> tuple[ModelMetrics, list[Prediction]]:
+        fitted = fit_baseline(train, seed=seed)
+        out = fitted.predict(cases, cset.names)
+        metrics = model_metrics(
+            out,
             cset.names,
             icd10=cset.icd10,
             levels_fn=o.levels_fn,
             differential_threshold=o.differential_threshold,
             differential_top_k=o.differential_top_k,
         )
-        baseline.extra = {
+        metrics.extra = {
             "kind": "logistic regression over findings (+ text TF-IDF), scikit-learn",
-            "n_train": len(baseline_train),
+            "n_train": len(train),
             "fit_seconds": fitted.fit_seconds,
         }
+        return metrics, out
+
+    baseline = baseline_extra = None
+    bpreds: list[Prediction] | None = None
+    if baseline_train:
+        baseline, bpreds = fit(baseline_train)
+    if baseline_extra_train:
+        baseline_extra, _ = fit(baseline_extra_train)
 
     return EvaluationResult(
         n=len(preds),
@@ -343,6 +355,7 @@ def evaluate_cases(
         temperature=temp_info,
         llm=llm,
         baseline=baseline,
+        baseline_extra=baseline_extra,
         generation=generation,
         seconds=time.perf_counter() - start,
         notes=notes,
