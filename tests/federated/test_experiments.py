@@ -117,3 +117,16 @@ def test_demo_federation_is_one_client_per_hospital_on_the_demo_split(tmp_path: 
     # the federation is evaluated on exactly the demo's held-out cases
     _, test = stratified_split(list(load_uci_heart(None, LoadReport("uci-heart"))), 0.2, 3)
     assert [c.case_id for c in task_data(cfg).validation] == [c.case_id for c in test]
+
+
+def test_the_full_model_counts_a_tied_embedding_once(fed_config: Any, tokenizer: Any) -> None:
+    """SmolLM2 (and the tiny Llama) tie the LM head to the token embedding: one tensor under
+    two names. The message-size comparison counts it once, as the model itself does."""
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(fed_config.model)
+    assert base.config.tie_word_embeddings
+    names = sum(v.numel() for v in base.state_dict().values())
+    sizes = experiments.message_sizes(fed_config)
+    assert sizes["full_model_params"] == base.num_parameters()
+    assert names - sizes["full_model_params"] == len(tokenizer) * base.config.hidden_size

@@ -317,7 +317,8 @@ def _read_result(path: Path, fingerprint: str) -> dict[str, Any] | None:
 # ----------------------------------------------------------------------------- reporting
 def message_sizes(cfg: FederatedConfig) -> dict[str, int]:
     """Bytes of one message carrying (a) the full model's float32 weights and (b) the LoRA
-    adapter, serialized as Flower 1.42 sends them."""
+    adapter, serialized as Flower 1.42 sends them. A tensor shared by two names (SmolLM2 ties
+    its LM head to the token embedding) is one parameter set: sent and counted once."""
     import numpy as np
     from flwr.app import Array, ArrayRecord, RecordDict
 
@@ -326,13 +327,15 @@ def message_sizes(cfg: FederatedConfig) -> dict[str, int]:
 
     am = adapter_model(cfg)
     base = am.model.get_base_model()
-    full = ArrayRecord(
-        {
-            k: Array(v.detach().to("cpu").float().numpy())
-            for k, v in base.state_dict().items()
-            if "lora_" not in k
-        }
-    )
+    unique: dict[str, Any] = {}
+    seen: set[tuple[int, tuple[int, ...]]] = set()
+    for k, v in base.state_dict().items():
+        where = (v.data_ptr(), tuple(v.shape))  # the same memory and shape: a tied tensor
+        if "lora_" in k or where in seen:
+            continue
+        seen.add(where)
+        unique[k] = Array(v.detach().to("cpu").float().numpy())
+    full = ArrayRecord(unique)
     sizes = {
         "full_model": content_bytes(RecordDict({"arrays": full})),
         # A trained adapter's values: the initial one has all-zero LoRA B matrices, whose
