@@ -345,7 +345,14 @@ def render_report(results: Mapping[str, Any]) -> str:
         parts.append("<h2>Serve these adapters</h2>")
         parts.append(
             f"<p>{len(serve['adapters'])} adapters registered ({html.escape(', '.join(serve['adapters']))}):</p>"
-            f"<pre><code>{html.escape(serve['command'])}</code></pre>"
+            + (
+                f"<p>An API key for a hospital (printed once, only its hash is stored):</p>"
+                f"<pre><code>{html.escape(serve['key_command'])}</code></pre>"
+                if serve.get("key_command")
+                else ""
+            )
+            + "<p>The service:</p>"
+            + f"<pre><code>{html.escape(serve['command'])}</code></pre>"
         )
     parts.append("</body></html>")
     return "\n".join(parts)

@@ -12,6 +12,7 @@ are computed once and cached for every later epoch, round and personalization.
 
 from __future__ import annotations
 
+import shlex
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -595,13 +596,29 @@ class DemoRun:
             if Path(self.opts.model).exists()
             else self.opts.model
         )
-        command = f"feddx serve --model {model} --registry {root} --candidates {_serve_candidates(self.source)}"
+        keys = self.folder.root / "keys.json"
+        regions = (self.folder.entry("data") or {}).get("partition", {}).get("regions", {})
+        example = self.institutions[0] if self.institutions else "my-hospital"
+        region = regions.get(example)
+        key_command = (
+            f"feddx serve keys add {shlex.quote(example)}"
+            + (f" --region {shlex.quote(region)}" if region else "")
+            + f" --keys {keys}"
+        )
+        command = (
+            f"feddx serve --model {shlex.quote(model)} --registry {root} --keys {keys} "
+            f"--candidates {_serve_candidates(self.source)}"
+        )
         self._say(f"[bold]9. Serve[/]: {len(registered)} adapters registered in {root}")
-        self._say(f"   start the service with:\n\n   [bold]{command}[/]\n")
+        self._say(
+            f"   an API key for one hospital (printed once): {key_command}\n"
+            f"   start the service with:\n\n   [bold]{command}[/]\n"
+        )
         return {
             "registry": "registry",
             "adapters": registered,
             "command": command,
+            "key_command": key_command,
             "artefacts": ["registry"],
         }
 
