@@ -16,6 +16,7 @@ from feddx.model.adapter import LoraSpec
 from feddx.model.prompt import answer_ids, render_prompt
 from feddx.model.scoring import prepare_candidates, score_candidates, trie_choices
 from feddx.train.batching import collate, encode_cases
+from feddx.train.cases import case_reference
 from feddx.train.config import TrainConfig
 from feddx.train.forward import TrainingRunner
 from feddx.train.trainer import train_adapter
@@ -101,8 +102,11 @@ def test_candidate_loss_errors_are_clear(
     with pytest.raises(ConfigError, match="needs the candidate list"):
         train_adapter(make_model(), tokenizer, cases, CONFIG)
     stray = [*cases, Case(case_id="odd-1", label=Label(diagnosis="Gout"))]
-    with pytest.raises(DataError, match=r"1 of 25 .*outside the 6 candidates.*odd-1"):
+    with pytest.raises(DataError, match=r"1 of 25 .*outside the 6 candidates") as err:
         train_adapter(make_model(), tokenizer, stray, CONFIG, candidates=CANDIDATES)
+    # Named by position and pseudonym, never by its id.
+    assert f"training case 25 ({case_reference('odd-1')})" in str(err.value)
+    assert "odd-1" not in str(err.value)
     with pytest.raises(ConfigError, match="at least 2"):
         train_adapter(make_model(), tokenizer, cases[:1], CONFIG, candidates=["Pneumonia"])
     with pytest.raises(ConfigError, match="answer_loss"):
