@@ -12,6 +12,7 @@ are computed once and cached for every later epoch, round and personalization.
 
 from __future__ import annotations
 
+import re
 import shlex
 import time
 from collections import Counter
@@ -584,8 +585,8 @@ class DemoRun:
             entry = registry.register(
                 self.folder.root / a["path"],
                 level=a["level"],
-                region=a.get("region"),
-                institution=a.get("institution"),
+                region=_slug(a["region"]) if a.get("region") else None,
+                institution=_slug(a["institution"]) if a.get("institution") else None,
                 parent_id=ids[a["parent"]] if a.get("parent") else top.adapter_id,
                 data_fingerprint=fingerprint,
             )
@@ -601,8 +602,8 @@ class DemoRun:
         example = self.institutions[0] if self.institutions else "my-hospital"
         region = regions.get(example)
         key_command = (
-            f"feddx serve keys add {shlex.quote(example)}"
-            + (f" --region {shlex.quote(region)}" if region else "")
+            f"feddx serve keys add {_slug(example)}"
+            + (f" --region {_slug(region)}" if region else "")
             + f" --keys {keys}"
         )
         command = (
@@ -628,10 +629,11 @@ def _serve_candidates(source: str) -> str:
 
 
 def _slug(name: str) -> str:
-    return (
-        "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in name.lower()).strip("-")
-        or "group"
-    )
+    """A folder and registry name for a region or institution ("Univ. Hospitals Zurich/Basel"
+    -> ``univ.-hospitals-zurich-basel``: what :func:`~feddx.personalize.registry.normalize_scope`
+    accepts)."""
+    out = re.sub(r"[^a-z0-9._-]+", "-", name.lower()).strip("-._")
+    return re.sub(r"-{2,}", "-", out)[:64] or "group"
 
 
 def _absolute_spec(spec: str) -> str:
