@@ -277,7 +277,9 @@ def render_report(results: Mapping[str, Any]) -> str:
             )
         )
         moved = fed["bytes_sent"] + fed["bytes_received"]
-        full = fed["full_model_exchange_bytes"]
+        completed = [r for r in fed.get("rounds", []) if (r.get("round") or 0) >= 1]
+        # the full model down and up, every client, every completed round
+        full = fed["full_model_bytes"] * 2 * fed["clients"] * len(completed)
         parts.append("<h2>Bytes exchanged</h2>")
         parts.append(
             f"<p>Adapters only: {moved / 2**20:,.1f} MiB over the whole federation "

@@ -324,6 +324,7 @@ class DemoRun:
         scored = self._score("scoring the federated adapter", "federated", self.test)
         entry = _metrics_entry(scored.llm)
         full = _full_model_bytes(d)
+        completed = sum(1 for r in fed.rounds if (r.get("round") or 0) >= 1)
         exchanged = fed.bytes_sent + fed.bytes_received
         entry.update(
             budget=budget.describe(),
@@ -339,7 +340,7 @@ class DemoRun:
             bytes_received=fed.bytes_received,
             full_model_bytes=full["bytes"],
             full_model_params=full["params"],
-            full_model_exchange_bytes=full["bytes"] * 2 * clients * len(fed.rounds),
+            full_model_exchange_bytes=full["bytes"] * 2 * clients * completed,
             epsilon=fed.epsilon,
             dp="none",
             train_seconds=fed.seconds,
