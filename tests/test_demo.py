@@ -224,7 +224,23 @@ def test_federated_personalized_and_serve_stages_in_process(
     assert fed["rounds_planned"] == 2 and fed["clients"] == 4  # 1 epoch x 4 clients / 2 local
     assert fed["full_model_bytes"] > 100 * fed["bytes_per_update"]
     pers = results["stages"]["personalized"]
-    assert set(pers["answering"]) == {"Cleveland", "Hungary", "Switzerland", "VA Long Beach"}
-    assert pers["answering"]["Hungary"].startswith("regional/")
+    hospitals = {
+        "Cleveland Clinic",
+        "Hungarian Inst. of Cardiology",
+        "Univ. Hospitals Zurich/Basel",
+        "VA Long Beach",
+    }
+    assert set(pers["answering"]) == hospitals
+    # one-hospital regions answer with their regional adapter, the USA's two get their own
+    assert pers["answering"]["Hungarian Inst. of Cardiology"] == "regional/Hungary"
+    assert pers["answering"]["Cleveland Clinic"] == "institutional/Cleveland Clinic"
     serve = results["stages"]["serve"]
-    assert serve["adapters"][0] == "global/v1" and "--registry" in serve["command"]
+    assert serve["adapters"] == [
+        "global/v1",
+        "regional/hungary/v1",
+        "regional/switzerland/v1",
+        "regional/usa/v1",
+        "institutional/cleveland-clinic/v1",
+        "institutional/va-long-beach/v1",
+    ]
+    assert "--registry" in serve["command"] and "--keys" in serve["command"]
