@@ -65,6 +65,9 @@ def demo(
     personal_epochs: int = typer.Option(
         1, min=1, help="Fine-tuning epochs per region/institution."
     ),
+    round_eval_cases: int = typer.Option(
+        92, min=1, help="Test cases scoring the global adapter after each federated round."
+    ),
     json_out: bool = typer.Option(
         False, "--json", help="Print the results object as JSON at the end."
     ),
@@ -96,6 +99,7 @@ def demo(
         epochs=epochs,
         local_epochs=local_epochs,
         personal_epochs=personal_epochs,
+        round_eval_cases=round_eval_cases,
     )
     shown = console_err if json_out else console
     results = run_demo(opts, shown)

@@ -75,6 +75,5 @@ class DemoOptions(Settings):
             "learning_rate",
             "personal_epochs",
             "clients",
-            "round_eval_cases",
-        )
+        )  # not round_eval_cases: it sizes the per-round curve, which the federated entry records
         return {k: getattr(self, k) for k in keep}
