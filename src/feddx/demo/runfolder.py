@@ -44,17 +44,16 @@ class RunFolder:
         """Adopt ``config`` for a new folder; refuse to mix a folder made with other settings
         unless ``force`` (which then starts the record afresh)."""
         old = self.results.get("config")
-        if old is not None and old != config and not force:
-            diff = ", ".join(
-                f"{k} {old.get(k)!r} -> {config.get(k)!r}"
-                for k in sorted(set(old) | set(config))
-                if old.get(k) != config.get(k)
-            )
+        # compared on today's settings: one no longer part of the fingerprint does not matter
+        changed = [k for k in sorted(config) if old is not None and old.get(k) != config[k]]
+        if changed and not force:
+            assert old is not None
+            diff = ", ".join(f"{k} {old.get(k)!r} -> {config[k]!r}" for k in changed)
             raise ConfigError(
                 f"{self.root} holds a demo run made with other settings ({diff}); "
                 "pass --force to start it again, or choose another --out"
             )
-        if old != config:
+        if old is None or changed:
             self.results = {"format": FORMAT, "config": config, "stages": {}, "per_hospital": []}
             self.save()
 
