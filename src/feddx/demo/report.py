@@ -88,6 +88,7 @@ def _rounds_plot(fed: Mapping[str, Any], central: Mapping[str, Any] | None) -> s
     if central:
         ax.axhline(central["top1"], color="C1", ls="--", label="centralized LoRA (all test cases)")
     ax.set_xlabel("federated round")
+    ax.set_xticks([r["round"] for r in rounds])
     ax.set_ylabel("top-1 accuracy")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
@@ -110,7 +111,7 @@ def _hospital_plot(rows: Sequence[Mapping[str, Any]], before: str, after: str) -
         x - w, [1 - r["majority_rate"] for r in rows], w, label="majority class", color="#b8c2cc"
     )
     ax.bar(x, [1 - r[before] for r in rows], w, label=LABELS[before], color="C0")
-    if any(r.get(after) is not None for r in rows):
+    if after != before and any(r.get(after) is not None for r in rows):
         ax.bar(x + w, [1 - (r.get(after) or 0) for r in rows], w, label=LABELS[after], color="C2")
     ax.set_xticks(x, [f"{r['hospital']}\n(n={r['n']})" for r in rows], fontsize=8)
     ax.set_ylabel("top-1 error")
