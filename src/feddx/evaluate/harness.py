@@ -18,9 +18,10 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
+from pydantic import Field
 
 from feddx.data.candidates import CandidateList
 from feddx.data.schema import Case
@@ -46,6 +47,7 @@ from feddx.model.predict import (
 )
 from feddx.model.prompt import render_answer
 from feddx.model.scoring import DEFAULT_METHOD, ScoringMethod
+from feddx.settings import Settings
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 Calibration = Literal["cross-fit", "none"]
@@ -154,8 +156,7 @@ def model_metrics(
     )
 
 
-@dataclass(frozen=True)
-class EvaluationOptions:
+class EvaluationOptions(Settings):
     """How :func:`evaluate_cases` scores and reports.
 
     Parameters
@@ -181,14 +182,16 @@ class EvaluationOptions:
         Seed of the baseline's fit.
     """
 
+    settings_name: ClassVar[str] = "evaluation options"
+
     method: ScoringMethod = DEFAULT_METHOD
-    temperature: float | None = None
+    temperature: float | None = Field(default=None, gt=0.0)
     calibration: Calibration = "cross-fit"
-    max_prompt_tokens: int | None = None
-    generate_n: int = 0
-    max_new_tokens: int = 24
-    differential_threshold: float = DDXPLUS_THRESHOLD
-    differential_top_k: int | None = None
+    max_prompt_tokens: int | None = Field(default=None, ge=16)
+    generate_n: int = Field(default=0, ge=0)
+    max_new_tokens: int = Field(default=24, ge=1)
+    differential_threshold: float = Field(default=DDXPLUS_THRESHOLD, ge=0.0, lt=1.0)
+    differential_top_k: int | None = Field(default=None, ge=1)
     levels_fn: LevelsFn | None = None
     seed: int = 0
 
@@ -199,7 +202,7 @@ def evaluate_cases(
     candidates: CandidateList | Sequence[str],
     *,
     adapter: AdapterChoice = None,
-    options: EvaluationOptions = EvaluationOptions(),
+    options: EvaluationOptions | None = None,
     validation_cases: Sequence[Case] | None = None,
     baseline_train: Sequence[Case] | None = None,
     baseline_extra_train: Sequence[Case] | None = None,
@@ -220,7 +223,7 @@ def evaluate_cases(
     Raises :class:`ValueError` for no cases, an unlabeled case, a label outside the candidate
     list (naming it), or bad candidates.
     """
-    o = options
+    o = options or EvaluationOptions()
     names, icd10 = (
         (candidates.names, candidates.icd10)
         if isinstance(candidates, CandidateList)

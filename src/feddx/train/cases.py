@@ -16,14 +16,16 @@ import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
 
 from feddx.data.candidates import CandidateList, candidate_list
 from feddx.data.schema import Case
 from feddx.data.sources import load_cases
 from feddx.data.split import cap_per_label, stratified_split
 from feddx.errors import DataError
+from feddx.settings import Names, SettingPath, Settings
 
 
 def case_reference(case_id: str) -> str:
@@ -80,17 +82,18 @@ def refuse_overlap(extra: Sequence[Case], held_out: Sequence[Case], spec: str) -
         )
 
 
-@dataclass(frozen=True)
-class TrainingData:
+class TrainingData(Settings):
     """Where the training cases come from (the ``feddx train`` data options)."""
+
+    settings_name: ClassVar[str] = "training data"
 
     data: str
     split: Literal["train", "all"] = "train"
-    test_fraction: float = 0.2
+    test_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
     seed: int = 0
-    extra_data: Sequence[str] = ()
-    extra_per_label: int | None = None
-    candidates_file: Path | None = None
+    extra_data: Names = ()
+    extra_per_label: int | None = Field(default=None, ge=1)
+    candidates_file: SettingPath | None = None
     # Leave out extra cases identical to held-out ones instead of refusing the whole run.
     drop_overlapping_extra: bool = False
 
