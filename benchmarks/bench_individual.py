@@ -54,6 +54,34 @@ def _sample(cases: list[Case], n: int, seed: int) -> list[Case]:
     return sorted(sample, key=lambda c: c.case_id)[:n]
 
 
+def _train(args: argparse.Namespace, train: list[Case], names: list[str]) -> Path:
+    """A quick adapter on the training split (default prompts: history in the default order),
+    without finding-dropout copies, for ``--train-epochs`` epochs."""
+    import torch
+
+    from feddx.model.adapter import attach_lora, save_adapter
+    from feddx.model.loading import load_base_model
+    from feddx.train.config import TrainConfig
+    from feddx.train.trainer import train_adapter
+
+    cfg = TrainConfig.from_file(args.train_config)
+    cfg = cfg.replace(epochs=args.train_epochs, augment=cfg.augment.replace(copies=0))
+    loaded = load_base_model(args.model)
+    torch.manual_seed(cfg.seed)
+    net = attach_lora(loaded.model, cfg.lora)
+    result = train_adapter(net, loaded.tokenizer, train, cfg, candidates=names)
+    print("trained", result.steps, "steps, mean loss", round(result.mean_loss, 4), flush=True)
+    out: Path = args.adapter_out / "adapter"
+    save_adapter(
+        net,
+        out,
+        base_fingerprint=loaded.fingerprint,
+        max_prompt_tokens=cfg.max_prompt_tokens,
+        metadata={"data": args.data, "n_train": len(train), "config": cfg.to_dict()},
+    )
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", required=True, help="SOURCE:PATH")
@@ -66,7 +94,20 @@ def main() -> None:
     ap.add_argument("--shots", type=int, default=3, help="few-shot examples")
     ap.add_argument("--max-prompt-tokens", type=int, default=None)
     ap.add_argument("--arms", default="none,recent,relevance,fewshot")
+    ap.add_argument(
+        "--same-patient",
+        action="store_true",
+        help="let a case retrieve other records of its own patient (excluded by default)",
+    )
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument(
+        "--train-config",
+        type=Path,
+        default=None,
+        help="train an adapter on the training split first (a feddx train config)",
+    )
+    ap.add_argument("--train-epochs", type=int, default=1)
+    ap.add_argument("--adapter-out", type=Path, default=Path("runs/individual-adapter"))
     args = ap.parse_args()
 
     loaded = load_cases(args.data)
@@ -93,10 +134,15 @@ def main() -> None:
     t0 = time.perf_counter()
     embedder = MiniLMEmbedder()
     index = CaseIndex.build(train, embedder)
-    nb_test = neighbours_by_case(index, test, embedder, args.k)
-    nb_val = neighbours_by_case(index, val, embedder, args.k)
+    nb_test = neighbours_by_case(index, test, embedder, args.k, same_patient=args.same_patient)
+    nb_val = neighbours_by_case(index, val, embedder, args.k, same_patient=args.same_patient)
     index_s = time.perf_counter() - t0
 
+    train_s = None
+    if args.train_config:
+        t = time.perf_counter()
+        args.adapter = _train(args, train, names)
+        train_s = round(time.perf_counter() - t, 1)
     diagnoser = Diagnoser.load(args.model, [args.adapter] if args.adapter else [])
     adapter = next(iter(diagnoser.adapters), None)
     arms = args.arms.split(",")
@@ -154,6 +200,13 @@ def main() -> None:
         "shots": args.shots,
         "index_and_query_s": round(index_s, 1),
         "max_prompt_tokens": args.max_prompt_tokens,
+        "same_patient": args.same_patient,
+        "n_test_with_patient_in_train": sum(
+            1 for c in test if c.patient_id and c.patient_id in {t.patient_id for t in train}
+        ),
+        "train_config": str(args.train_config) if args.train_config else None,
+        "train_epochs": args.train_epochs if args.train_config else None,
+        "train_s": train_s,
         "results": results,
     }
     args.out.write_text(json.dumps(out, indent=1) + "\n")

@@ -228,3 +228,14 @@ def test_individual_context_fits_on_validation_and_applies_the_prior(diagnoser: 
     ctx.prior_weight, ctx.shots = 0.0, 0
     plain = diagnoser.diagnose(test, names)
     assert [p.ranked for p in ctx.diagnose(diagnoser, test, names)] == [p.ranked for p in plain]
+
+
+def test_other_records_of_the_same_patient_are_excluded_unless_asked() -> None:
+    emb = BagEmbedder()
+    index = CaseIndex.build(TRAIN, emb)
+    # A later stay of the patient of t1 (same findings, same diagnosis).
+    later = _case("q-later", ("cough", "fever"), "Pneumonia", patient="MRN-123456")
+    [row] = index.neighbours([later], emb, k=2)
+    assert [n.position for n in row] == [4, 1]  # t1, the same patient, is skipped
+    [row] = index.neighbours([later], emb, k=2, same_patient=True)
+    assert [n.position for n in row] == [0, 4]

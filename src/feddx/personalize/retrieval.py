@@ -135,10 +135,12 @@ class CaseIndex:
         texts: Sequence[str],
         id_hashes: Sequence[str],
         embedder_name: str,
+        patient_hashes: Sequence[str | None] | None = None,
     ) -> None:
         import faiss
 
-        if not (len(vectors) == len(diagnoses) == len(texts) == len(id_hashes)):
+        patients = list(patient_hashes) if patient_hashes is not None else [None] * len(id_hashes)
+        if not (len(vectors) == len(diagnoses) == len(texts) == len(id_hashes) == len(patients)):
             raise ValueError("vectors, diagnoses, texts and ids must have one entry per case")
         if vectors.ndim != 2 or not len(vectors):
             raise ValueError("a case index needs at least one vector")
@@ -147,7 +149,12 @@ class CaseIndex:
         self.texts = list(texts)
         self.id_hashes = list(id_hashes)
         self.embedder_name = embedder_name
+        self.patient_hashes = patients
         self._positions = {h: i for i, h in enumerate(self.id_hashes)}
+        self._by_patient: dict[str, set[int]] = {}
+        for i, ph in enumerate(patients):
+            if ph is not None:
+                self._by_patient.setdefault(ph, set()).add(i)
         self._index = faiss.IndexFlatIP(self.vectors.shape[1])
         self._index.add(self.vectors)
 
@@ -168,14 +175,23 @@ class CaseIndex:
             texts,
             [_id_hash(c.case_id) for c in cases],
             embedder.name,
+            [_id_hash(c.patient_id) if c.patient_id else None for c in cases],
         )
 
     def neighbours(
-        self, cases: Sequence[Case], embedder: Embedder, k: int = DEFAULT_K
+        self,
+        cases: Sequence[Case],
+        embedder: Embedder,
+        k: int = DEFAULT_K,
+        *,
+        same_patient: bool = False,
     ) -> list[list[Neighbour]]:
         """The ``k`` most similar indexed cases for each case, most similar first; an indexed
         case with the same case id as the query is never returned (a case is not its own
-        neighbour)."""
+        neighbour), nor, unless ``same_patient``, another record of the same patient: the
+        patient's own past enters the prompt as history, and on a random split a "neighbour"
+        from the same patient is often a later stay with the same diagnosis (measured on
+        eICU and FHIR in results/individual.md)."""
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
         if embedder.name != self.embedder_name:
@@ -183,15 +199,23 @@ class CaseIndex:
                 f"index built with {self.embedder_name!r}, queried with {embedder.name!r}"
             )
         queries = embedder.encode([case_text(c) for c in cases])
-        fetch = min(k + 1, len(self))
+        excluded: list[set[int]] = []
+        for case in cases:
+            skip = set()
+            own = self._positions.get(_id_hash(case.case_id))
+            if own is not None:
+                skip.add(own)
+            if not same_patient and case.patient_id:
+                skip |= self._by_patient.get(_id_hash(case.patient_id), set())
+            excluded.append(skip)
+        fetch = min(k + max((len(x) for x in excluded), default=0), len(self))
         sims, idx = self._index.search(np.ascontiguousarray(queries, dtype=np.float32), fetch)
         out: list[list[Neighbour]] = []
-        for case, srow, irow in zip(cases, sims, idx, strict=True):
-            own = self._positions.get(_id_hash(case.case_id))
+        for skip, srow, irow in zip(excluded, sims, idx, strict=True):
             row = [
                 Neighbour(int(i), float(s), self.diagnoses[i], self.texts[i])
                 for s, i in zip(srow, irow, strict=True)
-                if i >= 0 and int(i) != own
+                if i >= 0 and int(i) not in skip
             ]
             out.append(row[:k])
         return out
@@ -213,6 +237,7 @@ class CaseIndex:
                 "diagnoses": self.diagnoses,
                 "texts": self.texts,
                 "id_hashes": self.id_hashes,
+                "patient_hashes": self.patient_hashes,
             }
             atomic_write_json(tmp / META_FILE, meta, indent=0)
 
@@ -244,7 +269,14 @@ class CaseIndex:
             raise DataError(
                 f"{vec_path}: holds {vectors.shape}, record says {meta['n']} x {meta['dim']}"
             )
-        return cls(vectors, meta["diagnoses"], meta["texts"], meta["id_hashes"], meta["embedder"])
+        return cls(
+            vectors,
+            meta["diagnoses"],
+            meta["texts"],
+            meta["id_hashes"],
+            meta["embedder"],
+            meta.get("patient_hashes"),
+        )
 
 
 def index_dir(institution_root: Path) -> Path:
@@ -351,12 +383,16 @@ def fewshot_context(
 
 
 def neighbours_by_case(
-    index: CaseIndex, cases: Sequence[Case], embedder: Embedder, k: int = DEFAULT_K
+    index: CaseIndex,
+    cases: Sequence[Case],
+    embedder: Embedder,
+    k: int = DEFAULT_K,
+    *,
+    same_patient: bool = False,
 ) -> dict[str, list[Neighbour]]:
     """:meth:`CaseIndex.neighbours` keyed by case id, for :func:`fewshot_context` and priors."""
-    return {
-        c.case_id: row for c, row in zip(cases, index.neighbours(cases, embedder, k), strict=True)
-    }
+    rows = index.neighbours(cases, embedder, k, same_patient=same_patient)
+    return {c.case_id: row for c, row in zip(cases, rows, strict=True)}
 
 
 # --- the individual level, in one call -----------------------------------------------------
