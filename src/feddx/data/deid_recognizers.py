@@ -721,6 +721,113 @@ def name_tokens(name: str) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------
+# Names proposed by a statistical NER model
+# --------------------------------------------------------------------------------------------
+
+# Words a model often folds into a PERSON span that are cues, not names ("Paciente Ana",
+# "Dona Graça", "Filha Rosa"): dropped from either end of the span.
+_MODEL_NAME_EDGE_WORDS = NAME_STOPWORDS | frozenset(
+    _words(
+        """
+        sr sra srta dr dra mr mrs ms mx prof profa enf enfa dona seu senhor senhora doutor
+        doutora miss doctor mister usuário usuária usuario usuaria filho filha esposo esposa
+        marido irmão irmã irmao irma neto neta mãe mae pai tio tia avó avô sobrinho sobrinha
+        son daughter wife husband brother sister mother father caregiver cuidador cuidadora
+        acompanhante responsável informante
+        """
+    )
+)
+_MODEL_NAME_WORD = re.compile(rf"{_NAME_WORD}[,.;:]?")
+_HEADING_LINE = re.compile(r"[ \t]*#")  # matched at a line start
+_FOLLOWED_BY_NUMBER = re.compile(r"[ \t]*\d")
+_AFTER_LABEL_WORD = re.compile(r"[ \t]+(?:d[aeo]s?|em|of|in)[ \t]+[a-zà-öø-ÿ\d]")
+
+
+def _is_acronym(word: str) -> bool:
+    letters = [c for c in word if c.isalpha()]
+    return 0 < len(letters) <= 4 and all(c.isupper() for c in letters)
+
+
+def model_name_spans(text: str, start: int, end: int) -> list[tuple[int, int]]:
+    """The name spans in a statistical model's PERSON span: one per line it covers (a name
+    never spans lines; the model sometimes joins "João Dias\nJoão"), each trimmed by
+    :func:`trim_model_name`."""
+    out = []
+    for m in re.finditer(r"[^\n]+", text[start:end]):
+        piece = trim_model_name(text, start + m.start(), start + m.end())
+        if piece is not None:
+            out.append(piece)
+    return out
+
+
+def trim_model_name(text: str, start: int, end: int) -> tuple[int, int] | None:
+    """A statistical model's PERSON span cut to its name words, or ``None`` to reject it.
+
+    en_core_web_sm was trained on English news (OntoNotes): on clinical and Portuguese text it
+    also labels cue words ("Paciente Ana"), lowercase phrases ("informa piora da"), headings
+    ("# Social History") and measurement labels ("Glasgow 15", "Troponina 0,45", "TC de
+    crânio") as persons. So:
+
+    - cue words, lowercase words and words glued to the previous one ("mg/L.") are dropped
+      from either end; what remains must be capitalised name words (initials and particles
+      such as "da" allowed inside);
+    - rejected: a span on a markdown heading line, a span followed by a number ("Escala de
+      Braden 14"), an acronym alone ("ST", "SUS") or beside other words ("Cartão SUS"), a
+      word of two letters alone, and a single word followed by "de/em/of/in" and a lowercase
+      word or number ("Retorno em 30 dias": a label, not a name).
+
+    A redaction placeholder (``[NAME]``) is never a name word, so text that was already
+    de-identified stays as it is.
+    """
+    words = list(re.finditer(r"\S+", text[start:end]))
+
+    def edge(m: re.Match[str]) -> bool:
+        word = m.group().strip(".,;:()\"'")
+        at = start + m.start()
+        glued = at > 0 and not text[at - 1].isspace() and text[at - 1] not in "([\"'"
+        return (
+            not word
+            or glued
+            or word.lower() in _MODEL_NAME_EDGE_WORDS
+            or word.lower() in _NAME_PARTICLES
+            or not word[0].isupper()
+        )
+
+    while words and edge(words[0]):
+        words.pop(0)
+    while words and edge(words[-1]):
+        words.pop()
+    if not words:
+        return None
+    for m in words:
+        word = m.group()
+        if word.lower() not in _NAME_PARTICLES and _MODEL_NAME_WORD.fullmatch(word) is None:
+            return None
+    first, last = words[0], words[-1]
+    span_start, span_end = start + first.start(), start + last.end()
+    while span_end > span_start and text[span_end - 1] in ",;:":
+        span_end -= 1
+    # "Dr. Kalil." ends a sentence; "John Q." keeps its initial's period.
+    if text[span_end - 1] == "." and len(last.group()) > 3:
+        span_end -= 1
+    line_start = text.rfind("\n", 0, span_start) + 1
+    if _HEADING_LINE.match(text, line_start):
+        return None
+    names = [m.group().strip(".,;:") for m in words if m.group().lower() not in _NAME_PARTICLES]
+    if any(_is_acronym(w) for w in names) and not all(w.isupper() for w in names):
+        return None
+    if _FOLLOWED_BY_NUMBER.match(text, span_end):
+        return None
+    if len(names) == 1:
+        word = names[0]
+        if sum(c.isalpha() for c in word) <= 2 or _is_acronym(word):
+            return None
+        if _AFTER_LABEL_WORD.match(text, span_end):
+            return None
+    return span_start, span_end
+
+
+# --------------------------------------------------------------------------------------------
 # Caller-supplied identifiers (e.g. the FHIR Patient's own names and numbers)
 # --------------------------------------------------------------------------------------------
 
