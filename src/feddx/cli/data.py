@@ -149,6 +149,12 @@ def stats(
         _print_stats(result)
 
 
+ASSUME_HELP = (
+    "The data is already de-identified: write the cases as they are read (recorded as "
+    "'assumed' in the output, with a warning)."
+)
+
+
 @data_app.command()
 def prepare(
     source: Annotated[str, typer.Argument(help=SOURCE_HELP)],
@@ -158,43 +164,43 @@ def prepare(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the counts as one JSON object.")
     ] = False,
+    assume_deidentified: Annotated[
+        bool, typer.Option("--assume-deidentified", help=ASSUME_HELP)
+    ] = False,
 ) -> None:
     """De-identify a dataset and write it as JSONL of the case schema.
 
     SOURCE and PATH as in 'feddx data stats'.
     Names, dates, phones, e-mails, addresses, record numbers and CPF/CNS/RG/CEP are replaced by
-    typed placeholders. Set FEDDX_DEID_KEY to get the same pseudonyms in every run.
+    typed placeholders; case and patient ids become keyed pseudonyms. OUT.deid.json records
+    how (and the key's fingerprint, never the key). Set FEDDX_DEID_KEY to get the same
+    pseudonyms in every run.
     """
-    from feddx.data.deid import Deidentifier
     from feddx.data.jsonl import write_jsonl
+    from feddx.data.stage import DeidStage, write_marker
 
     if out.is_dir():
         raise DataError(f"--out must be a file, not a directory: {out}")
     report = LoadReport(source)
-    deidentifier = Deidentifier()  # set-up (spaCy, presidio) once for all cases
-    n_redacted = 0
-
-    def deidentified() -> Iterator[Case]:
-        nonlocal n_redacted
-        for case in _load(source, path, report):
-            clean = deidentifier.deidentify_case(case)
-            # Ids and dates may be pseudonymised in every case; count the texts that held PHI.
-            n_redacted += clean.text != case.text
-            yield clean
-
-    n_written = write_jsonl(deidentified(), out)
+    stage = DeidStage(assume_deidentified=assume_deidentified)  # warns when assumed
+    n_written = write_jsonl(stage.cases(_load(source, path, report)), out)
+    marker = stage.marker()
+    write_marker(out, marker, extra={"n_cases": n_written, "source": source})
     result = {
         "out": str(out),
         "n_cases": n_written,
-        "n_text_redacted": n_redacted,
+        # Ids and dates may be pseudonymised in every case; count the texts that held PHI.
+        "n_text_redacted": stage.n_text_redacted,
         "n_skipped": report.n_skipped,
         "skipped_reasons": report.skipped_reasons(),
+        "deidentification": marker.as_dict(),
     }
     if as_json:
         typer.echo(json.dumps(result, ensure_ascii=False))
         return
+    what = "de-identified" if not stage.assumed else "(assumed de-identified)"
     console.print(
-        f"wrote {n_written:,} de-identified cases to {out} ({n_redacted:,} texts had "
+        f"wrote {n_written:,} {what} cases to {out} ({stage.n_text_redacted:,} texts had "
         f"identifiers removed); skipped {report.n_skipped:,} records",
         markup=False,
         highlight=False,
@@ -234,12 +240,17 @@ def partition(
     plot: Annotated[
         Path | None, typer.Option(help="Also save a stacked bar chart (PNG) here.")
     ] = None,
+    assume_deidentified: Annotated[
+        bool, typer.Option("--assume-deidentified", help=ASSUME_HELP)
+    ] = False,
 ) -> None:
     """Split a dataset into federated clients: JSONL shards plus a manifest.
 
     SOURCE and PATH as in 'feddx data stats'.
     Kinds: attribute (one client per institution/region/...), iid, dirichlet (label skew,
     --alpha) and size-skew (log-normal client sizes, --sigma); seeded and reproducible.
+    Cases are de-identified as by 'feddx data prepare' before they are split (data prepared
+    with the same FEDDX_DEID_KEY passes through unchanged); the manifest lists pseudonyms.
     """
     from feddx.data.partition import (
         PartitionSpec,
@@ -249,6 +260,7 @@ def partition(
         plot_partition,
         write_partition,
     )
+    from feddx.data.stage import DeidStage
 
     if kind is PartitionKindOption.attribute and attribute is None:
         attribute = "institution"
@@ -262,10 +274,15 @@ def partition(
         min_size=min_size,
     )
     report = LoadReport(source)
-    cases = list(_load(source, path, report))
+    stage = DeidStage(assume_deidentified=assume_deidentified)  # warns when assumed
+    cases = list(stage.cases(_load(source, path, report)))
     parts = partition_cases(cases, spec)
     manifest = write_partition(
-        parts, out, spec, extra={"source": source, "path": str(path) if path else None}
+        parts,
+        out,
+        spec,
+        extra={"source": source, "path": str(path) if path else None},
+        stage=stage,
     )
     names = client_names(parts, spec)
     _print_partition(parts, names, label_histograms(parts))

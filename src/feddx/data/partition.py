@@ -37,6 +37,7 @@ from pydantic import model_validator
 from feddx.data.jsonl import load_jsonl, write_jsonl
 from feddx.data.report import LoadReport
 from feddx.data.schema import Case
+from feddx.data.stage import DeidStage
 from feddx.errors import DataError, FeddxError
 from feddx.io import atomic_write_json, atomic_write_with, file_sha256, replace_dir, temp_dir_beside
 from feddx.settings import Settings
@@ -216,7 +217,8 @@ def partition_cases(cases: Sequence[Case], spec: PartitionSpec) -> list[list[Cas
     ordered = sorted(cases, key=lambda c: c.case_id)
     dupes = [a.case_id for a, b in itertools.pairwise(ordered) if a.case_id == b.case_id]
     if dupes:
-        raise PartitionError(f"duplicate case ids, e.g. {dupes[0]!r}: ids must be unique")
+        # Not quoted: a case id can be a record number, and this message reaches logs.
+        raise PartitionError(f"{len(set(dupes))} case ids occur more than once: ids must be unique")
     if not ordered:
         raise PartitionError("no cases to partition")
     rng = np.random.default_rng(spec.seed)
@@ -262,13 +264,22 @@ def write_partition(
     spec: PartitionSpec,
     *,
     extra: Mapping[str, Any] | None = None,
+    stage: DeidStage | None = None,
 ) -> Path:
     """Write ``client_<i>.jsonl`` shards and ``manifest.json`` into ``out_dir``; returns the
     manifest path.
 
-    The manifest holds the spec, the seed, per-client sizes, label histograms, case ids, shard
-    hashes, ``input_sha256`` (a hash of all partitioned cases) and ``input`` (``extra``: e.g.
-    the source and path). It has no timestamp, so the same input and spec give a byte-identical
+    Every case goes through the de-identification ``stage`` on its way to a shard (default: a
+    fresh :class:`~feddx.data.stage.DeidStage`, so shards are de-identified by construction);
+    cases the stage already de-identified pass through as they are, so de-identify before
+    partitioning (the attribute values and any error then name pseudonyms) and pass the same
+    stage. ``DeidStage(assume_deidentified=True)`` is the explicit opt-out.
+
+    The manifest holds the spec, the seed, per-client sizes, label histograms, case ids (keyed
+    pseudonyms), shard hashes, ``input_sha256`` (a hash of all written cases), ``input``
+    (``extra``: e.g. the source and path) and ``deidentification`` (the stage's
+    :class:`~feddx.data.stage.DeidMarker`: ``true`` or ``"assumed"``, and the key's public
+    fingerprint). It has no timestamp, so the same input, spec and key give a byte-identical
     directory. The whole directory is written beside ``out_dir`` and renamed into place: readers
     never see a half-written partition. An existing ``out_dir`` is replaced only if it is empty
     or holds an earlier partition (a ``manifest.json``); anything else raises
@@ -281,6 +292,9 @@ def write_partition(
         raise PartitionError(
             f"{out_dir} exists and is not a feddx partition; choose an empty or new directory"
         )
+    if stage is None:
+        stage = DeidStage()
+    parts = [[stage.case(c) for c in part] for part in parts]
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_dir_beside(out_dir)
     try:
@@ -309,6 +323,7 @@ def write_partition(
             "sizes": [len(p) for p in parts],
             "input_sha256": _cases_digest(parts),
             "input": dict(extra or {}),
+            "deidentification": stage.marker().as_dict(),
             "clients": clients,
         }
         atomic_write_json(tmp / MANIFEST, manifest, ensure_ascii=False)

@@ -5,8 +5,8 @@ matplotlib's Agg backend, no JavaScript, no external assets), so it can be attac
 or opened on an air-gapped hospital machine. It shows the LLM-vs-baseline table, the confusion
 matrix, per-group accuracy and the calibration curve. Every text is HTML-escaped; only
 aggregates and diagnosis names appear. :func:`write_predictions` adds one JSON line per case
-(case id, reference, every candidate's probability) for error analysis; it holds case ids but
-never findings or text. Every writer is atomic (temp file + rename).
+(case id, reference, every candidate's probability) for error analysis; it holds keyed
+pseudonyms of the case ids, never findings or text. Every writer is atomic (temp file + rename).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from feddx.data.stage import DeidStage, write_marker
 from feddx.evaluate.harness import EvaluationResult, ModelMetrics
 from feddx.io import atomic_write_text
 
@@ -27,11 +28,23 @@ def write_json(result: EvaluationResult, path: Path) -> None:
     atomic_write_text(path, result.to_json(indent=1) + "\n")
 
 
-def write_predictions(result: EvaluationResult, path: Path) -> None:
+def write_predictions(
+    result: EvaluationResult, path: Path, *, stage: DeidStage | None = None
+) -> Path:
     """Write the per-case rankings (:func:`feddx.evaluate.harness.case_rows`) as JSON lines to
-    ``path`` atomically."""
-    lines = "".join(json.dumps(row, allow_nan=False) + "\n" for row in result.cases)
-    atomic_write_text(path, lines)
+    ``path`` atomically, and the de-identification marker beside it (``PATH.deid.json``);
+    returns the marker's path.
+
+    Case ids are written as keyed pseudonyms (:meth:`feddx.data.stage.DeidStage.case_id`;
+    ``stage`` defaults to a fresh stage, which pseudonymizes ids without loading any text
+    analysis): the same ids ``feddx data prepare`` gives these cases with the same
+    ``FEDDX_DEID_KEY``, and ids that are already such pseudonyms stay as they are. A stage with
+    ``assume_deidentified=True`` writes the ids as they are (recorded as ``"assumed"``).
+    """
+    stage = stage if stage is not None else DeidStage()
+    rows = [{**row, "case_id": stage.case_id(str(row["case_id"]))} for row in result.cases]
+    atomic_write_text(path, "".join(json.dumps(row, allow_nan=False) + "\n" for row in rows))
+    return write_marker(path, stage.marker(text=False), extra={"n_cases": len(rows)})
 
 
 def _png(fig: Any) -> str:

@@ -151,6 +151,7 @@ def prepare_local_data(
     validation_fraction: float = 0.2,
     seed: int = 0,
     max_cases: int = 0,
+    assume_deidentified: bool = False,
 ) -> LocalData:
     """Split a dataset the way a real federation is split, for a loopback deployment.
 
@@ -159,28 +160,41 @@ def prepare_local_data(
     (one shard per institution, ``out_dir/shards``) and each shard becomes one node. So no node
     trains on a case the server validates on. ``max_cases`` (0: all) takes a stratified sample
     first, for runs that must be quick.
+
+    Every case is de-identified (:class:`~feddx.data.stage.DeidStage`) before it is split and
+    written: the shards, their manifest, ``eval.jsonl`` and its marker
+    (``eval.jsonl.deid.json``) hold pseudonyms and redacted text only.
+    ``assume_deidentified`` writes them as read (recorded as ``"assumed"``, with a warning).
     """
     from feddx.data.jsonl import write_jsonl
     from feddx.data.partition import PartitionSpec, partition_cases, write_partition
     from feddx.data.report import LoadReport
     from feddx.data.sources import load_source, parse_data_spec
     from feddx.data.split import stratified_split
+    from feddx.data.stage import DeidStage, write_marker
     from feddx.errors import DataError
 
     source, path = parse_data_spec(data)
+    stage = DeidStage(assume_deidentified=assume_deidentified)
     cases = [c for c in load_source(source, path, LoadReport(source)) if c.label is not None]
     if not cases:
         raise DataError(f"{data}: no labeled cases")
     if max_cases and max_cases < len(cases):
         _, cases = stratified_split(cases, test_fraction=max_cases / len(cases), seed=seed)
+    cases = list(stage.cases(cases))
     train, validation = stratified_split(cases, test_fraction=validation_fraction, seed=seed)
     spec = PartitionSpec(kind="attribute", attribute=attribute, seed=seed)
     partition_dir = Path(out_dir) / "shards"
     write_partition(
-        partition_cases(train, spec), partition_dir, spec, extra={"source": data, "split": "train"}
+        partition_cases(train, spec),
+        partition_dir,
+        spec,
+        extra={"source": data, "split": "train"},
+        stage=stage,
     )
     eval_path = Path(out_dir) / "eval.jsonl"
     write_jsonl(sorted(validation, key=lambda c: c.case_id), eval_path)
+    write_marker(eval_path, stage.marker(), extra={"n_cases": len(validation), "split": "eval"})
     return LocalData(
         nodes=nodes_from_partition(partition_dir),
         partition_dir=partition_dir,
