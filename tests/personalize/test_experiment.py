@@ -20,6 +20,7 @@ from feddx.personalize.experiment import (
     PersonalizeConfig,
     assign_groups,
     build_groups,
+    registry_scope,
     run_experiment,
 )
 
@@ -208,3 +209,19 @@ def test_small_hospitals_can_be_dealt_into_several_groups(data_file: Path) -> No
     }
     assert groups == {"south small hospitals 1": ["A", "D"], "south small hospitals 2": ["B", "C"]}
     assert len(notes) == 2 and all("(8 cases)" in n for n in notes)
+
+
+def test_registry_scopes_are_safe_folder_names() -> None:
+    from feddx.personalize.registry import normalize_scope
+
+    names = [
+        "Univ. Hospitals Zurich/Basel",
+        "Hungarian Inst. of Cardiology",
+        "south small hospitals 2",
+    ]
+    scopes = [registry_scope(n) for n in names]
+    assert scopes == [
+        "univ.-hospitals-zurich-basel", "hungarian-inst.-of-cardiology", "south-small-hospitals-2"
+    ]  # fmt: skip
+    assert [normalize_scope(s) for s in scopes] == scopes  # the registry accepts them as they are
+    assert registry_scope("///") == "unnamed" and len(registry_scope("x" * 80)) == 64

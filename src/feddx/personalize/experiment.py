@@ -699,10 +699,6 @@ def run_experiment(
             row[column] = group_metrics(preds) if preds else None
         rows.append(row)
 
-    # ---- save and register every final adapter
-    saved = _save_and_register(
-        config, out_dir, diagnoser, [*adapters, *final_inst], default_regional, loaded.source
-    )
     summary = _summary(rows, columns, regions)
     result: dict[str, Any] = {
         "config": config.to_dict(),
@@ -731,12 +727,28 @@ def run_experiment(
             for i in inst_adapters
             if "ditto" in inst_adapters[i]
         },
-        "adapters": saved,
+        "adapters": [],
         "seconds": time.perf_counter() - started,
         "individual_context": "not measured: feddx.personalize.history/retrieval are not in this tree yet",
     }
+    # The table first: a registration that fails (a full disk, a name the registry refuses)
+    # must not cost the measurements.
+    write_outputs(result, out_dir)
+    result["adapters"] = _save_and_register(
+        config, out_dir, diagnoser, [*adapters, *final_inst], default_regional, loaded.source
+    )
     write_outputs(result, out_dir)
     return result
+
+
+def registry_scope(name: str) -> str:
+    """A region or institution name as a registry scope: lower case, every run of characters
+    outside ``a-z 0-9 . _ -`` as one ``-`` ("Univ. Hospitals Zurich/Basel" ->
+    ``univ.-hospitals-zurich-basel``), at most 64 characters."""
+    import re
+
+    slug = re.sub(r"[^a-z0-9._-]+", "-", name.strip().lower()).strip("-._")
+    return (slug or "unnamed")[:64].rstrip("-._")
 
 
 def _summary(
@@ -810,8 +822,8 @@ def _save_and_register(
             entry = registry.register(
                 folder,
                 level=a.level,
-                region=a.region if a.level == "regional" else None,
-                institution=a.institution,
+                region=None if a.region is None else registry_scope(a.region),
+                institution=None if a.institution is None else registry_scope(a.institution),
                 parent_id=ids.get(a.parent) if a.parent else None,
                 data_fingerprint=data_fingerprint(a.train_cases),
                 metrics={f"validation_{k}": v for k, v in a.validation.items()},
