@@ -16,7 +16,7 @@ from feddx.cli._app import app, console_err
 from feddx.errors import FeddxError
 
 # Importing the command modules registers their commands on ``app``.
-from feddx.cli import core, data, deploy, evaluate, federate, registry, serve, train  # noqa: F401  # isort: skip
+from feddx.cli import core, data, deploy, evaluate, federate, personalize, registry, serve, train  # noqa: F401  # isort: skip
 
 
 def main(argv: list[str] | None = None) -> int:
