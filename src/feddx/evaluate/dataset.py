@@ -17,10 +17,9 @@ overlap rule), so the LLM is compared with a baseline that saw the same data as 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
 
 from feddx.data.candidates import candidate_list
 from feddx.data.sources import load_cases
@@ -30,27 +29,29 @@ from feddx.evaluate.harness import EvaluationOptions, EvaluationResult, Progress
 from feddx.model.loading import DEFAULT_MODEL
 from feddx.model.predict import Diagnoser, check_labels
 from feddx.model.scoring import validate_candidates
+from feddx.settings import Names, SettingPath, Settings
 
 Split = Literal["test", "all"]
 
 
-@dataclass(frozen=True)
-class DatasetEvaluation:
+class DatasetEvaluation(Settings):
     """What to evaluate: the data, the split, the model and adapters (several: an ensemble)."""
 
+    settings_name: ClassVar[str] = "evaluation"
+
     data: str
-    adapters: Sequence[Path] = ()
+    adapters: tuple[SettingPath, ...] = ()
     model: str = DEFAULT_MODEL
     split: Split = "test"
-    test_fraction: float = 0.2
+    test_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
     seed: int = 0
-    limit: int = 0
-    candidates_file: Path | None = None
+    limit: int = Field(default=0, ge=0)
+    candidates_file: SettingPath | None = None
     baseline: bool = True
-    extra_data: Sequence[str] = ()  # what the adapter also trained on: a second baseline
-    extra_per_label: int | None = None
+    extra_data: Names = ()  # what the adapter also trained on: a second baseline
+    extra_per_label: int | None = Field(default=None, ge=1)
     drop_overlapping_extra: bool = False
-    options: EvaluationOptions = field(default_factory=EvaluationOptions)
+    options: EvaluationOptions = Field(default_factory=EvaluationOptions)
 
 
 def evaluate_dataset(
