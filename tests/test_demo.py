@@ -171,6 +171,7 @@ def test_unknown_stage_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert "unknown stage(s) nope" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # the fast stages twice, in a subprocess
 def test_a_killed_run_resumes_and_ends_with_the_same_figures(
     finished_run: Path, tiny_dir: Path, tmp_path: Path
 ) -> None:
