@@ -201,6 +201,16 @@ def test_differential_privacy_reports_epsilon_per_round_and_total(
     r1, r2 = result.history[1:]
     assert r1["epsilon_round"] > 0 and r1["epsilon_total"] < r2["epsilon_total"]
     assert result.history[-1]["delta"] == cfg.dp_delta
+    # The run's summary says which replies were aggregated: under central DP every valid one
+    # (the norm rules would be a selection the ledger does not account for).
+    summary = json.loads((cfg.out_path() / "history.json").read_text())["summary"]
+    if mode == "central":
+        assert summary["client_selection"].startswith(
+            "all valid replies aggregated (outlier filter and max-update-norm off under central DP"
+        )
+    else:
+        assert "max-update-norm 100" in summary["client_selection"]
+        assert "post-processing, epsilon unchanged" in summary["client_selection"]
 
 
 def _strings_in(obj: Any) -> list[str]:

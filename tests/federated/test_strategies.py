@@ -5,6 +5,7 @@ strategy's internal state survives a checkpoint round trip."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -24,7 +25,7 @@ from feddx.federated.checkpoint import (
 from feddx.federated.codec import from_array_record, to_array_record
 from feddx.federated.config import STRATEGIES, FederatedConfig
 from feddx.federated.inprocess import InProcessGrid
-from feddx.federated.strategies import build_strategy
+from feddx.federated.strategies import build_strategy, client_selection
 
 FLOWER_CLASS = {
     "fedavg": flwr_strategy.FedAvg,
@@ -100,6 +101,80 @@ def test_central_dp_wraps_clips_and_noises() -> None:
     delta = np.sqrt(sum(np.sum((out[k] - global_adapter()[k]) ** 2) for k in KEYS))
     # clipped to 0.01 per client; noise std 0.5 * 0.01 / 4 per coordinate (128 coordinates)
     assert delta < 0.01 + 6 * 0.5 * 0.01 / 4 * np.sqrt(128)
+
+
+def _with_norm(seed: int, norm: float) -> dict[str, np.ndarray]:
+    """The global adapter plus an update of exactly ``norm`` (L2 over every tensor)."""
+    rng = np.random.default_rng(seed)
+    g = global_adapter()
+    d = {k: rng.standard_normal(v.shape) for k, v in g.items()}
+    scale = norm / np.sqrt(sum(np.sum(v**2) for v in d.values()))
+    return {k: (g[k] + scale * d[k]).astype(np.float32) for k in g}
+
+
+def _round(cfg: FederatedConfig, updates: list[dict[str, np.ndarray]]) -> Any:
+    s = build_strategy(cfg, len(updates))
+    g = grid(len(updates))
+    messages = list(s.configure_train(1, to_array_record(global_adapter()), ConfigRecord(), g))
+    replies = []
+    for m, u in zip(messages, updates, strict=True):
+        r = reply(m.metadata.dst_node_id, to_array_record(u))
+        r.content["metrics"] = MetricRecord({"num-examples": 10, "unit-weight": 1.0})
+        replies.append(r)
+    arrays, _ = s.aggregate_train(1, replies)
+    return s, arrays
+
+
+def test_a_two_client_round_rejects_an_outsized_update_by_default() -> None:
+    """The relative rule needs 3 replies; the absolute bound is on by default, so two
+    clients are protected too. An honest update (its norm as measured on real runs, well
+    under the bound) is kept."""
+    cfg = FederatedConfig(num_clients=2, min_train_clients=1, min_available_clients=2)
+    limit = cfg.max_update_norm
+    assert limit > 0
+    s, arrays = _round(cfg, [_with_norm(1, limit / 20), _with_norm(2, 10 * limit)])
+    outcome = s.last_outcome
+    assert arrays is not None and outcome is not None
+    assert outcome.accepted == 1 and len(outcome.rejected) == 1
+    assert f"> limit {limit:g}" in outcome.rejected[0].reason
+    assert outcome.update_norms == [pytest.approx(limit / 20, rel=1e-4)]
+
+
+def test_central_dp_aggregates_every_valid_reply_and_clips_instead_of_selecting() -> None:
+    cfg = FederatedConfig(
+        dp="central",
+        dp_clipping_norm=1.0,
+        dp_noise_multiplier=1e-9,  # (almost) no noise: the clipping is what is measured
+        num_clients=2,
+        max_update_norm=5.0,
+        outlier_factor=2.0,
+    )
+    small, huge = _with_norm(1, 0.1), _with_norm(2, 1000.0)
+    s, arrays = _round(cfg, [small, huge])
+    assert (s.max_update_norm, s.outlier_factor) == (0.0, 0.0)
+    assert s.last_outcome is not None and s.last_outcome.accepted == 2
+    assert s.last_outcome.rejected == []
+    out = from_array_record(arrays)
+    delta = np.sqrt(sum(np.sum((out[k] - global_adapter()[k]) ** 2) for k in KEYS))
+    assert delta <= (0.1 + 1.0) / 2 + 1e-4  # the outsized update counts for at most the clip
+    assert client_selection(cfg) == (
+        "all valid replies aggregated (outlier filter and max-update-norm off under central DP; "
+        "every update clipped to dp-clipping-norm 1)"
+    )
+
+
+def test_local_dp_keeps_the_norm_rules_as_post_processing() -> None:
+    cfg = FederatedConfig(dp="local", max_update_norm=5.0, outlier_factor=10.0)
+    s = build_strategy(cfg, 4)
+    assert (s.max_update_norm, s.outlier_factor) == (5.0, 10.0)
+    assert client_selection(cfg) == (
+        "valid replies aggregated except those with an update norm above max-update-norm 5 "
+        "or an update norm above 10 x the round's median (with 3+ replies) (applied to DP-SGD "
+        "releases: post-processing, epsilon unchanged)"
+    )
+    assert client_selection(cfg.replace(dp="none", max_update_norm=0.0, outlier_factor=0.0)) == (
+        "all valid replies aggregated (no norm limit)"
+    )
 
 
 @pytest.mark.parametrize("name", ["fedadam", "fedyogi", "fedadagrad", "fedavgm"])
