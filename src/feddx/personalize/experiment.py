@@ -729,7 +729,10 @@ def run_experiment(
         },
         "adapters": [],
         "seconds": time.perf_counter() - started,
-        "individual_context": "not measured: feddx.personalize.history/retrieval are not in this tree yet",
+        "individual_context": (
+            "not in this command yet: history and retrieval (feddx.personalize.history, "
+            "retrieval) are measured by benchmarks/bench_individual.py"
+        ),
     }
     # The table first: a registration that fails (a full disk, a name the registry refuses)
     # must not cost the measurements.
