@@ -318,7 +318,9 @@ def test_no_identifier_leaves_any_path(
         "stdout": captured.out,
         "stderr": captured.err,
     }
-    # Everything ran and wrote what it should, de-identified.
+    # No identifier anywhere (checked first: a leak is reported with where it was found).
+    assert find_leaks(texts, records.secrets) == []
+    # And everything ran and wrote what it should, de-identified.
     assert {
         "prepare/csv.jsonl",
         "prepare/csv.jsonl.deid.json",
@@ -334,7 +336,6 @@ def test_no_identifier_leaves_any_path(
     assert manifest["deidentification"]["deidentified"] is True
     assert "[NAME]" in texts["prepare/csv.jsonl"] and "[CPF]" in texts["prepare/csv.jsonl"]
     assert any("feddx data:" in m for m in messages)  # the failing node's fixed reply
-    assert find_leaks(texts, records.secrets) == []
 
 
 @pytest.mark.parametrize("path", list(PATHS))
