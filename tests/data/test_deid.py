@@ -666,3 +666,18 @@ def test_markers_describe_one_file_exactly(tmp_path: Path, deid: Deidentifier) -
     data.write_text('{"case_id": "y"}\n')  # other bytes: the marker no longer applies
     assert read_marker(data) is None
     assert read_marker(tmp_path / "other.jsonl") is None
+
+
+def test_fhir_ids_become_keyed_pseudonyms_that_still_link_a_patient(deid: Deidentifier) -> None:
+    from feddx.data.fhir import load_fhir
+    from feddx.data.stage import DeidStage
+
+    bundle = FIXTURE.parents[1] / "fhir" / "bundle"
+    raw = list(load_fhir(bundle, redactor=deid))
+    clean = list(DeidStage(deid).cases(raw))
+    assert len(clean) >= 2 and {c.patient_id for c in raw} == {"pat-a"}
+    assert {c.patient_id for c in clean} == {deid.pseudonym("pat-a", "pt")}  # one patient
+    assert [c.case_id for c in clean] == [deid.pseudonym(c.case_id, "case") for c in raw]
+    # the patient's dates all move by the same offset: the intervals of her history survive
+    shifts = {(b.date - a.date).days for a, b in zip(raw, clean, strict=True) if a.date and b.date}
+    assert len(shifts) == 1 and 0 not in shifts

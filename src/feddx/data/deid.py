@@ -9,15 +9,23 @@ What it can and cannot find (measured in ``benchmarks/bench_deid.py``):
 
 - Structured identifiers (CPF, CNS, phones, e-mails, dates, CEP, record numbers) are found by
   pattern and, where they have one, check digits.
-- Names: there is no statistical NER offline (spaCy's pretrained pipelines are not on PyPI).
-  Names are found behind cues ("Nome:", "Paciente:", "Sra.", "Dr." ...), then every name found
-  is redacted wherever else it occurs in the same text, and the caller's
-  ``extra_identifiers`` (e.g. the FHIR Patient's own names, identifiers, phone and address)
-  are redacted wherever they occur, case- and accent-insensitively, name token by token.
-  A name with no cue that the caller did not supply is missed.
+- Names: a statistical NER model (spaCy's ``en_core_web_sm`` 3.8.0, :data:`DEFAULT_NER_MODEL`)
+  proposes PERSON spans, scored below every cue-anchored recognizer and trimmed to name words
+  (it was trained on English news: cue words, headings and measurement labels it calls persons
+  are dropped); names behind cues ("Nome:", "Paciente:", "Sra.", "Dr." ...) are found by
+  pattern; every name found is then redacted wherever else it occurs in the same text, and the
+  caller's ``extra_identifiers`` (e.g. the FHIR Patient's own names, identifiers, phone and
+  address) wherever they occur, case- and accent-insensitively, name token by token. Names
+  recall without caller identifiers, patterns only -> with the model: 0.898 -> 0.970 on the
+  synthetic Brazilian records, 0.667 -> 0.810 on the hand-written held-out ones, 0.000 -> 0.000
+  on Synthea's notes (numbered names such as "Sumiko254" are unknown to the model: only the
+  caller's identifiers find them); names precision 1.000 -> 0.984 and 0.944. The model costs
+  most of the time: about 3x slower than patterns alone (``results/deid.md``).
+  No Portuguese pipeline installs from the package registry; the English model runs on both.
 
 :meth:`Deidentifier.deidentify_case` also pseudonymizes ``patient_id``/``case_id`` with a keyed
-hash (HMAC-SHA256), shifts structured dates by a per-patient offset derived from the same key
+hash (HMAC-SHA256, :class:`Pseudonymizer`; a pseudonym is recognised and never pseudonymized
+twice), shifts structured dates by a per-patient offset derived from the same key
 (intervals between a patient's encounters survive, so history order is kept), and caps ages
 over 89 at 90 (HIPAA Safe Harbor).
 
@@ -29,8 +37,8 @@ fixed key when cases prepared in several runs must link up (the same patient, th
 pseudonym). Keep the key secret: with it, a known identifier can be matched to its pseudonym.
 
 Presidio runs over one blank *English* spaCy pipeline for every language: it only tokenizes
-(no model, nothing downloaded), and every recognizer here is a pattern, so Portuguese text
-needs no pipeline of its own. ``tldextract`` (Presidio's e-mail domain check) is pointed at its
+(nothing downloaded); the NER model is run by its own recognizer, loaded once per process from
+its installed package. ``tldextract`` (Presidio's e-mail domain check) is pointed at its
 bundled public-suffix snapshot, so nothing reaches for the network.
 
 Nothing here logs or raises with patient text: spans carry offsets and types, never values.

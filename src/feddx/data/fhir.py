@@ -34,8 +34,11 @@ is stored in a case when :attr:`~FHIRLoadOptions.deidentify` is on (the default)
 :class:`feddx.data.deid.Deidentifier` plus every occurrence of the patient's own names,
 identifiers, address and contacts. If that module is not installed, notes are dropped and
 reported, never stored raw. Names of diagnoses, medications, procedures and observations are
-terminology and are kept as they are. The patient's name is never put in a case; the patient
-id is the resource id (pseudonymous in Synthea).
+terminology and are kept as they are. The patient's name is never put in a case. Case and
+patient ids are the Encounter and Patient resource ids as read (a hospital's may embed a record
+number): every path that writes, sends or logs cases passes them through
+:class:`feddx.data.stage.DeidStage`, which replaces them with keyed pseudonyms, the same for the
+same id under one ``FEDDX_DEID_KEY``, so a patient's cases still link, and shifts their dates.
 """
 
 from __future__ import annotations
