@@ -121,3 +121,21 @@ def test_ddxplus_antecedents_move_into_history(shared_data: Path) -> None:
     )
     via_source = next(iter(load_source("ddxplus-history", path)))
     assert via_source == first_moved
+
+
+def test_embedding_similarity_ranks_by_cosine() -> None:
+    import numpy as np
+
+    from feddx.personalize.history import embedding_similarity
+
+    class TwoWords:
+        name = "two-words"
+
+        def encode(self, texts: list[str]) -> np.ndarray:
+            v = np.array([[("swelling" in t) + 0.1, ("fracture" in t) + 0.1] for t in texts])
+            return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+
+    lines = history_lines(_case(), "relevance", embedding_similarity(TwoWords()))
+    assert lines is not None
+    assert lines[0] == "Earlier visit 2022-05-09: heart failure with leg swelling."
+    assert lines[-1] == "Earlier visit 2019-03-01: ankle fracture."
