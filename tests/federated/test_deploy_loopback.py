@@ -24,7 +24,7 @@ from feddx.federated.deploy.local import (
 )
 from feddx.federated.deploy.processes import pid_running
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.deployment]
 
 REPO = Path(__file__).resolve().parents[2]
 TOY_APP = REPO / "tests" / "fixtures" / "deploy" / "toyapp"
