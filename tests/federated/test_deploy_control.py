@@ -3,6 +3,7 @@ Flower must parse back exactly, process environments, and stopping process trees
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -175,3 +176,48 @@ def test_relative_credentials_are_made_absolute_for_the_daemons(
     assert fed.creds.node("hospital-a").private_key.is_absolute()
     assert fed.run_dir.is_absolute()
     assert fed.procs.processes == [], "constructing a federation starts nothing"
+
+
+def test_a_fault_drill_signals_only_processes_of_its_own_federation(tmp_path: Path) -> None:
+    """``kill`` is SIGKILL by PID, so it refuses any PID the federation did not start or see
+    spawned (here: the test process itself), and it finds app processes by executable name
+    among its own daemons' descendants only."""
+    from feddx.federated.certs import generate_credentials
+    from feddx.federated.deploy.local import LocalFederation, LocalFederationConfig
+    from feddx.federated.deploy.processes import DeploymentError
+
+    generate_credentials(tmp_path / "certs", ["hospital-a"])
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "pyproject.toml").write_text("[tool.flwr.app]\npublisher = 'x'\n")
+    fed = LocalFederation(
+        LocalFederationConfig(
+            run_dir=tmp_path / "run",
+            credentials=tmp_path / "certs",
+            nodes=[NodeSpec.for_data("hospital-a", "jsonl", tmp_path / "a.jsonl")],
+            app_dir=app,
+        )
+    )
+    with pytest.raises(DeploymentError, match=f"PID {os.getpid()} is not a process of this"):
+        fed.kill(os.getpid())
+    script = (
+        "import subprocess, sys, time; "
+        "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)"
+    )
+    daemon = fed.procs.start(
+        "daemon", [sys.executable, "-c", script], log_path=tmp_path / "d.log", env={}, cwd=tmp_path
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not (kids := fed.app_processes(daemon, Path(sys.executable).name)):
+            assert time.monotonic() < deadline, "the daemon's child never appeared"
+            time.sleep(0.1)
+        assert [k.pid for k in kids] != [daemon.pid]
+        fed.kill(kids[0].pid)
+        deadline = time.monotonic() + 10
+        while pid_running(kids[0].pid):  # gone (a zombie until its parent reaps it)
+            assert time.monotonic() < deadline, "the killed process is still running"
+            time.sleep(0.05)
+        assert daemon.alive()  # only the one process was killed
+    finally:
+        assert fed.stop() == []
