@@ -216,7 +216,9 @@ def report(name: str, deid: Finder, baseline: Finder, docs: Sequence[LabeledDoc]
     print(f"throughput: stock Presidio {base_chars / base_secs:,.0f} chars/s; " + "; ".join(speeds))
 
 
-def names_before_after(name: str, before: Finder, after: Finder, docs: Sequence[LabeledDoc]) -> None:
+def names_before_after(
+    name: str, before: Finder, after: Finder, docs: Sequence[LabeledDoc]
+) -> None:
     """One line: NAME recall and precision without caller identifiers, without and with NER."""
     cells = []
     for tag, finder in (("patterns only", before), ("with NER", after)):
