@@ -201,7 +201,12 @@ class MicroBatcher:
             if len(items) == 1:
                 items[0][0].future.set_exception(e)
                 return
-            log.warning("a batch of %d failed (%s); scoring its cases one by one", len(items), e)
+            # The exception's type only: its message could quote a case.
+            log.warning(
+                "a batch of %d failed (%s); scoring its cases one by one",
+                len(items),
+                type(e).__name__,
+            )
             for item in items:
                 self._score_group([item], batch_cases)
             return
