@@ -92,7 +92,9 @@ class DemoRun:
         loaded = load_cases(self.opts.dataset, purpose="run the demo on")
         self.source = loaded.source
         self.data_path = loaded.path
-        cases = sorted(loaded.cases, key=lambda c: c.case_id)
+        # the loader's order, as the Flower task splits it (feddx.federated.task.task_data):
+        # the federation's held-out cases must be exactly this test split (checked there)
+        cases = list(loaded.cases)
         self.train, test = stratified_split(cases, self.opts.test_fraction, self.opts.seed)
         self.test = test[: self.opts.limit] if self.opts.limit else test
         self.candidates: CandidateList = candidate_list(
@@ -312,6 +314,14 @@ class DemoRun:
                 x for x in (self.opts.round_eval_cases, self.opts.limit, len(self.test)) if x
             ),
         )
+        from feddx.federated.task import task_data
+
+        held_out = {c.case_id for c in task_data(cfg).validation}
+        if not {c.case_id for c in self.test} <= held_out:
+            raise DataError(
+                f"{self.opts.dataset}: the federation's held-out split differs from the demo's "
+                "test split, so clients would train on test cases; refusing to run"
+            )
         task = self.bar.add_task(
             f"   {clients} SuperNodes, {budget.rounds} rounds ({self.opts.engine})", total=None
         )
