@@ -59,7 +59,7 @@ def candidate_list(
             icd10.setdefault(c.label.diagnosis, c.label.icd10)
     if candidates_file is not None:
         names = read_candidates_file(candidates_file)
-    elif source in ("ddxplus", "ddxplus-v0") and path is not None:
+    elif source in ("ddxplus", "ddxplus-v0", "ddxplus-history") and path is not None:
         from feddx.data.ddxplus import ddxplus_candidates, ddxplus_icd10
 
         names = ddxplus_candidates(path)
