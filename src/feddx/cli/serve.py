@@ -85,7 +85,8 @@ def serve(
     quiet_libraries()
     from feddx.serve.security import KeyStore
 
-    if not KeyStore(settings.keys_file).key_records() and not KeyStore(settings.keys_file).ehr_issuers():
+    store = KeyStore(settings.keys_file)
+    if not store.key_records() and not store.ehr_issuers():
         console_err.print(
             f"warning: no keys in {settings.keys_file}: every request will be refused; add one "
             "with 'feddx serve keys add INSTITUTION --region REGION'",
@@ -171,7 +172,8 @@ def keys_list(
         for k in store.key_records()
     ]
     ehrs = [
-        {"issuer": e.issuer, "institution": e.institution, "region": e.region} for e in store.ehr_issuers()
+        {"issuer": e.issuer, "institution": e.institution, "region": e.region}
+        for e in store.ehr_issuers()
     ]
     if as_json:
         typer.echo(json.dumps({"keys": records, "ehrs": ehrs}, indent=1))
