@@ -204,10 +204,16 @@ def _scores(path: Path) -> dict[str, dict[str, float]]:
 
 
 def test_repeated_adapter_ranks_by_the_mean_probability_of_the_ensemble(
-    model_dir: Path, data_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    model_dir: Path,
+    data_file: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import math
 
+    # predictions files name cases by keyed pseudonyms: one key makes runs joinable
+    monkeypatch.setenv("FEDDX_DEID_KEY", "ensemble-test-key")
     a, b = tmp_path / "a", tmp_path / "b"
     _random_adapter(model_dir, a, seed=1)
     _random_adapter(model_dir, b, seed=2)

@@ -12,6 +12,7 @@ from evaluate_fixtures import LABELS, make_cases  # type: ignore[import-not-foun
 
 from feddx.data.candidates import CandidateList
 from feddx.data.schema import Case, Label
+from feddx.data.stage import DeidStage
 from feddx.evaluate.calibration import prediction_ece
 from feddx.evaluate.differential import differential_summary
 from feddx.evaluate.harness import EvaluationOptions, evaluate_cases
@@ -23,7 +24,11 @@ CANDIDATES = [*LABELS, "Influenza"]
 
 
 def test_end_to_end_with_baseline_calibration_and_report(
-    diagnoser: Any, train_cases: list[Case], test_cases: list[Case], tmp_path: Path
+    diagnoser: Any,
+    train_cases: list[Case],
+    test_cases: list[Case],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     stages: list[str] = []
     result = evaluate_cases(
@@ -69,9 +74,13 @@ def test_end_to_end_with_baseline_calibration_and_report(
     assert json.loads((tmp_path / "out" / "result.json").read_text())["n"] == 12
     # per-case rows: kept out of the aggregate JSON, written to their own file
     assert "cases" not in data and len(result.cases) == 12
+    monkeypatch.setenv("FEDDX_DEID_KEY", "harness-test-key")
+    stage = DeidStage()
     write_predictions(result, tmp_path / "out" / "cases.jsonl")
     rows = [json.loads(x) for x in (tmp_path / "out" / "cases.jsonl").read_text().splitlines()]
-    assert [r["case_id"] for r in rows] == [c.case_id for c in test_cases]
+    # case ids leave as keyed pseudonyms (stable for the key), in the evaluated order
+    assert [r["case_id"] for r in rows] == [stage.case_id(c.case_id) for c in test_cases]
+    assert not {c.case_id for c in test_cases} & {r["case_id"] for r in rows}
     for row in rows:
         probs = [c["probability"] for c in row["ranked"]]
         assert probs == sorted(probs, reverse=True) and abs(sum(probs) - 1) < 1e-6
