@@ -12,6 +12,7 @@ are computed once and cached for every later epoch, round and personalization.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import time
@@ -330,6 +331,8 @@ class DemoRun:
         finally:
             self.bar.remove_task(task)
         adapter_dir = fed.out_dir / GLOBAL_ADAPTER_DIR
+        # Flower needs absolute paths; the record keeps the folder relocatable
+        adapter_rel = os.path.relpath(adapter_dir, self.folder.root.resolve())
         d.add_adapter(adapter_dir, name="federated")
         scored = self._score("scoring the federated adapter", "federated", self.test)
         entry = _metrics_entry(scored.llm)
@@ -354,9 +357,9 @@ class DemoRun:
             epsilon=fed.epsilon,
             dp="none",
             train_seconds=fed.seconds,
-            adapter=str(adapter_dir.relative_to(self.folder.root)),
+            adapter=adapter_rel,
             artefacts=[
-                str(adapter_dir.relative_to(self.folder.root)),
+                adapter_rel,
                 self._write_predictions("federated", scored.cases),
             ],
         )
