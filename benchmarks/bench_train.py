@@ -1,32 +1,36 @@
 """Training throughput, peak memory and accuracy: feddx's trainer against Hugging Face's
-``Trainer`` + peft LoRA, on the same DDXPlus cases and epochs, in one process.
+``Trainer`` + peft LoRA, on the same DDXPlus cases and epochs, each in a process of its own.
 
     .venv/bin/python benchmarks/bench_train.py [--train 64] [--test 40] [--epochs 3]
         [--top-layers 4] [--targets q_proj,v_proj,...] [--dropout 0] [--lr 1e-3] [--threads N]
         [--answer-loss vocabulary|candidates] [--skip-reference] [--skip-eval]
+        [--method ours|reference]
 
 The default (64 training cases) takes a few minutes on an idle 2-core machine and shows
 speed and memory; its top-1 figures are noise (49 classes, 64 examples). For a meaningful
 accuracy comparison use e.g. ``--train 256 --test 98`` (about 40 minutes).
 
-Runs, in this order (ours first, so the reference's freed memory cannot inflate our peak):
+Each method runs in a fresh interpreter (the script calls itself with ``--method``), so
+neither sees memory the other left resident, and the peak RSS reported is that process's own
+peak from start to end (``getrusage``: loading, training and scoring), beside the peak sampled
+during training alone. Both use the same LoRA dropout (``--dropout``, default 0). The methods:
 
 * **ours**: :func:`feddx.train.trainer.train_adapter` with the given settings (by default
   rank-16 LoRA on every linear module of the top 4 of SmolLM2's 30 layers, no LoRA dropout,
   frozen-layer activations cached, last layer and LM head evaluated at answer tokens only,
   length-bucketed batches of 8);
-* **reference**: ``transformers.Trainer`` + peft LoRA rank 16 on q,v of every layer, the
-  model's own loss (vocabulary logits for every position), batches of 8 padded to their longest
-  example, labels masked to the answer tokens (the same loss target as ours), the same
-  learning rate, schedule shape (5% warm-up, cosine) and epochs.
+* **reference**: ``transformers.Trainer`` + peft LoRA rank 16 on q,v of every layer (dropout
+  ``--dropout``), the model's own loss (vocabulary logits for every position), batches of 8
+  padded to their longest example, labels masked to the answer tokens (the same loss target as
+  ours), the same learning rate, schedule shape (5% warm-up, cosine) and epochs.
 
 Both train from the same base weights on the same training cases (a stratified split of
 ``../shared/data/ddxplus``, rendered by the one prompt renderer), and both are scored with
 :meth:`feddx.model.predict.Diagnoser.diagnose` on the same held-out cases against all 49 DDXPlus
-pathologies. Printed: wall seconds, examples/s and their ratio, peak RSS during each run
-(sampled every 20 ms), top-1/top-3 of both, and, for our training loop, the achieved FLOP/s
-as a fraction of this machine's float32 matmul peak measured in the same run. FLOPs are
-counted analytically (see ``_our_flops``). Never asserts: figures only.
+pathologies. Printed: wall seconds, examples/s and their ratio, peak RSS (the process's, and
+sampled every 20 ms during training), top-1/top-3 of both, and, for our training loop, the
+achieved FLOP/s as a fraction of this machine's float32 matmul peak measured in the same
+process. FLOPs are counted analytically (see ``_our_flops``). Never asserts: figures only.
 """
 
 from __future__ import annotations
@@ -235,7 +239,7 @@ def run_reference(args: argparse.Namespace, train: list[Any]) -> tuple[Any, Any,
     lora = LoraConfig(
         r=16,
         lora_alpha=32,
-        lora_dropout=0.05,
+        lora_dropout=args.dropout,  # the same as ours
         target_modules=["q_proj", "v_proj"],
         bias="none",
         task_type="CAUSAL_LM",
@@ -278,7 +282,7 @@ def run_reference(args: argparse.Namespace, train: list[Any]) -> tuple[Any, Any,
     return model, tokenizer, figures
 
 
-def main() -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=SHARED, help="DDXPlus folder")
     ap.add_argument("--model", default="smollm2-135m-instruct")
@@ -299,7 +303,7 @@ def main() -> int:
         default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
         help="ours: LoRA target modules",
     )
-    ap.add_argument("--dropout", type=float, default=0.0, help="ours: LoRA dropout")
+    ap.add_argument("--dropout", type=float, default=0.0, help="LoRA dropout (both methods)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--cache-dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     ap.add_argument("--seed", type=int, default=0)
@@ -313,48 +317,105 @@ def main() -> int:
         help="ours: loss over the vocabulary, or over the 49 candidates (TrainConfig.answer_loss)",
     )
     ap.add_argument("--progress", action="store_true")
-    args = ap.parse_args()
+    ap.add_argument(
+        "--method",
+        choices=["ours", "reference"],
+        default=None,
+        help="run only this method, in this process, and write its figures to --result-file "
+        "(what the benchmark does for each method in a fresh process of its own)",
+    )
+    ap.add_argument("--result-file", type=Path, default=None, help=argparse.SUPPRESS)
+    return ap
 
-    if not args.data.is_dir():
-        print(f"DDXPlus data not found at {args.data}; pass --data", file=sys.stderr)
-        return 2
-    import torch
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+def _cases(args: argparse.Namespace) -> tuple[list[Any], list[Any], list[str]]:
     from feddx.data.ddxplus import ddxplus_candidates
     from feddx.data.sources import load_source
     from feddx.data.split import stratified_split
 
     cases = list(load_source("ddxplus", args.data))
     train_all, test_all = stratified_split(cases, test_fraction=0.3, seed=args.seed)
-    train, test = train_all[: args.train], test_all[: args.test]
-    candidates = ddxplus_candidates(args.data)
-    peak = matmul_peak_gflops()
+    return train_all[: args.train], test_all[: args.test], ddxplus_candidates(args.data)
+
+
+def _process_peak_rss_gib() -> float:
+    """This process's peak resident set size since it started (Linux reports KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def measure(args: argparse.Namespace) -> dict[str, float]:
+    """One method, start to finish, in this (fresh) process: load, train, score."""
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    train, test, candidates = _cases(args)
+    figures: dict[str, float] = {"threads": float(torch.get_num_threads())}
+    if args.method == "ours":
+        peak = matmul_peak_gflops()
+        model, tokenizer, out = run_ours(args, train, candidates)
+        # The machine is shared: measure the peak again right after our loop, keep the better.
+        figures["matmul_peak_gflops"] = max(peak, matmul_peak_gflops())
+    else:
+        model, tokenizer, out = run_reference(args, train)
+    figures.update(out)
+    if not args.skip_eval:
+        figures.update(_evaluate(model, tokenizer, test, candidates))
+    figures["process_peak_rss_gib"] = _process_peak_rss_gib()
+    return figures
+
+
+def _run_in_own_process(method: str, argv: list[str]) -> dict[str, float]:
+    """Run ``method`` in a fresh interpreter (nothing left resident by the other method) and
+    read back its figures."""
+    import json
+    import subprocess
+
+    with tempfile.TemporaryDirectory() as tmp:
+        result = Path(tmp) / f"{method}.json"
+        cmd = [sys.executable, __file__, *argv, "--method", method, "--result-file", str(result)]
+        done = subprocess.run(cmd, check=False)
+        if done.returncode != 0 or not result.is_file():
+            raise SystemExit(f"{method}: the benchmark process failed (exit {done.returncode})")
+        figures: dict[str, float] = json.loads(result.read_text())
+        return figures
+
+
+def main() -> int:
+    args = _parser().parse_args()
+    if not args.data.is_dir():
+        print(f"DDXPlus data not found at {args.data}; pass --data", file=sys.stderr)
+        return 2
+    if args.method is not None:
+        import json
+
+        figures = measure(args)
+        if args.result_file is not None:
+            args.result_file.write_text(json.dumps(figures))
+        else:
+            print(json.dumps(figures))
+        return 0
+
+    import torch
+
+    train, test, candidates = _cases(args)
+    threads = args.threads or torch.get_num_threads()
     print(
         f"# DDXPlus {len(train)} training cases x {args.epochs} epochs, {len(test)} held-out, "
-        f"{len(candidates)} candidates; torch {torch.__version__}, {torch.get_num_threads()} threads"
+        f"{len(candidates)} candidates; torch {torch.__version__}, {threads} threads; "
+        "each method in its own process"
     )
-
     results: dict[str, dict[str, float]] = {}
-    if not args.skip_ours:
-        model, tokenizer, results["ours"] = run_ours(args, train, candidates)
-        # The machine is shared: measure the peak again right after our loop, keep the better.
-        peak = max(peak, matmul_peak_gflops())
-        if not args.skip_eval:
-            results["ours"].update(_evaluate(model, tokenizer, test, candidates))
-        del model
-        gc.collect()
-    if not args.skip_reference:
-        model, tokenizer, results["reference"] = run_reference(args, train)
-        if not args.skip_eval:
-            results["reference"].update(_evaluate(model, tokenizer, test, candidates))
-        del model
-        gc.collect()
+    for method, skip in (("ours", args.skip_ours), ("reference", args.skip_reference)):
+        if not skip:
+            results[method] = _run_in_own_process(method, sys.argv[1:])
 
-    print(f"float32 matmul peak (best of before/after our run): {peak:.1f} GFLOP/s")
     ours = results.get("ours")
     if ours is not None:
+        peak = ours["matmul_peak_gflops"]
+        print(f"float32 matmul peak (best of before/after our run): {peak:.1f} GFLOP/s")
         top = f"top {args.top_layers} layers" if args.top_layers else "all layers"
         print(
             f"\nours: LoRA r{args.rank} {args.targets} on {top}, dropout {args.dropout}, "
@@ -363,9 +424,12 @@ def main() -> int:
         print(
             f"  {ours['seconds']:.1f} s ({ours['cache_seconds']:.1f} s caching, "
             f"{ours['loop_seconds']:.1f} s loop; {ours['cpu_seconds']:.0f} CPU s), "
-            f"{ours['examples_per_second']:.2f} examples/s, "
-            f"peak RSS {ours['peak_rss_gib']:.2f} GiB, padding {ours['padding_ratio']:.1%}, "
+            f"{ours['examples_per_second']:.2f} examples/s, padding {ours['padding_ratio']:.1%}, "
             f"loss {ours['first_loss']:.3f} -> {ours['last_loss']:.3f}"
+        )
+        print(
+            f"  peak RSS of its process {ours['process_peak_rss_gib']:.2f} GiB "
+            f"(during training {ours['peak_rss_gib']:.2f} GiB, from {ours['start_rss_gib']:.2f})"
         )
         print(
             f"  training loop: {ours['loop_gflops']:.1f} GFLOP/s = "
@@ -375,12 +439,15 @@ def main() -> int:
         ref = results["reference"]
         print(
             "reference: HF Trainer + peft LoRA r16 q_proj,v_proj on all layers, padded batches, "
-            f"lr {args.reference_lr or args.lr}"
+            f"dropout {args.dropout}, lr {args.reference_lr or args.lr}"
         )
         print(
             f"  {ref['seconds']:.1f} s ({ref['cpu_seconds']:.0f} CPU s), "
-            f"{ref['examples_per_second']:.2f} examples/s, "
-            f"peak RSS {ref['peak_rss_gib']:.2f} GiB, mean train loss {ref['train_loss']:.3f}"
+            f"{ref['examples_per_second']:.2f} examples/s, mean train loss {ref['train_loss']:.3f}"
+        )
+        print(
+            f"  peak RSS of its process {ref['process_peak_rss_gib']:.2f} GiB "
+            f"(during training {ref['peak_rss_gib']:.2f} GiB, from {ref['start_rss_gib']:.2f})"
         )
     if ours is not None and "reference" in results:
         ref = results["reference"]

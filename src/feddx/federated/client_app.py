@@ -42,17 +42,17 @@ same class and text plus the code location (file and line of the innermost frame
 digest of the full message, so an operator can tell two failures apart and reproduce them with
 the data they hold, without the log itself holding data:
 
-============  ==============================  =============================================
-class         raised as                       reply text (``feddx <class>: <text>``)
-============  ==============================  =============================================
-``data``      :class:`~feddx.errors.DataError`  the node's training data cannot be used
+============  ==================================  ==========================================
+class         raised as                           reply text (``feddx <class>: <text>``)
+============  ==================================  ==========================================
+``data``      :class:`~feddx.errors.DataError`    the node's training data cannot be used
 ``config``    :class:`~feddx.errors.ConfigError`  the node or run configuration is invalid
-``model``     :class:`~feddx.errors.ModelError`  the base model or adapter cannot be loaded
-``message``   a malformed train message        the train message is malformed
-``memory``    :class:`MemoryError`             the node ran out of memory
-``feddx``     any other feddx error            local training was refused by feddx
-``internal``  anything else (a bug)            local training failed (internal error)
-============  ==============================  =============================================
+``model``     :class:`~feddx.errors.ModelError`   the base model or adapter cannot be loaded
+``message``   a malformed train message           the train message is malformed
+``memory``    :class:`MemoryError`                the node ran out of memory
+``refused``   any other feddx error               local training was refused by feddx
+``internal``  anything else (a bug)               local training failed (internal error)
+============  ==================================  ==========================================
 
 The reply is returned as an ``Error`` message rather than raised, so Flower neither logs a
 traceback nor wraps the exception's text into the reason.

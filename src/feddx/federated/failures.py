@@ -47,7 +47,7 @@ CONFIG = FailureClass("config", "the node or run configuration is invalid")
 MODEL = FailureClass("model", "the base model or adapter cannot be loaded")
 MESSAGE = FailureClass("message", "the train message is malformed")
 MEMORY = FailureClass("memory", "the node ran out of memory")
-FEDDX = FailureClass("feddx", "local training was refused by feddx")
+REFUSED = FailureClass("refused", "local training was refused by feddx")
 INTERNAL = FailureClass("internal", "local training failed (internal error)")
 
 # First match wins: subclasses before their bases (every feddx error is a FeddxError).
@@ -58,7 +58,7 @@ FAILURE_CLASSES: tuple[tuple[type[BaseException], FailureClass], ...] = (
     (ClientRoundError, MESSAGE),
     (MalformedUpdate, MESSAGE),
     (MemoryError, MEMORY),
-    (FeddxError, FEDDX),
+    (FeddxError, REFUSED),
 )
 _BY_REASON = {c.reason: c for _, c in FAILURE_CLASSES} | {INTERNAL.reason: INTERNAL}
 UNRECOGNISED = "unrecognised"
