@@ -92,10 +92,12 @@ class LoadedCases:
 
 
 def load_cases(
-    spec: str, *, purpose: str = "use", max_cases: int = 0, seed: int = 0
+    spec: str, *, purpose: str = "use", max_cases: int = 0, seed: int = 0, top_labels: int = 0
 ) -> LoadedCases:
-    """Load the labeled cases of ``SOURCE[:PATH]``, optionally a stratified sample of
-    ``max_cases`` of them (deterministic for a seed, sorted by case id).
+    """Load the labeled cases of ``SOURCE[:PATH]``, optionally only those whose diagnosis is
+    among the ``top_labels`` most frequent (ties by name: a long tail of diagnoses seen once or
+    twice cannot be learned per institution, and each candidate costs scoring time), then a
+    stratified sample of ``max_cases`` of them (deterministic for a seed, sorted by case id).
 
     ``purpose`` ("train on", "evaluate against", ...) only words the error. Raises
     :class:`DataError` naming the spec for an unknown source or unreadable path, an empty
@@ -117,6 +119,13 @@ def load_cases(
     labeled = [c for c in cases if c.label is not None]
     if not labeled:
         raise DataError(f"{spec}: no case has a label, so there is nothing to {purpose}")
+    n_labeled = len(labeled)
+    if top_labels:
+        from collections import Counter
+
+        counts = Counter(c.require_label().diagnosis for c in labeled)
+        keep = {d for d, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:top_labels]}
+        labeled = [c for c in labeled if c.require_label().diagnosis in keep]
     if max_cases and max_cases < len(labeled):
         from feddx.data.split import stratified_split
 
@@ -127,5 +136,6 @@ def load_cases(
         "n_skipped": report.n_skipped,
         "skipped_reasons": reasons,
         "n_unlabeled": len(cases) - sum(c.label is not None for c in cases),
+        **({"top_labels": top_labels, "n_labeled": n_labeled} if top_labels else {}),
     }
     return LoadedCases(spec, source, path, labeled, info)
