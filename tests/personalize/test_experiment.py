@@ -131,7 +131,11 @@ def test_experiment_writes_table_plot_and_registers_the_hierarchy(
     data_file: Path, tmp_path: Path, diagnoser: Any
 ) -> None:
     out = tmp_path / "out"
-    result = run_experiment(tiny_config(data_file), out, diagnoser=diagnoser)
+    from .test_retrieval import BagEmbedder
+
+    result = run_experiment(
+        tiny_config(data_file), out, diagnoser=diagnoser, embedder=BagEmbedder()
+    )
     assert result["columns"] == [
         "global",
         "+regional (finetune)",
@@ -140,6 +144,7 @@ def test_experiment_writes_table_plot_and_registers_the_hierarchy(
         "+institutional (ditto)",
         "+institutional (fedsa)",
         "selected on validation",
+        "+individual context",
     ]
     rows = {(r["kind"], r["group"]): r for r in result["rows"]}
     sizes = {g["institution"]: g["test"] for g in result["groups"]}
@@ -174,11 +179,27 @@ def test_experiment_writes_table_plot_and_registers_the_hierarchy(
 
     registry = AdapterRegistry(out / "registry", create=False)
     ids = sorted(e.adapter_id for e in registry.entries())
-    # 1 global, 2 regional (the default construction only), 4 institutions x 3 methods.
-    assert len(ids) == 1 + 2 + 12 and ids[0] == "global/v1"
+    # 1 global, 2 regional (the default construction only), and each institution's adapter of
+    # the default method (best pooled validation): the resolver answers with that method
+    method = result["default_method"]
+    assert method in ("finetune", "ditto", "fedsa") and set(result["method_validation"]) == {
+        "finetune",
+        "ditto",
+        "fedsa",
+    }
+    assert len(ids) == 1 + 2 + 4 and ids[0] == "global/v1"
     inst = registry.entries(level="institutional")
+    assert len(inst) == 4 and all(e.version == 1 for e in inst)
+    prefix = {"finetune": "finetune:", "ditto": "ditto-", "fedsa": "fedsa:"}[method]
+    registered = {a["key"] for a in result["adapters"] if a["registered"]}
+    assert {k for k in registered if k.startswith(("finetune:", "ditto-", "fedsa:"))} == {
+        k for k in registered if k.startswith(prefix)
+    }
     ft = [e for e in inst if e.parent_id is not None]
-    assert len(ft) == 8 and {e.parent_id for e in ft} == {"global/v1"}
+    assert {e.parent_id for e in ft} <= {"global/v1"}
+    individual = result["individual_context"]["per_institution"]
+    assert sorted(individual) == sorted(sizes)
+    assert all(0.0 <= v["prior_weight"] <= 1.0 for v in individual.values())
     assert all(e.data_fingerprint and "validation_top1" in e.metrics for e in inst)
     for e in registry.entries():
         registry.verify(e.adapter_id)

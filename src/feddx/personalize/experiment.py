@@ -20,10 +20,13 @@ One run, on one dataset and one budget for every method:
    one pass of the frozen layers per case (:class:`~feddx.model.ensemble.EnsembleScorer`'s
    ``member_scores``: with adapters on the top layers, the layers below are shared);
 6. **outputs**: ``table.md``/``table.json`` (per region and institution: cases, top-1, top-3,
-   macro-F1 for every column) and ``per_group.png``; every adapter saved with its budget and
-   fitted temperature under ``adapters/`` and registered in the registry (``registry/`` in
-   the output folder unless the config names one) with level, scope, parent, data
-   fingerprint and its validation metrics.
+   macro-F1 for every column, and ``+individual context``: the selected adapter with the
+   institution's own kNN prior) and ``per_group.png``; every adapter saved with its budget and
+   fitted temperature under ``adapters/``; what the hierarchy deploys (global, the default
+   regional construction, each institution's adapter of the default method: the
+   institutional method with the best pooled validation figures) is
+   registered in the registry (``registry/`` in the output folder unless the config names
+   one) with level, scope, parent, data fingerprint and its validation metrics.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ RegionalMode = Literal["finetune", "federated"]
 Partition = Literal["natural", "dirichlet"]
 TABLE_MD, TABLE_JSON, PLOT_FILE = "table.md", "table.json", "per_group.png"
 SELECTED = "selected on validation"
+INDIVIDUAL = "+individual context"
 _COLOUR_CYCLE = 10
 
 
@@ -76,6 +80,9 @@ class PersonalizeConfig(Settings):
         Deal a region's small hospitals into this many groups instead of one (whole hospitals,
         largest first, each to the group with the fewest cases so far), so a region of many
         tiny hospitals still has several institutions to personalize for.
+    max_cases, top_labels
+        Keep only the cases of the ``top_labels`` most frequent diagnoses (0: all), then a
+        stratified sample of ``max_cases`` (0: all); see :func:`feddx.data.sources.load_cases`.
     answer_loss
         The trainer's loss (:class:`~feddx.train.config.TrainConfig`): ``candidates`` trains
         the softmax over the candidate list that the scorer ranks by.
@@ -97,6 +104,13 @@ class PersonalizeConfig(Settings):
     institutional_from
         Parent of ``finetune``/``ditto``: the ``global`` adapter (the baseline "FedAvg + local
         fine-tune") or the default ``regional`` one.
+    individual
+        Add the ``+individual context`` column: each institution's adapter of the default
+        method (the institutional method with the best pooled validation figures) plus its own
+        kNN prior (:class:`~feddx.personalize.retrieval.IndividualContext`: the
+        institution's training cases embedded with all-MiniLM-L6-v2 in a faiss index that stays
+        with it, the prior's weight chosen on its validation cases). The patient's history is
+        in every column's prompt already (the renderer's default, within the budget).
     """
 
     settings_name: ClassVar[str] = "personalize config"
@@ -110,6 +124,7 @@ class PersonalizeConfig(Settings):
     min_institution_cases: int = Field(default=20, ge=1)
     small_groups_per_region: int = Field(default=1, ge=1)
     max_cases: int = Field(default=0, ge=0)
+    top_labels: int = Field(default=0, ge=0)
     test_fraction: float = Field(default=0.2, gt=0, lt=1)
     validation_fraction: float = Field(default=0.15, gt=0, lt=1)
     methods: Names = METHODS
@@ -126,6 +141,7 @@ class PersonalizeConfig(Settings):
     max_prompt_tokens: int = Field(default=256, ge=16)
     lora: LoraSpec = Field(default_factory=lambda: LoraSpec(rank=8, alpha=16.0, top_layers=2))
     seed: int = 0
+    individual: bool = True
     register_adapters: bool = True
     registry: SettingPath | None = None
     activation_cache: SettingPath | None = None
@@ -387,11 +403,14 @@ def run_experiment(
     out_dir: Path,
     *,
     diagnoser: Any = None,
+    embedder: Any = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Run the experiment of ``config`` and write its outputs to ``out_dir``; returns the
     ``table.json`` content. ``diagnoser``: a :class:`~feddx.model.predict.Diagnoser` without
-    adapters to use instead of loading ``config.model`` (tests pass a tiny model).
+    adapters to use instead of loading ``config.model`` (tests pass a tiny model);
+    ``embedder``: the :class:`~feddx.personalize.retrieval.Embedder` of the individual column
+    (default all-MiniLM-L6-v2).
 
     Raises :class:`DataError` for unusable data and :class:`ConfigError` for a config that
     cannot run (e.g. a diagnoser already holding another LoRA layout).
@@ -409,7 +428,11 @@ def run_experiment(
     say = progress or (lambda _msg: None)
     started = time.perf_counter()
     loaded = load_cases(
-        config.data, purpose="personalize", max_cases=config.max_cases, seed=config.seed
+        config.data,
+        purpose="personalize",
+        max_cases=config.max_cases,
+        seed=config.seed,
+        top_labels=config.top_labels,
     )
     groups = build_groups(loaded.cases, config)
     all_cases = [
@@ -642,6 +665,7 @@ def run_experiment(
         *(f"+regional ({m})" for m in config.regional),
         *(f"+institutional ({m})" for m in config.methods),
         SELECTED,
+        *([INDIVIDUAL] if config.individual else []),
     ]
 
     # Per institution, the adapter of its chain with the best validation figures (ties keep
@@ -664,11 +688,61 @@ def run_experiment(
                 best_key, best_m = option, m
         selected[inst.name] = best_key
 
+    # The default institutional method: the best pooled validation figures over every
+    # institution (a few hundred cases, where one institution's 15-40 are too few to choose
+    # by). It is what the registry deploys and what the individual level builds on.
+    method_validation: dict[str, dict[str, float]] = {}
+    for method in config.methods:
+        pooled_preds = [
+            p
+            for inst in insts
+            if method in inst_adapters[inst.name]
+            for p in val_preds[inst.name][inst_adapters[inst.name][method].key]
+        ]
+        method_validation[method] = group_metrics(pooled_preds)
+    default_method = config.methods[0]
+    for method in config.methods[1:]:
+        if _better(method_validation[method], method_validation[default_method]):
+            default_method = method
+    deployed = {inst.name: inst_adapters[inst.name][default_method].key for inst in insts}
+
+    # The individual level on top of what each institution deploys: its own kNN prior.
+    individual: dict[str, dict[str, Any]] = {}
+    if config.individual:
+        from feddx.personalize.retrieval import IndividualContext, MiniLMEmbedder
+
+        embedder = embedder or MiniLMEmbedder()
+        for inst in insts:
+            say(f"individual context: {inst.name} ({len(inst.train)} indexed cases)")
+            ctx = IndividualContext.fit(
+                diagnoser,
+                inst.train,
+                inst.validation,
+                candidates.names,
+                adapter=deployed[inst.name],
+                icd10=candidates.icd10,
+                embedder=embedder,
+            )
+            test_preds[inst.name][INDIVIDUAL] = ctx.diagnose(
+                diagnoser,
+                inst.test,
+                candidates.names,
+                adapter=deployed[inst.name],
+                icd10=candidates.icd10,
+            )
+            individual[inst.name] = {
+                "adapter": deployed[inst.name],
+                "prior_weight": ctx.prior_weight,
+                "indexed_cases": len(ctx.index),
+            }
+
     def column_key(inst: Institution, column: str) -> str | None:
         if column == "global":
             return "global"
         if column == SELECTED:
             return selected[inst.name]
+        if column == INDIVIDUAL:
+            return INDIVIDUAL
         for m in config.regional:
             if column == f"+regional ({m})":
                 return regional[m][inst.region].key
@@ -722,6 +796,8 @@ def run_experiment(
         "regional_validation": regional_choice,
         "regional_default": default_regional,
         "selected_on_validation": selected,
+        "method_validation": method_validation,
+        "default_method": default_method,
         "ditto_mu": {
             i: inst_adapters[i]["ditto"].extra.get("mu")
             for i in inst_adapters
@@ -730,15 +806,29 @@ def run_experiment(
         "adapters": [],
         "seconds": time.perf_counter() - started,
         "individual_context": (
-            "not in this command yet: history and retrieval (feddx.personalize.history, "
-            "retrieval) are measured by benchmarks/bench_individual.py"
+            {
+                "column": INDIVIDUAL,
+                "per_institution": individual,
+                "note": f"the default method's ({default_method}) institutional adapter plus the "
+                "institution's kNN prior (weight chosen "
+                "on its validation cases); patient history is in every column's prompt; history "
+                "order and few-shot context: benchmarks/bench_individual.py",
+            }
+            if config.individual
+            else "off (individual: false)"
         ),
     }
     # The table first: a registration that fails (a full disk, a name the registry refuses)
     # must not cost the measurements.
     write_outputs(result, out_dir)
     result["adapters"] = _save_and_register(
-        config, out_dir, diagnoser, [*adapters, *final_inst], default_regional, loaded.source
+        config,
+        out_dir,
+        diagnoser,
+        [*adapters, *final_inst],
+        default_regional,
+        loaded.source,
+        deployed=set(deployed.values()),
     )
     write_outputs(result, out_dir)
     return result
@@ -779,9 +869,15 @@ def _save_and_register(
     adapters: Sequence[_Adapter],
     default_regional: str,
     source: str,
+    *,
+    deployed: set[str],
 ) -> list[dict[str, Any]]:
-    """Save each adapter under ``out_dir/adapters`` and register it (parents first), returning
-    one record per adapter (registry id, folder, temperature, validation metrics)."""
+    """Save each adapter under ``out_dir/adapters`` and register what the hierarchy deploys
+    (parents first): the global adapter, the default regional construction, and each
+    institution's adapter of the default institutional method (the best on pooled validation),
+    so the resolver answers with that method; the other methods' adapters are saved only.
+    Returns one record per adapter (registry id if registered, folder, temperature, validation
+    metrics)."""
     from feddx.model.adapter import load_adapter_state, save_adapter
 
     records = []
@@ -820,8 +916,12 @@ def _save_and_register(
             "temperature": a.temperature,
             "validation": a.validation,
         }
-        is_default = a.level != "regional" or a.column == f"+regional ({default_regional})"
-        if registry is not None and is_default:
+        if a.level == "regional":
+            register = a.column == f"+regional ({default_regional})"
+        else:
+            register = a.level == "global" or a.key in deployed
+        record["registered"] = register and registry is not None
+        if registry is not None and register:
             entry = registry.register(
                 folder,
                 level=a.level,
@@ -877,6 +977,13 @@ def render_table(result: dict[str, Any]) -> str:
             f"- {SELECTED}: "
             + ", ".join(f"{k} -> {v}" for k, v in result["selected_on_validation"].items())
         )
+    if result.get("method_validation"):
+        lines.append(
+            f"- default institutional method (registered): {result['default_method']} "
+            "(pooled validation top-1: "
+            + ", ".join(f"{m} {v['top1']:.3f}" for m, v in result["method_validation"].items())
+            + ")"
+        )
     if result.get("ditto_mu"):
         lines.append(
             "- Ditto mu chosen on validation: "
@@ -884,7 +991,14 @@ def render_table(result: dict[str, Any]) -> str:
         )
     for note in result["notes"]:
         lines.append(f"- {note}")
-    lines.append(f"- individual context: {result['individual_context']}")
+    ind = result["individual_context"]
+    if isinstance(ind, dict):
+        lines.append(
+            f"- {INDIVIDUAL}: {ind['note']}; prior weight per institution: "
+            + ", ".join(f"{k} {v['prior_weight']:.1f}" for k, v in ind["per_institution"].items())
+        )
+    else:
+        lines.append(f"- individual context: {ind}")
     lines.append("")
     lines.append("| region | institution | train | validation | test |")
     lines.append("|---|---|---:|---:|---:|")
