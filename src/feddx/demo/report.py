@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -113,7 +114,9 @@ def _hospital_plot(rows: Sequence[Mapping[str, Any]], before: str, after: str) -
     ax.bar(x, [1 - r[before] for r in rows], w, label=LABELS[before], color="C0")
     if after != before and any(r.get(after) is not None for r in rows):
         ax.bar(x + w, [1 - (r.get(after) or 0) for r in rows], w, label=LABELS[after], color="C2")
-    ax.set_xticks(x, [f"{r['hospital']}\n(n={r['n']})" for r in rows], fontsize=8)
+    # long hospital names wrap at 18 characters so neighbouring labels do not overlap
+    labels = [f"{textwrap.fill(r['hospital'], 18)}\n(n={r['n']})" for r in rows]
+    ax.set_xticks(x, labels, fontsize=8)
     ax.set_ylabel("top-1 error")
     ax.set_ylim(0, 1)
     ax.grid(axis="y", alpha=0.3)

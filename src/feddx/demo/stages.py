@@ -697,11 +697,18 @@ def _verdicts(folder: RunFolder, rows: Sequence[Mapping[str, Any]]) -> list[str]
     e = {s: folder.entry(s) for s in ("centralized", "federated", "baseline", "personalized")}
     overall = rows[0] if rows else {}
     maj = overall.get("majority_rate")
+    source = (folder.entry("data") or {}).get("source")
     if e["centralized"] and e["federated"]:
         gap = (e["federated"]["top1"] - e["centralized"]["top1"]) * 100
         out.append(
             f"federated vs centralized: {gap:+.1f} points top-1 "
-            + ("(within 3 points)" if abs(gap) <= 3 or gap > 0 else "(MORE than 3 points behind)")
+            + (
+                "(within 3 points)"
+                if abs(gap) <= 3
+                else "(ahead of the centralized adapter)"
+                if gap > 0
+                else "(MORE than 3 points behind)"
+            )
         )
     if e["federated"] and maj is not None:
         above = e["federated"]["top1"] > maj
@@ -724,8 +731,21 @@ def _verdicts(folder: RunFolder, rows: Sequence[Mapping[str, Any]]) -> list[str]
                 if diff >= 0
                 else " - the LLM is behind: UCI Heart is 13 numeric findings, where a linear "
                 "model over the raw values is strong and the LLM reads the numbers as text"
+                if source == "uci-heart"
+                else " - the LLM is behind"
             )
         )
+    if e["personalized"] and e["federated"] and len(rows) > 1:
+        parent = e["personalized"].get("parent", "federated")
+        changes = [
+            f"{r['hospital']} {(r['personalized'] - r[parent]) * 100:+.1f}"
+            for r in rows[1:]
+            if r.get("personalized") is not None and r.get(parent) is not None
+        ]
+        if changes:
+            out.append(
+                f"personalized vs {parent}, per hospital (points top-1): " + ", ".join(changes)
+            )
     return out
 
 
