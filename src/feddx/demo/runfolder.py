@@ -71,6 +71,12 @@ class RunFolder:
             return False
         return all((self.root / a).exists() for a in entry.get("artefacts", []))
 
+    def forget(self, name: str) -> None:
+        """Drop the stage's entry before it reruns (``--force``), so a rerun interrupted after
+        it replaced some artefacts never leaves the old figures standing beside new files."""
+        if self.results["stages"].pop(name, None) is not None:
+            self.save()
+
     def record(self, name: str, entry: dict[str, Any], **top: Any) -> None:
         """Write the stage's entry (and any top-level keys such as ``per_hospital``) in one
         atomic replacement of ``results.json``: the moment the stage becomes finished."""

@@ -798,6 +798,7 @@ def run_demo(opts: DemoOptions, console: Console) -> dict[str, Any]:
             bar.update(
                 overall, description=f"[bold]stage {chosen.index(name) + 1}/{len(chosen)}: {name}"
             )
+            folder.forget(name)
             t0 = time.perf_counter()
             entry = steps[name]()
             entry["seconds"] = round(time.perf_counter() - t0, 2)
