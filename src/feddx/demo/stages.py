@@ -784,30 +784,41 @@ def run_demo(opts: DemoOptions, console: Console) -> dict[str, Any]:
         chosen = [s for s in STAGES if s in opts.stages]
         overall = bar.add_task("[bold]stages", total=len(chosen))
         ran_any = False
-        for name in chosen:
-            derived_stale = name in DERIVED_STAGES and ran_any
-            done = folder.finished(name) and not opts.force and not derived_stale
-            if done and name == "data":
-                run.data()  # cheap, and it says what the run is about
+        current = None
+        try:
+            for name in chosen:
+                current = name
+                derived_stale = name in DERIVED_STAGES and ran_any
+                done = folder.finished(name) and not opts.force and not derived_stale
+                if done and name == "data":
+                    run.data()  # cheap, and it says what the run is about
+                    bar.advance(overall)
+                    continue
+                if done:
+                    console.print(f"[dim]{name}: finished earlier, skipped (--force reruns it)[/]")
+                    bar.advance(overall)
+                    continue
+                bar.update(
+                    overall,
+                    description=f"[bold]stage {chosen.index(name) + 1}/{len(chosen)}: {name}",
+                )
+                folder.forget(name)
+                t0 = time.perf_counter()
+                entry = steps[name]()
+                entry["seconds"] = round(time.perf_counter() - t0, 2)
+                top: dict[str, Any] = {}
+                if name == "evaluation":
+                    top["per_hospital"] = run._pending_rows
+                folder.record(name, entry, **top)
+                ran_any = ran_any or name != "data"
                 bar.advance(overall)
-                continue
-            if done:
-                console.print(f"[dim]{name}: finished earlier, skipped (--force reruns it)[/]")
-                bar.advance(overall)
-                continue
-            bar.update(
-                overall, description=f"[bold]stage {chosen.index(name) + 1}/{len(chosen)}: {name}"
+        except KeyboardInterrupt:
+            console.print(
+                f"[yellow]interrupted during stage '{current}'[/]: the finished stages are kept "
+                f"in {folder.results_path}; run the same command again to resume",
+                highlight=False,
             )
-            folder.forget(name)
-            t0 = time.perf_counter()
-            entry = steps[name]()
-            entry["seconds"] = round(time.perf_counter() - t0, 2)
-            top: dict[str, Any] = {}
-            if name == "evaluation":
-                top["per_hospital"] = run._pending_rows
-            folder.record(name, entry, **top)
-            ran_any = ran_any or name != "data"
-            bar.advance(overall)
+            raise
     console.print(
         f"[dim]demo finished in {time.perf_counter() - start:.0f} s; results in {folder.results_path}[/]"
     )
