@@ -245,3 +245,12 @@ def test_federated_personalized_and_serve_stages_in_process(
         "institutional/va-long-beach/v1",
     ]
     assert "--registry" in serve["command"] and "--keys" in serve["command"]
+
+    # A federated stage that has to run again (here: its entry lost, as after an interrupted
+    # forced rerun) makes the personalized stage built on it run again too, unforced.
+    data = _results(run)
+    del data["stages"]["federated"]
+    (run / "results.json").write_text(json.dumps(data))
+    again = run_demo(opts, Console(file=io.StringIO()))
+    assert again["stages"]["personalized"]["finished_at"] > pers["finished_at"]  # ran again
+    assert again["stages"]["federated"]["top1"] == fed["top1"]

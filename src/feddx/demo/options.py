@@ -24,6 +24,9 @@ STAGES = (
     "serve",
 )
 DERIVED_STAGES = frozenset({"evaluation", "report", "serve"})
+# A trained stage that starts from another's adapter reruns when that one ran in the same
+# invocation (personalization fine-tunes the federated adapter, or the centralized one).
+DEPENDS_ON: dict[str, frozenset[str]] = {"personalized": frozenset({"centralized", "federated"})}
 DEFAULT_OUT = Path("runs/demo")
 
 
