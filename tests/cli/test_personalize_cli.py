@@ -75,6 +75,7 @@ def test_writes_table_plot_and_json(
         "+regional (finetune)",
         "+institutional (finetune)",
         "selected on validation",
+        "+individual context",
     ]
     groups = [(r["kind"], r["group"], r["n"]) for r in printed["rows"]]
     assert groups == [
