@@ -38,7 +38,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 from pydantic import Field, field_validator, model_validator
 
@@ -377,6 +377,20 @@ def _better(a: dict[str, float], b: dict[str, float]) -> bool:
     return (a["top1"], a["macro_f1"]) > (b["top1"], b["macro_f1"])
 
 
+_T = TypeVar("_T")
+
+
+def _first_best(scored: Sequence[tuple[_T, dict[str, float]]]) -> _T:
+    """The option whose validation metrics are best by :func:`_better`, from ``(option,
+    metrics)`` pairs; ties keep the earlier one (options are listed least specific or first
+    configured first)."""
+    best, best_m = scored[0]
+    for option, m in scored[1:]:
+        if _better(m, best_m):
+            best, best_m = option, m
+    return best
+
+
 # ----------------------------------------------------------------------------- the run
 @dataclass
 class _Adapter:
@@ -612,12 +626,7 @@ def run_experiment(
         tried = ditto_candidates.get(inst.name)
         if not tried:
             continue
-        best = tried[0]
-        best_m = group_metrics(val_preds[inst.name][best.key])
-        for cand in tried[1:]:
-            m = group_metrics(val_preds[inst.name][cand.key])
-            if _better(m, best_m):
-                best, best_m = cand, m
+        best = _first_best([(a, group_metrics(val_preds[inst.name][a.key])) for a in tried])
         best.extra["mu_tried"] = list(config.ditto_mu)
         inst_adapters[inst.name]["ditto"] = best
 
@@ -681,12 +690,9 @@ def run_experiment(
                 if m in inst_adapters[inst.name]
             ),
         ]
-        best_key, best_m = options[0], group_metrics(val_preds[inst.name][options[0]])
-        for option in options[1:]:
-            m = group_metrics(val_preds[inst.name][option])
-            if _better(m, best_m):
-                best_key, best_m = option, m
-        selected[inst.name] = best_key
+        selected[inst.name] = _first_best(
+            [(key, group_metrics(val_preds[inst.name][key])) for key in options]
+        )
 
     # The default institutional method: the best pooled validation figures over every
     # institution (a few hundred cases, where one institution's 15-40 are too few to choose
@@ -700,10 +706,7 @@ def run_experiment(
             for p in val_preds[inst.name][inst_adapters[inst.name][method].key]
         ]
         method_validation[method] = group_metrics(pooled_preds)
-    default_method = config.methods[0]
-    for method in config.methods[1:]:
-        if _better(method_validation[method], method_validation[default_method]):
-            default_method = method
+    default_method = _first_best([(m, method_validation[m]) for m in config.methods])
     deployed = {inst.name: inst_adapters[inst.name][default_method].key for inst in insts}
 
     # The individual level on top of what each institution deploys: its own kNN prior.
