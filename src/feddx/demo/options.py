@@ -24,9 +24,13 @@ STAGES = (
     "serve",
 )
 DERIVED_STAGES = frozenset({"evaluation", "report", "serve"})
-# A trained stage that starts from another's adapter reruns when that one ran in the same
-# invocation (personalization fine-tunes the federated adapter, or the centralized one).
-DEPENDS_ON: dict[str, frozenset[str]] = {"personalized": frozenset({"centralized", "federated"})}
+# A stage reruns when a stage it depends on ran in the same invocation: personalization
+# fine-tunes the federated adapter (or the centralized one); a derived stage reads every
+# stage before it but data.
+DEPENDS_ON: dict[str, frozenset[str]] = {
+    "personalized": frozenset({"centralized", "federated"}),
+    **{s: frozenset(STAGES[1 : STAGES.index(s)]) for s in DERIVED_STAGES},
+}
 DEFAULT_OUT = Path("runs/demo")
 
 

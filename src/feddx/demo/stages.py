@@ -36,7 +36,7 @@ from feddx.data.candidates import CandidateList, candidate_list
 from feddx.data.schema import Case
 from feddx.data.split import stratified_split
 from feddx.data.uci_heart import NO_CAD
-from feddx.demo.options import DEPENDS_ON, DERIVED_STAGES, STAGES, DemoOptions
+from feddx.demo.options import DEPENDS_ON, STAGES, DemoOptions
 from feddx.demo.runfolder import RunFolder
 from feddx.errors import ConfigError, DataError
 from feddx.io import atomic_write_json
@@ -783,16 +783,13 @@ def run_demo(opts: DemoOptions, console: Console) -> dict[str, Any]:
         }
         chosen = [s for s in STAGES if s in opts.stages]
         overall = bar.add_task("[bold]stages", total=len(chosen))
-        ran_any = False
         ran: set[str] = set()
         current = None
         try:
             for name in chosen:
                 current = name
-                derived_stale = (name in DERIVED_STAGES and ran_any) or bool(
-                    DEPENDS_ON.get(name, frozenset()) & ran
-                )
-                done = folder.finished(name) and not opts.force and not derived_stale
+                stale = bool(DEPENDS_ON.get(name, frozenset()) & ran)
+                done = folder.finished(name) and not opts.force and not stale
                 if done and name == "data":
                     run.data()  # cheap, and it says what the run is about
                     bar.advance(overall)
@@ -813,7 +810,6 @@ def run_demo(opts: DemoOptions, console: Console) -> dict[str, Any]:
                 if name == "evaluation":
                     top["per_hospital"] = run._pending_rows
                 folder.record(name, entry, **top)
-                ran_any = ran_any or name != "data"
                 ran.add(name)
                 bar.advance(overall)
         except KeyboardInterrupt:
