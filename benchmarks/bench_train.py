@@ -1,14 +1,28 @@
 """Training throughput, peak memory and accuracy: feddx's trainer against Hugging Face's
-``Trainer`` + peft LoRA, on the same DDXPlus cases and epochs, each in a process of its own.
+``Trainer`` + peft LoRA, on the same DDXPlus cases, each in a process of its own, compared at
+equal accuracy (time to accuracy) as well as at equal work (examples per second).
 
-    .venv/bin/python benchmarks/bench_train.py [--train 64] [--test 40] [--epochs 3]
-        [--top-layers 4] [--targets q_proj,v_proj,...] [--dropout 0] [--lr 1e-3] [--threads N]
+    .venv/bin/python benchmarks/bench_train.py [--train 64] [--validation 49] [--test 40]
+        [--epochs 3] [--our-epochs N] [--top-layers 4] [--targets q_proj,v_proj,...]
+        [--dropout 0] [--lr 1e-3] [--reference-lr LR] [--threads N]
         [--answer-loss vocabulary|candidates] [--skip-reference] [--skip-eval]
         [--method ours|reference]
 
 The default (64 training cases) takes a few minutes on an idle 2-core machine and shows
-speed and memory; its top-1 figures are noise (49 classes, 64 examples). For a meaningful
-accuracy comparison use e.g. ``--train 256 --test 98`` (about 40 minutes).
+speed and memory; its top-1 figures are noise (49 classes, 64 examples). The committed figures
+(``results/bench-train.txt``) use ``--train 96 --test 98 --epochs 3 --our-epochs 6
+--top-layers 8 --lr 0.005 --reference-lr 0.002`` (about 20 minutes on one core).
+
+Equal accuracy. The reference trains ``--epochs`` epochs and is scored on ``--validation``
+cases (the next cases of the training side of the split, never trained on) and on the test
+cases. Ours trains at most ``--our-epochs`` epochs (one cosine schedule over all of them); its
+adapter after each epoch is scored on the same validation cases, in order, and the first epoch
+whose validation top-1 is at least the reference's minus one case is the one timed (training
+wall seconds up to that epoch's end, caching included) and scored on the test cases. The
+speed-up at equal accuracy is the reference's training seconds over ours to that epoch; the
+test top-1 of both at those points says whether the accuracy held on unseen cases. Nothing is
+chosen on the test cases. Ours' settings (top layers, learning rate) are fixed on the command
+line before the run.
 
 Each method runs in a fresh interpreter (the script calls itself with ``--method``), so
 neither sees memory the other left resident, and the peak RSS reported is that process's own
@@ -44,11 +58,13 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data" / "ddxplus"
+PROMPT_TOKENS = 320  # TrainConfig's default prompt budget, which ours trains with
 
 
 @contextmanager
@@ -135,14 +151,9 @@ def _top_k(preds: Sequence[Any], k: int) -> float:
 
 
 def _evaluate(
-    model: Any, tokenizer: Any, cases: Sequence[Any], candidates: list[str]
+    diagnoser: Any, adapter: str | None, cases: Sequence[Any], candidates: list[str]
 ) -> dict[str, float]:
-    from feddx.model.predict import Diagnoser
-
-    model.eval()
     start = time.perf_counter()
-    diagnoser = Diagnoser(model, tokenizer, base_fingerprint="bench")  # holds its LoRA weights
-    adapter = "current" if "current" in diagnoser.adapters else None
     preds = diagnoser.diagnose(cases, candidates, adapter=adapter)
     return {
         "top1": _top_k(preds, 1),
@@ -151,13 +162,57 @@ def _evaluate(
     }
 
 
+def _diagnoser(model: Any, tokenizer: Any) -> Any:
+    from feddx.model.predict import Diagnoser
+
+    model.eval()
+    return Diagnoser(model, tokenizer, base_fingerprint="bench")  # holds its LoRA weights
+
+
+def time_to_accuracy(
+    diagnoser: Any,
+    snapshots: Sequence[EpochSnapshot],
+    validation: Sequence[Any],
+    candidates: list[str],
+    target: float,
+) -> dict[str, float]:
+    """Score our epoch snapshots on the validation cases in order and stop at the first whose
+    top-1 is at least ``target`` minus one case (``target``: the reference's validation top-1).
+    The epoch is chosen on validation only; the caller scores the chosen one on the test cases.
+    Without a snapshot reaching it, the last epoch is chosen and ``reached`` is 0."""
+    slack = 1.0 / len(validation) + 1e-9
+    out: dict[str, float] = {"reached": 0.0}
+    for snap in snapshots:
+        diagnoser.add_state(f"epoch{snap.epoch}", snap.state, max_prompt_tokens=PROMPT_TOKENS)
+        top1 = _evaluate(diagnoser, f"epoch{snap.epoch}", validation, candidates)["top1"]
+        out[f"epoch{snap.epoch}_seconds"] = snap.seconds
+        out[f"epoch{snap.epoch}_validation_top1"] = top1
+        out.update(chosen_epoch=float(snap.epoch), seconds_to_target=snap.seconds)
+        if top1 >= target - slack:
+            out["reached"] = 1.0
+            break
+    return out
+
+
+@dataclass(frozen=True)
+class EpochSnapshot:
+    """Our adapter after ``epoch`` epochs, and the training wall seconds it took to get there
+    (caching included, the copying of snapshots excluded)."""
+
+    epoch: int
+    seconds: float
+    state: dict[str, Any]
+
+
 def run_ours(
     args: argparse.Namespace, train: list[Any], candidates: list[str]
-) -> tuple[Any, Any, dict[str, float]]:
+) -> tuple[Any, Any, dict[str, float], list[EpochSnapshot]]:
+    """Train ours for ``--our-epochs`` (default ``--epochs``), keeping the adapter at every
+    epoch's end (what :func:`time_to_accuracy` scores)."""
     import torch
 
     from feddx.cli.progress import train_progress
-    from feddx.model.adapter import LoraSpec, attach_lora, lora_parameters
+    from feddx.model.adapter import LoraSpec, adapter_state, attach_lora, lora_parameters
     from feddx.model.loading import load_base_model
     from feddx.train.config import TrainConfig
     from feddx.train.trainer import train_adapter
@@ -173,7 +228,7 @@ def run_ours(
     config = TrainConfig(
         lora=spec,
         learning_rate=args.lr,
-        epochs=args.epochs,
+        epochs=args.our_epochs or args.epochs,
         batch_size=args.batch_size,
         seed=args.seed,
         activation_cache_dtype=args.cache_dtype,
@@ -183,9 +238,22 @@ def run_ours(
     model = attach_lora(loaded.model, spec)
     n_lora_layers = spec.top_layers or model.get_base_model().config.num_hidden_layers
     lora_per_layer = sum(p.numel() for p in lora_parameters(model).values()) / n_lora_layers
+    steps_per_epoch = math.ceil(len(train) / args.batch_size)
+    snapshots: list[EpochSnapshot] = []
     gc.collect()
     with peak_rss() as mem, train_progress(enabled=args.progress) as progress:
         start, cpu = time.perf_counter(), time.process_time()
+        paused = [0.0]  # seconds spent copying snapshots, not training
+
+        def snapshot(step: int, _loss: float) -> None:
+            if step % steps_per_epoch == 0:
+                t0 = time.perf_counter()
+                elapsed = t0 - start - paused[0]
+                snapshots.append(
+                    EpochSnapshot(step // steps_per_epoch, elapsed, adapter_state(model))
+                )
+                paused[0] += time.perf_counter() - t0
+
         result = train_adapter(
             model,
             loaded.tokenizer,
@@ -193,8 +261,10 @@ def run_ours(
             config,
             progress=progress,
             candidates=candidates,
+            on_step=snapshot,
         )
-        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+        seconds = time.perf_counter() - start - paused[0]
+        cpu = time.process_time() - cpu
     head_rows = len(candidates) if args.answer_loss == "candidates" else None
     flops = _our_flops(model.get_base_model().config, result, lora_per_layer, head_rows)
     figures = {
@@ -210,7 +280,7 @@ def run_ours(
         "first_loss": result.loss_history[0],
         "last_loss": sum(result.loss_history[-3:]) / len(result.loss_history[-3:]),
     }
-    return model, loaded.tokenizer, figures
+    return model, loaded.tokenizer, figures, snapshots
 
 
 def run_reference(args: argparse.Namespace, train: list[Any]) -> tuple[Any, Any, dict[str, float]]:
@@ -288,7 +358,17 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--train", type=int, default=64, help="training cases")
     ap.add_argument("--test", type=int, default=40, help="held-out cases scored for top-1")
-    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=3, help="the reference's epochs")
+    ap.add_argument(
+        "--our-epochs",
+        type=int,
+        default=0,
+        help="ours: at most this many epochs (0: --epochs); the first epoch whose validation "
+        "top-1 reaches the reference's (minus one case) is the one timed and tested",
+    )
+    ap.add_argument(
+        "--validation", type=int, default=49, help="validation cases (the epoch is chosen on)"
+    )
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--lr", type=float, default=2e-3, help="ours: peak learning rate")
     ap.add_argument(
@@ -325,17 +405,23 @@ def _parser() -> argparse.ArgumentParser:
         "(what the benchmark does for each method in a fresh process of its own)",
     )
     ap.add_argument("--result-file", type=Path, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--target-top1", type=float, default=None, help=argparse.SUPPRESS)
     return ap
 
 
-def _cases(args: argparse.Namespace) -> tuple[list[Any], list[Any], list[str]]:
+def _cases(args: argparse.Namespace) -> tuple[list[Any], list[Any], list[Any], list[str]]:
+    """Training, validation and test cases: the first ``--train`` and the next
+    ``--validation`` of a stratified split's training side, the first ``--test`` of its
+    held-out side."""
     from feddx.data.ddxplus import ddxplus_candidates
     from feddx.data.sources import load_source
     from feddx.data.split import stratified_split
 
     cases = list(load_source("ddxplus", args.data))
     train_all, test_all = stratified_split(cases, test_fraction=0.3, seed=args.seed)
-    return train_all[: args.train], test_all[: args.test], ddxplus_candidates(args.data)
+    train = train_all[: args.train]
+    validation = train_all[args.train : args.train + args.validation]
+    return train, validation, test_all[: args.test], ddxplus_candidates(args.data)
 
 
 def _process_peak_rss_gib() -> float:
@@ -346,23 +432,34 @@ def _process_peak_rss_gib() -> float:
 
 
 def measure(args: argparse.Namespace) -> dict[str, float]:
-    """One method, start to finish, in this (fresh) process: load, train, score."""
+    """One method, start to finish, in this (fresh) process: load, train, score (the
+    reference on validation and test; ours each epoch on validation until it reaches
+    ``--target-top1``, then the chosen epoch on test)."""
     import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    train, test, candidates = _cases(args)
+    train, validation, test, candidates = _cases(args)
     figures: dict[str, float] = {"threads": float(torch.get_num_threads())}
     if args.method == "ours":
         peak = matmul_peak_gflops()
-        model, tokenizer, out = run_ours(args, train, candidates)
+        model, tokenizer, out, snapshots = run_ours(args, train, candidates)
         # The machine is shared: measure the peak again right after our loop, keep the better.
         figures["matmul_peak_gflops"] = max(peak, matmul_peak_gflops())
     else:
         model, tokenizer, out = run_reference(args, train)
     figures.update(out)
     if not args.skip_eval:
-        figures.update(_evaluate(model, tokenizer, test, candidates))
+        diagnoser = _diagnoser(model, tokenizer)
+        adapter = "current"
+        if args.method == "ours":
+            target = args.target_top1 if args.target_top1 is not None else 1.0
+            figures.update(time_to_accuracy(diagnoser, snapshots, validation, candidates, target))
+            adapter = f"epoch{int(figures['chosen_epoch'])}"
+        else:
+            val = _evaluate(diagnoser, adapter, validation, candidates)
+            figures["validation_top1"] = val["top1"]
+        figures.update(_evaluate(diagnoser, adapter, test, candidates))
     figures["process_peak_rss_gib"] = _process_peak_rss_gib()
     return figures
 
@@ -383,6 +480,47 @@ def _run_in_own_process(method: str, argv: list[str]) -> dict[str, float]:
         return figures
 
 
+def _print_accuracy(results: dict[str, dict[str, float]], n_val: int, n_test: int) -> None:
+    """Time to accuracy (ours' epochs on validation against the reference's validation top-1),
+    the speed-up at that accuracy, and both methods' test top-1 at the timed point."""
+    ours, ref = results.get("ours"), results.get("reference")
+    if ours is not None:
+        for k in range(1, int(ours["chosen_epoch"]) + 1):
+            print(
+                f"     ours after epoch {k}: {ours[f'epoch{k}_seconds']:.1f} s of training, "
+                f"validation top-1 {ours[f'epoch{k}_validation_top1']:.3f}"
+            )
+    if ref is not None:
+        print(
+            f"reference after its epochs: {ref['seconds']:.1f} s, "
+            f"validation top-1 {ref['validation_top1']:.3f}"
+        )
+    if ours is not None and ref is not None:
+        if ours["reached"]:
+            print(
+                f"time to the reference's validation top-1 (minus one of {n_val} cases): ours "
+                f"{ours['seconds_to_target']:.1f} s (epoch {int(ours['chosen_epoch'])}), "
+                f"reference {ref['seconds']:.1f} s: "
+                f"speed-up at equal accuracy {ref['seconds'] / ours['seconds_to_target']:.2f}x"
+            )
+        else:
+            print(
+                "ours did NOT reach the reference's validation top-1 within "
+                f"{int(ours['chosen_epoch'])} epochs: no speed-up at equal accuracy"
+            )
+    for name, r in results.items():
+        print(
+            f"{name:>9}: test top-1 {r['top1']:.3f}  top-3 {r['top3']:.3f}  "
+            f"(scored {n_test} cases in {r['eval_seconds']:.0f} s)"
+        )
+    if ours is not None and ref is not None:
+        gap = round((ref["top1"] - ours["top1"]) * n_test)
+        print(
+            f"test top-1: ours {'within' if gap <= 1 else 'NOT within'} one case of the "
+            f"reference ({gap:+d} cases behind)"
+        )
+
+
 def main() -> int:
     args = _parser().parse_args()
     if not args.data.is_dir():
@@ -400,17 +538,21 @@ def main() -> int:
 
     import torch
 
-    train, test, candidates = _cases(args)
+    train, validation, test, candidates = _cases(args)
     threads = args.threads or torch.get_num_threads()
     print(
-        f"# DDXPlus {len(train)} training cases x {args.epochs} epochs, {len(test)} held-out, "
-        f"{len(candidates)} candidates; torch {torch.__version__}, {threads} threads; "
-        "each method in its own process"
+        f"# DDXPlus {len(train)} training cases x {args.epochs} epochs (ours: at most "
+        f"{args.our_epochs or args.epochs}), {len(validation)} validation, {len(test)} held-out "
+        f"test, {len(candidates)} candidates; torch {torch.__version__}, {threads} threads; "
+        "each method in its own process, the reference first"
     )
     results: dict[str, dict[str, float]] = {}
-    for method, skip in (("ours", args.skip_ours), ("reference", args.skip_reference)):
-        if not skip:
-            results[method] = _run_in_own_process(method, sys.argv[1:])
+    if not args.skip_reference:
+        results["reference"] = _run_in_own_process("reference", sys.argv[1:])
+    if not args.skip_ours:
+        target = results.get("reference", {}).get("validation_top1")
+        extra = [] if target is None else ["--target-top1", repr(target)]
+        results["ours"] = _run_in_own_process("ours", [*sys.argv[1:], *extra])
 
     ours = results.get("ours")
     if ours is not None:
@@ -452,16 +594,12 @@ def main() -> int:
     if ours is not None and "reference" in results:
         ref = results["reference"]
         print(
-            f"speed-up (examples/s, ours / reference): "
+            f"speed-up at equal work (examples/s, ours / reference): "
             f"{ours['examples_per_second'] / ref['examples_per_second']:.2f}x wall, "
             f"{ref['cpu_seconds'] / ours['cpu_seconds']:.2f}x CPU time"
         )
     if not args.skip_eval:
-        for name, r in results.items():
-            print(
-                f"{name:>9}: top-1 {r['top1']:.3f}  top-3 {r['top3']:.3f}  "
-                f"(scored {len(test)} cases in {r['eval_seconds']:.0f} s)"
-            )
+        _print_accuracy(results, len(validation), len(test))
     return 1 if any(math.isnan(r.get("top1", 0.0)) for r in results.values()) else 0
 
 
