@@ -111,22 +111,19 @@ class DemoRun:
         """The one base model every stage scores and trains on, loaded on first use, with the
         demo's LoRA layout attached from the seed (the initial adapter of every training)."""
         if self._diagnoser is None:
-            import torch
-
             from feddx.model.adapter import adapter_state
-            from feddx.model.loading import load_base_model
-            from feddx.model.predict import Diagnoser
+            from feddx.train.recipe import load_diagnoser, load_model
 
             task = self.bar.add_task("loading the base model", total=None)
-            loaded = load_base_model(self.opts.model)
+            loaded = load_model(self.opts.model)
             self.bar.remove_task(task)
             how = "from cache" if loaded.from_cache else "dequantized and cached"
             self.console.print(
-                f"   model: {loaded.source.name} ({how}, {loaded.load_seconds:.1f} s)"
+                f"   model: {loaded.source.name} ({how}, {loaded.load_seconds:.1f} s, "
+                f"{loaded.hardware.describe()})"
             )
-            d = Diagnoser.from_loaded(loaded)
-            torch.manual_seed(self.opts.seed)  # the initial adapter is a function of the seed
-            d.attach(DEMO_LORA)
+            # the initial adapter is a function of the seed
+            d = load_diagnoser(loaded, lora=DEMO_LORA, seed=self.opts.seed)
             self._initial = {k: v.clone() for k, v in adapter_state(d.model).items()}
             self._diagnoser = d
         return self._diagnoser
@@ -254,14 +251,14 @@ class DemoRun:
 
     def centralized(self) -> dict[str, Any]:
         from feddx.cli.progress import RichTrainProgress
-        from feddx.model.adapter import load_adapter_state, save_adapter
+        from feddx.model.adapter import load_adapter_state
         from feddx.paths import activation_cache_root
-        from feddx.train.trainer import train_adapter
+        from feddx.train.recipe import fit, save_trained_adapter
 
         d = self.diagnoser()
         config = self._train_config(self.opts.epochs)
         load_adapter_state(d.model, dict(self.initial_state()))
-        result = train_adapter(
+        result = fit(
             d.model,
             d.tokenizer,
             self.train,
@@ -271,11 +268,12 @@ class DemoRun:
         )
         d.model.eval()
         adapter_dir = self.folder.stage_dir("centralized") / "adapter"
-        save_adapter(
+        save_trained_adapter(
             d.model,
             adapter_dir,
             base_fingerprint=d.base_fingerprint,
             max_prompt_tokens=config.max_prompt_tokens,
+            candidates=self.candidates,
             metadata={"data": self.source, "stage": "centralized", "seed": self.opts.seed},
         )
         d.add_adapter(adapter_dir, name="centralized")
@@ -373,9 +371,10 @@ class DemoRun:
     def personalized(self) -> dict[str, Any]:
         from feddx.evaluate.calibration import cross_fit_temperature
         from feddx.evaluate.harness import case_rows, model_metrics
-        from feddx.model.adapter import read_adapter_state, save_adapter
+        from feddx.model.adapter import read_adapter_state
         from feddx.paths import activation_cache_root
         from feddx.personalize.methods import LocalTrainer, local_finetune
+        from feddx.train.recipe import save_trained_adapter
 
         parent_stage = "federated" if self.folder.finished("federated") else "centralized"
         parent = self.folder.entry(parent_stage)
@@ -419,11 +418,12 @@ class DemoRun:
                 state = local_finetune(trainer, begin, cases, config)
             finally:
                 self.bar.remove_task(task)
-            save_adapter(
+            save_trained_adapter(
                 d.model,
                 where,
                 base_fingerprint=d.base_fingerprint,
                 max_prompt_tokens=config.max_prompt_tokens,
+                candidates=self.candidates,
                 metadata={"stage": "personalized", "scope": name, "seed": self.opts.seed},
             )
             return state

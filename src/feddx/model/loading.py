@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from feddx.errors import ModelError
 from feddx.io import atomic_write_json, building_dir
+from feddx.model.hardware import CPU_FLOAT32, Hardware
 from feddx.paths import model_cache_root
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,9 @@ class LoadedModel:
     """A ready-to-use base model with the tokenizer from the same source.
 
     ``fingerprint`` identifies the exact base weights; adapters record it so that an adapter
-    trained on another base model is refused instead of silently producing garbage.
+    trained on another base model is refused instead of silently producing garbage. It does not
+    depend on ``hardware``: an adapter trained on a 4-bit base on a GPU applies to the same base
+    in float32 on a CPU (QLoRA's premise).
     """
 
     model: Any
@@ -59,6 +62,7 @@ class LoadedModel:
     fingerprint: str
     from_cache: bool
     load_seconds: float
+    hardware: Hardware = CPU_FLOAT32
 
 
 def _package_dir(package: str) -> Path | None:
@@ -138,12 +142,36 @@ def _valid_cache(directory: Path) -> bool:
         return False
 
 
-def _load_pretrained(location: str, **kwargs: Any) -> tuple[Any, Any]:
-    import torch
+def _quantization(hardware: Hardware) -> dict[str, Any]:
+    """``from_pretrained`` arguments that load the base quantized by bitsandbytes on its GPU
+    (NF4 with double quantization and ``hardware``'s compute dtype: the QLoRA setting)."""
+    if hardware.quantize == "none":
+        return {}
+    from transformers import BitsAndBytesConfig
+
+    if hardware.quantize == "4bit":
+        config = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=hardware.torch_dtype,
+        )
+    else:
+        config = BitsAndBytesConfig(load_in_8bit=True)
+    return {"quantization_config": config, "device_map": {"": hardware.device}}
+
+
+def _load_pretrained(
+    location: str, hardware: Hardware = CPU_FLOAT32, **kwargs: Any
+) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(location, dtype=torch.float32, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(
+        location, dtype=hardware.torch_dtype, **_quantization(hardware), **kwargs
+    )
+    if hardware.quantize == "none" and hardware.device != "cpu":
+        model.to(hardware.device)
     model.eval()
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -206,8 +234,12 @@ def base_fingerprint(name_or_path: str = DEFAULT_MODEL) -> str:
     return _config_fingerprint(source, config)
 
 
-def load_base_model(name_or_path: str = DEFAULT_MODEL) -> LoadedModel:
-    """Load a base model in float32 (the fastest dtype on CPUs without bf16 units).
+def load_base_model(
+    name_or_path: str = DEFAULT_MODEL, hardware: Hardware = CPU_FLOAT32
+) -> LoadedModel:
+    """Load a base model on ``hardware``'s device, dtype and quantization (default: the CPU in
+    float32, the fastest dtype on CPUs without bf16 units; see :mod:`feddx.model.hardware`).
+    A GGUF file is dequantized to its float32 cache first, whatever ``hardware`` says.
 
     Raises :class:`ModelError` with one line for an unknown id, a missing or unreadable
     GGUF file, or a hub id that cannot be reached.
@@ -219,7 +251,7 @@ def load_base_model(name_or_path: str = DEFAULT_MODEL) -> LoadedModel:
         from_cache = _valid_cache(directory)
         if from_cache:
             try:
-                model, tokenizer = _load_pretrained(str(directory))
+                model, tokenizer = _load_pretrained(str(directory), hardware)
             except Exception as e:  # content damaged despite sizes matching: rebuild
                 log.warning(
                     "model cache %s is corrupt (%s); rebuilding", directory, type(e).__name__
@@ -227,12 +259,12 @@ def load_base_model(name_or_path: str = DEFAULT_MODEL) -> LoadedModel:
                 from_cache = False
         if not from_cache:
             _build_gguf_cache(source, directory)
-            model, tokenizer = _load_pretrained(str(directory))
+            model, tokenizer = _load_pretrained(str(directory), hardware)
         fingerprint = _gguf_fingerprint(source, directory)
     else:
         from_cache = False
         try:
-            model, tokenizer = _load_pretrained(source.location)
+            model, tokenizer = _load_pretrained(source.location, hardware)
         except OSError as e:
             if source.kind == "hub":
                 raise _hub_error(source, e) from e
@@ -245,6 +277,7 @@ def load_base_model(name_or_path: str = DEFAULT_MODEL) -> LoadedModel:
         fingerprint=fingerprint,
         from_cache=from_cache,
         load_seconds=time.perf_counter() - start,
+        hardware=hardware,
     )
 
 

@@ -42,6 +42,7 @@ from typing import Any, ClassVar, Literal, TypeVar
 
 from pydantic import Field, field_validator, model_validator
 
+from feddx.data.candidates import CandidateList
 from feddx.data.schema import Case
 from feddx.errors import ConfigError, DataError
 from feddx.model.adapter import AdapterState, LoraSpec
@@ -434,10 +435,10 @@ def run_experiment(
     from feddx.data.candidates import candidate_list
     from feddx.data.sources import load_cases
     from feddx.model.adapter import adapter_state
-    from feddx.model.predict import Diagnoser
     from feddx.paths import activation_cache_root
     from feddx.personalize.methods import LocalTrainer, ditto, federate, local_finetune
     from feddx.train.config import TrainConfig
+    from feddx.train.recipe import load_diagnoser
 
     say = progress or (lambda _msg: None)
     started = time.perf_counter()
@@ -456,7 +457,7 @@ def run_experiment(
     say(f"{len(groups.institutions)} institutions in {len(groups.regions())} regions")
 
     if diagnoser is None:
-        diagnoser = Diagnoser.load(config.model)
+        diagnoser = load_diagnoser(config.model)
     if diagnoser.lora is not None and diagnoser.lora.layout() != config.lora.layout():
         raise ConfigError(f"the diagnoser holds LoRA layout {diagnoser.lora}, not {config.lora}")
     torch.manual_seed(config.seed)  # the fresh adapter every federation starts from
@@ -832,6 +833,7 @@ def run_experiment(
         default_regional,
         loaded.source,
         deployed=set(deployed.values()),
+        candidates=candidates,
     )
     write_outputs(result, out_dir)
     return result
@@ -874,6 +876,7 @@ def _save_and_register(
     source: str,
     *,
     deployed: set[str],
+    candidates: CandidateList,
 ) -> list[dict[str, Any]]:
     """Save each adapter under ``out_dir/adapters`` and register what the hierarchy deploys
     (parents first): the global adapter, the default regional construction, and each
@@ -881,7 +884,8 @@ def _save_and_register(
     so the resolver answers with that method; the other methods' adapters are saved only.
     Returns one record per adapter (registry id if registered, folder, temperature, validation
     metrics)."""
-    from feddx.model.adapter import load_adapter_state, save_adapter
+    from feddx.model.adapter import load_adapter_state
+    from feddx.train.recipe import save_trained_adapter
 
     records = []
     registry = None
@@ -895,11 +899,12 @@ def _save_and_register(
     for a in adapters:
         folder = out_dir / "adapters" / a.key.replace(":", "__").replace("/", "_").replace(" ", "_")
         load_adapter_state(diagnoser.model, a.state)
-        save_adapter(
+        save_trained_adapter(
             diagnoser.model,
             folder,
             base_fingerprint=diagnoser.base_fingerprint,
             max_prompt_tokens=config.max_prompt_tokens,
+            candidates=candidates,
             temperature=a.temperature,
             temperature_source="validation split of its group's training cases",
             metadata={

@@ -6,6 +6,8 @@ section), with the LoRA and DP settings as nested tables::
 
     learning_rate = 2e-4
     epochs = 3
+    [hardware]
+    device = "auto"
     [lora]
     rank = 16
     top_layers = 4
@@ -23,6 +25,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from feddx.model.adapter import LoraSpec
+from feddx.model.hardware import HardwareSpec
 from feddx.model.prompt import DEFAULT_MAX_PROMPT_TOKENS
 from feddx.settings import Settings
 
@@ -129,7 +132,11 @@ class TrainConfig(Settings):
         ``feature_cache_dir`` (or recomputed each epoch when there is none).
     gradient_checkpointing
         Recompute each trainable layer's activations in the backward pass (less memory,
-        ~30% more compute; not available with DP).
+        ~30% more compute; not available with DP). ``None`` (default): on where it pays, on a
+        GPU, and off on a CPU (:func:`feddx.train.recipe.training_config_for`).
+    hardware
+        Device, dtype and quantization of the base model (:class:`HardwareSpec`; all ``auto``
+        by default: a CUDA GPU in bf16 when present, else the CPU in float32).
     augment
         Dropout copies of each case (:class:`AugmentSpec`; off by default). Not
         available with DP: copies of one patient are not independent examples, so the
@@ -159,8 +166,9 @@ class TrainConfig(Settings):
     bucket_batches: int = Field(default=16, ge=1)
     activation_cache_dtype: CacheDtype = "float32"
     activation_cache_max_mb: int = Field(default=2048, ge=0)
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool | None = None
     augment: AugmentSpec = Field(default_factory=AugmentSpec)
+    hardware: HardwareSpec = Field(default_factory=HardwareSpec)
 
     @field_validator("dp", mode="before")
     @classmethod

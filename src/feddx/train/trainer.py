@@ -287,7 +287,7 @@ class _Trainer:
         batch = collate(self.examples, indices, self.pad_id)
         hidden, start = self.layer_input(batch)
         losses = self.runner.answer_losses(
-            hidden, start, batch, checkpoint=self.config.gradient_checkpointing
+            hidden, start, batch, checkpoint=bool(self.config.gradient_checkpointing)
         )
         total, per_example = reduce_losses(losses, batch, self.reduction)
         self.counters["slots"] += batch.n_slots
