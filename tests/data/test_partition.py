@@ -14,6 +14,7 @@ from feddx.data.deid import DeidConfig
 from feddx.data.partition import (
     MANIFEST,
     PartitionError,
+    PartitionKind,
     PartitionSpec,
     client_names,
     label_histograms,
@@ -326,3 +327,36 @@ def test_symptom2disease_partitions_are_reproducible(shared_data: Path, tmp_path
     for client in manifest["clients"]:
         labels.update(client["labels"])
     assert len(labels) == 24 and sum(labels.values()) == 870
+
+
+@pytest.mark.parametrize(
+    ("kind", "sizes", "firsts"),
+    [
+        ("dirichlet", [29, 114, 38, 119], ["c0011", "c0000", "c0005", "c0001"]),
+        ("size-skew", [232, 3, 47, 18], ["c0000", "c0174", "c0004", "c0008"]),
+        ("iid", [75, 75, 75, 75], ["c0006", "c0001", "c0000", "c0004"]),
+    ],
+)
+def test_one_case_per_patient_partitions_as_before_grouping(
+    kind: PartitionKind, sizes: list[int], firsts: list[str]
+) -> None:
+    # recorded with the per-case code before patients were grouped: no patient ids, no change
+    parts = partition_cases(make_cases(300), PartitionSpec(kind, num_clients=4, seed=3))
+    assert [len(p) for p in parts] == sizes
+    assert [p[0].case_id for p in parts] == firsts
+
+
+@pytest.mark.parametrize("kind", ["iid", "dirichlet", "size-skew"])
+def test_random_partitions_keep_each_patient_on_one_client(kind: PartitionKind) -> None:
+    # 300 cases of 12 patients (i*i mod 60: 10 to 40 cases each): none spread over two clients
+    cases = [
+        c.model_copy(update={"patient_id": f"pt{(i * i) % 60}"})
+        for i, c in enumerate(make_cases(300))
+    ]
+    parts = partition_cases(cases, PartitionSpec(kind, num_clients=4, seed=1, alpha=1.0))
+    owners: dict[str | None, set[int]] = {}
+    for client, part in enumerate(parts):
+        for c in part:
+            owners.setdefault(c.patient_id, set()).add(client)
+    assert all(len(clients) == 1 for clients in owners.values())
+    assert sum(len(p) for p in parts) == 300

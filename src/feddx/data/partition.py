@@ -15,6 +15,13 @@ Kinds (the usual non-IID benchmarks of federated learning, e.g. NIID-Bench, Li e
 - ``size-skew``: quantity skew. Client sizes are proportional to log-normal(0, sigma) draws
   (sigma 0 is equal sizes), labels stay IID.
 
+Patients: the random kinds (``iid``, ``dirichlet``, ``size-skew``) deal whole patients
+(:func:`feddx.data.split.patient_units`: the cases sharing a ``patient_id``), so no patient's
+cases are spread over two clients; client sizes are met as closely as whole patients allow.
+With one case per patient (no patient ids, UCI Heart, DDXPlus) the partition is exactly the
+per-case one. ``attribute`` partitions follow the attribute (a patient treated at two
+hospitals is in both hospitals' data, as in a real federation).
+
 Reproducibility: the cases are first ordered by ``case_id``, so the same cases and spec give the
 same clients whatever order a loader yields them in; all randomness comes from one
 ``numpy.random.Generator(seed)``. Each client keeps its cases in ``case_id`` order.
@@ -37,6 +44,7 @@ from pydantic import model_validator
 from feddx.data.jsonl import load_jsonl, write_jsonl
 from feddx.data.report import LoadReport
 from feddx.data.schema import Case
+from feddx.data.split import patient_units, unit_label
 from feddx.data.stage import DeidStage
 from feddx.errors import DataError, FeddxError
 from feddx.io import atomic_write_json, atomic_write_with, file_sha256, replace_dir, temp_dir_beside
@@ -152,8 +160,23 @@ def _by_attribute(cases: list[Case], spec: PartitionSpec) -> list[list[Case]]:
 
 def _iid(cases: list[Case], spec: PartitionSpec, rng: np.random.Generator) -> list[list[Case]]:
     _need(cases, spec)
-    order = rng.permutation(len(cases))
-    return [[cases[i] for i in chunk] for chunk in np.array_split(order, spec.num_clients)]
+    units = patient_units(cases)
+    order = [units[i] for i in rng.permutation(len(units))]
+    sizes = [len(c) for c in np.array_split(np.arange(len(cases)), spec.num_clients)]
+    return _cut(order, np.cumsum(sizes)[:-1])
+
+
+def _cut(units: Sequence[Sequence[Case]], bounds: Any) -> list[list[Case]]:
+    """Cut the patients in ``units`` (in this order) into consecutive parts whose case counts
+    end near ``bounds`` (cumulative case positions): each cut falls on the patient boundary
+    nearest it, never inside a patient. One case per patient: exactly at ``bounds``."""
+    ends = np.cumsum([0] + [len(u) for u in units])
+    cuts: list[int] = []
+    for b in bounds:
+        j = int(np.argmin(np.abs(ends - b)))  # the first of equally near boundaries
+        cuts.append(max(j, cuts[-1] if cuts else 0))
+    edges = [0, *cuts, len(units)]
+    return [[c for u in units[a:z] for c in u] for a, z in itertools.pairwise(edges)]
 
 
 def _need(cases: list[Case], spec: PartitionSpec) -> None:
@@ -169,21 +192,25 @@ def _dirichlet(
     cases: list[Case], spec: PartitionSpec, rng: np.random.Generator
 ) -> list[list[Case]]:
     _need(cases, spec)
+    # Each patient's cases are dealt together, under the patient's most frequent diagnosis.
+    units = patient_units(cases)
     by_label: dict[str, list[int]] = {}
-    for i, case in enumerate(cases):
-        by_label.setdefault(_label(case), []).append(i)
+    for i, unit in enumerate(units):
+        by_label.setdefault(unit_label(unit) or UNLABELED, []).append(i)
     labels = sorted(by_label)
     k = spec.num_clients
+    position = {id(c): i for i, c in enumerate(cases)}
     for _ in range(_DIRICHLET_TRIES):
-        assignment: list[list[int]] = [[] for _ in range(k)]
+        assignment: list[list[Case]] = [[] for _ in range(k)]
         for label in labels:
             idx = rng.permutation(by_label[label])
             shares = rng.dirichlet(np.full(k, spec.alpha))
-            cuts = (np.cumsum(shares)[:-1] * len(idx)).astype(int)
-            for client, chunk in enumerate(np.split(idx, cuts)):
-                assignment[client].extend(int(i) for i in chunk)
+            n = sum(len(units[i]) for i in idx)
+            cuts = (np.cumsum(shares)[:-1] * n).astype(int)
+            for client, chunk in enumerate(_cut([units[i] for i in idx], cuts)):
+                assignment[client].extend(chunk)
         if min(len(a) for a in assignment) >= max(spec.min_size, 1):
-            return [[cases[i] for i in sorted(a)] for a in assignment]
+            return [sorted(a, key=lambda c: position[id(c)]) for a in assignment]
     raise PartitionError(
         f"no Dirichlet(alpha={spec.alpha}) draw in {_DIRICHLET_TRIES} gave all "
         f"{k} clients at least {max(spec.min_size, 1)} cases; raise alpha or use fewer clients"
@@ -203,9 +230,9 @@ def _size_skew(
     for i in np.argsort(-(exact - sizes), kind="stable")[: spare - int(sizes.sum())]:
         sizes[i] += 1
     sizes += floor
-    order = rng.permutation(len(cases))
-    bounds = np.cumsum(sizes)[:-1]
-    return [[cases[i] for i in sorted(chunk)] for chunk in np.split(order, bounds)]
+    units = patient_units(cases)
+    parts = _cut([units[i] for i in rng.permutation(len(units))], np.cumsum(sizes)[:-1])
+    return [sorted(p, key=lambda c: c.case_id) for p in parts]
 
 
 def partition_cases(cases: Sequence[Case], spec: PartitionSpec) -> list[list[Case]]:

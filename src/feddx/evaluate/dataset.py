@@ -2,10 +2,10 @@
 ``feddx evaluate``, as a library function the CLI (and anyone else) calls.
 
 The cases are split exactly as ``feddx train`` splits them
-(:func:`feddx.data.split.stratified_split` with the same test fraction and seed), and the
-held-out test split is evaluated by default, so an adapter is never scored on cases it was
+(:func:`feddx.data.split.stratified_split` with the same test fraction and seed, grouped by
+patient), and the held-out test split is evaluated by default, so an adapter is never scored on cases it was
 trained on; ``split="all"`` evaluates every case (e.g. a hospital's own held-out file).
-Candidates come from :func:`feddx.data.candidates.candidate_list` over the training split (or
+Candidates come from :func:`feddx.data.candidates.candidate_list` over every labeled case (or
 a candidates file). Bad input (data, labels, candidates, adapters) fails before the base model
 is loaded, so it costs a second, not a minute.
 
@@ -73,9 +73,9 @@ def evaluate_dataset(
         test = test[: request.limit]
     if not test:
         raise DataError(f"{request.data}: the {request.split} split is empty")
-    candidates = candidate_list(
-        loaded.source, loaded.path, train or labeled, request.candidates_file
-    )
+    # The label space is the dataset's: with a patient-grouped split a test diagnosis may have
+    # no training case (then it is a miss the model could not avoid, not an error).
+    candidates = candidate_list(loaded.source, loaded.path, labeled, request.candidates_file)
     try:
         validate_candidates(candidates.names)
         check_labels(test, candidates.names, f"{request.split} split")
