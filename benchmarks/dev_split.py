@@ -27,8 +27,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from feddx.data.jsonl import write_jsonl
-    from feddx.data.split import stratified_split
     from feddx.data.sources import load_cases
+    from feddx.data.split import stratified_split
 
     cases = load_cases(args.data, purpose="split").cases
     train, test = stratified_split(cases, test_fraction=args.test_fraction, seed=args.seed)
