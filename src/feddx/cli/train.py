@@ -1,27 +1,32 @@
-"""``feddx train``: fine-tune a LoRA adapter on a dataset.
+"""``feddx train``: fine-tune a LoRA adapter on a dataset (:func:`feddx.train.recipe.train_and_save`).
 
 The cases are split exactly as ``feddx evaluate`` splits them
 (:func:`feddx.data.split.stratified_split` with the same ``--test-fraction`` and ``--seed``)
 and only the training split is used, so ``feddx evaluate --adapter OUT`` scores cases the
 adapter never saw. ``--split all`` trains on every case (e.g. a hospital's own training file).
 
-``OUT`` receives ``adapter/`` (the adapter with the base model's fingerprint),
-``checkpoints/`` (resumable; an interrupted run continues where it stopped unless
-``--no-resume``) and ``train_result.json``. Nothing written contains case text.
+``OUT`` receives ``adapter/`` (the adapter with the base model's fingerprint, candidates,
+hardware and data spec), ``checkpoints/`` (resumable; an interrupted run continues where it
+stopped unless ``--no-resume``) and ``train_result.json``. Nothing written contains case text.
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
 from feddx.cli._app import app, console, console_err, quiet_libraries
+from feddx.cli._hardware import Device, Dtype, Quantize, hardware_overrides
 from feddx.io import atomic_write_json
 from feddx.model.loading import DEFAULT_MODEL
+
+if TYPE_CHECKING:
+    from feddx.train.config import TrainConfig
+    from feddx.train.recipe import RecipeResult
 
 
 class TrainSplit(StrEnum):
@@ -46,8 +51,11 @@ def train(
         typer.Option("--config", help="Training config file (.yaml, .json or .toml)."),
     ] = None,
     model: Annotated[
-        str, typer.Option(help="Base model: alias, .gguf file, directory or hub id.")
+        str, typer.Option(help="Base model: alias (feddx models), .gguf file, directory or hub id.")
     ] = DEFAULT_MODEL,
+    device: Device = None,
+    dtype: Dtype = None,
+    quantize: Quantize = None,
     epochs: Annotated[int | None, typer.Option(min=1, help="Override the config's epochs.")] = None,
     learning_rate: Annotated[
         float | None, typer.Option(min=0.0, help="Override the config's learning rate.")
@@ -103,8 +111,9 @@ def train(
     candidates: Annotated[
         Path | None,
         typer.Option(
-            help="With answer_loss 'candidates': file with one candidate diagnosis per line "
-            "(default: as in 'feddx evaluate', the dataset's list or its training labels)."
+            help="File with one candidate diagnosis per line, recorded with the adapter and "
+            "used by answer_loss 'candidates' (default: as in 'feddx evaluate', the dataset's "
+            "list or its training labels)."
         ),
     ] = None,
     drop_overlapping_extra: Annotated[
@@ -121,92 +130,94 @@ def train(
     The held-out split of --data is never trained on, so `feddx evaluate` with the same
     --data, --test-fraction and --seed scores unseen cases even when --extra-data is given."""
     quiet_libraries()
-    from feddx.train.config import TrainConfig
+    from feddx.model.hardware import resolve_hardware
+    from feddx.train.cases import TrainingData, training_cases
+    from feddx.train.recipe import train_and_save
 
-    # Config and data first: a bad file fails in a second, not after the model has loaded.
-    cfg = TrainConfig.from_file(config) if config is not None else TrainConfig()
-    overrides: dict[str, Any] = {
-        k: v
-        for k, v in {
-            "epochs": epochs,
-            "learning_rate": learning_rate,
-            "batch_size": batch_size,
-            "max_steps": max_steps,
-            "seed": train_seed,
-        }.items()
-        if v is not None
-    }
-    if top_layers is not None:
-        overrides["lora"] = {**cfg.lora.to_dict(), "top_layers": top_layers}
-    if overrides:
-        cfg = TrainConfig.from_mapping({**cfg.to_dict(), **overrides}, origin="command line")
+    # Config, hardware and data first: a bad file or a missing GPU fails in a second, not
+    # after the model has loaded.
+    cfg = _train_config(
+        config,
+        epochs=epochs,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        max_steps=max_steps,
+        seed=train_seed,
+        top_layers=top_layers,
+        hardware=hardware_overrides(device, dtype, quantize),
+    )
+    hardware = resolve_hardware(cfg.hardware)
     if extra_per_label is not None and not extra_data:
         raise typer.BadParameter(
             "--extra-per-label needs --extra-data", param_hint="--extra-per-label"
         )
-    from feddx.train.cases import TrainingData, training_cases
-
-    tdata = training_cases(
-        TrainingData(
-            data=data,
-            split=split.value,
-            test_fraction=test_fraction,
-            seed=seed,
-            extra_data=tuple(extra_data or ()),
-            extra_per_label=extra_per_label,
-            candidates_file=candidates,
-            drop_overlapping_extra=drop_overlapping_extra,
-        ),
-        need_candidates=cfg.answer_loss == "candidates",
+    spec = TrainingData(
+        data=data,
+        split=split.value,
+        test_fraction=test_fraction,
+        seed=seed,
+        extra_data=tuple(extra_data or ()),
+        extra_per_label=extra_per_label,
+        candidates_file=candidates,
+        drop_overlapping_extra=drop_overlapping_extra,
     )
-    cases = tdata.cases
-
-    import torch
-
-    from feddx.cli.progress import train_progress
-    from feddx.model.adapter import attach_lora, save_adapter
-    from feddx.model.loading import load_base_model
-    from feddx.train.trainer import train_adapter
-
-    loaded = load_base_model(model)
-    torch.manual_seed(cfg.seed)  # the adapter's initial values
-    net = attach_lora(loaded.model, cfg.lora)
-    with train_progress(console_err, enabled=console_err.is_terminal) as progress:
-        result = train_adapter(
-            net,
-            loaded.tokenizer,
-            cases,
-            cfg,
-            out_dir=out,
-            resume=resume,
-            progress=progress,
-            feature_cache_dir=feature_cache,
-            candidates=tdata.candidates.names if tdata.candidates else None,
-        )
-    meta: dict[str, Any] = {
+    tdata = training_cases(spec, need_candidates=True)
+    record = {
         "data": data,
         "split": split.value,
         "test_fraction": test_fraction if split is TrainSplit.train else None,
         "seed": seed,
-        "n_train": len(cases),
+        "n_train": len(tdata.cases),
         "n_held_out": tdata.n_held_out,
         "extra_data": tdata.extra_info,
-        "max_prompt_tokens": cfg.max_prompt_tokens,
-        "model": loaded.source.name,
-        "base_fingerprint": loaded.fingerprint,
         "config": cfg.to_dict(),
     }
-    save_adapter(
-        net,
-        out / "adapter",
-        base_fingerprint=loaded.fingerprint,
-        max_prompt_tokens=cfg.max_prompt_tokens,
-        metadata=meta,
-    )
-    summary = {**meta, **tdata.info, "result": result.to_dict(), "adapter": str(out / "adapter")}
-    atomic_write_json(out / "train_result.json", summary, allow_nan=False)
+    from feddx.cli.progress import train_progress
 
-    table = Table(title=f"Training ({len(cases)} cases, {loaded.source.name})")
+    with train_progress(console_err, enabled=console_err.is_terminal) as progress:
+        done = train_and_save(
+            model,
+            tdata.cases,
+            cfg,
+            out,
+            hardware=hardware,
+            candidates=tdata.candidates,
+            metadata=record,
+            resume=resume,
+            progress=progress,
+            feature_cache_dir=feature_cache,
+        )
+    in_adapter = ("candidates", "icd10")  # long lists, kept in the adapter only
+    summary = {
+        **{k: v for k, v in done.adapter.metadata.items() if k not in in_adapter},
+        **tdata.info,
+        "base_fingerprint": done.loaded.fingerprint,
+        "result": done.result.to_dict(),
+        "adapter": str(done.adapter.directory),
+    }
+    atomic_write_json(out / "train_result.json", summary, allow_nan=False)
+    _print_result(done, cfg, data, out)
+
+
+def _train_config(path: Path | None, **overrides: Any) -> TrainConfig:
+    """The config file's settings (or the defaults) with the options given on the command
+    line in their place."""
+    from feddx.train.config import TrainConfig
+
+    cfg = TrainConfig.from_file(path) if path is not None else TrainConfig()
+    given = {k: v for k, v in overrides.items() if v is not None and v != {}}
+    if "top_layers" in given:
+        given["lora"] = {**cfg.lora.to_dict(), "top_layers": given.pop("top_layers")}
+    if "hardware" in given:
+        given["hardware"] = {**cfg.hardware.to_dict(), **given["hardware"]}
+    return TrainConfig.from_mapping({**cfg.to_dict(), **given}, origin="command line")
+
+
+def _print_result(done: RecipeResult, cfg: TrainConfig, data: str, out: Path) -> None:
+    result = done.result
+    n = int(done.adapter.metadata.get("n_train", 0))
+    title = f"Training ({n} cases, {done.loaded.source.name}, {done.loaded.hardware.describe()})"
+    table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")
     rows = [
@@ -224,5 +235,6 @@ def train(
         table.add_row(name, value)
     console.print(table)
     console.print(
-        f"adapter saved to {out / 'adapter'}; evaluate with: feddx evaluate --data {data} --adapter {out}"
+        f"adapter saved to {out / 'adapter'}; evaluate with: "
+        f"feddx evaluate --data {data} --adapter {out}"
     )

