@@ -328,6 +328,43 @@ def test_no_candidate_list_is_503_naming_the_adapter(
     assert r.status_code == 200 and r.json()["candidates"] == 5
 
 
+def test_an_adapter_trained_on_other_candidates_is_503_naming_it(
+    make_client: Callable[..., Any], world: World, tokenizer: Any
+) -> None:
+    from .world import save_adapter
+
+    other = ["Influenza", "Pneumonia", "Bronchitis"]
+    path = save_adapter(tokenizer, world.root / "other", 22, names=other)
+    world.registry.register(
+        path, level="institutional", institution="hungary-inst", parent_id=world.ids["global"]
+    )
+    headers = bearer(world.keys["hungary-inst"])
+    client = make_client(candidates="uci-heart")
+    r = client.post("/v1/diagnose", json={"case": CASE}, headers=headers)
+    assert r.status_code == 503
+    detail = r.json()["detail"]
+    assert "institutional/hungary-inst/v1 was trained on 3 candidates" in detail
+    assert "the service's list of 5" in detail and "\n" not in detail
+    # without a service list the adapter's own answers, and a request naming it is served
+    client = make_client()
+    r = client.post("/v1/diagnose", json={"case": CASE, "candidates": other[::-1]}, headers=headers)
+    assert r.status_code == 200 and r.json()["candidates"] == 3
+
+
+def test_a_request_naming_other_candidates_is_503_naming_the_adapter(
+    make_client: Callable[..., Any], world: World
+) -> None:
+    client = make_client(candidates="uci-heart")
+    body = {"case": CASE, "candidates": ["Influenza", "Pneumonia"]}
+    r = client.post("/v1/diagnose", json=body, headers=bearer(world.keys["cleveland"]))
+    assert r.status_code == 503
+    assert r.json()["detail"].startswith(f"{world.ids['cleveland']} was trained on 5 candidates")
+    assert "the request's list of 2" in r.json()["detail"]
+    body["candidates"] = CANDIDATES[::-1]
+    r = client.post("/v1/diagnose", json=body, headers=bearer(world.keys["cleveland"]))
+    assert r.status_code == 200 and r.json()["candidates"] == 5
+
+
 def test_openapi_has_examples_and_bearer_auth(make_client: Callable[..., Any]) -> None:
     schema = make_client().get("/openapi.json").json()
     req = schema["components"]["schemas"]["DiagnoseRequest"]

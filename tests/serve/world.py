@@ -45,8 +45,16 @@ CASE: dict[str, Any] = {
 }
 
 
-def save_adapter(tokenizer: Any, directory: Path, seed: int, *, candidates: bool = True) -> Path:
-    """A LoRA adapter (rank 4, q/v of both layers) with random, non-zero B matrices."""
+def save_adapter(
+    tokenizer: Any,
+    directory: Path,
+    seed: int,
+    *,
+    candidates: bool = True,
+    names: list[str] | None = None,
+) -> Path:
+    """A LoRA adapter (rank 4, q/v of both layers) with random, non-zero B matrices, recording
+    UCI Heart's candidates (``names``: these instead; ``candidates=False``: none)."""
     import torch
 
     from feddx.model.adapter import LoraSpec, attach_lora, save_adapter
@@ -60,7 +68,7 @@ def save_adapter(tokenizer: Any, directory: Path, seed: int, *, candidates: bool
                 p.normal_(0, 0.5)
     meta: dict[str, Any] = {"data": "test"}
     if candidates:
-        meta |= {"candidates": CANDIDATES, "candidates_icd10": ICD10}
+        meta |= {"candidates": names or CANDIDATES, "icd10": {} if names else ICD10}
     save_adapter(net, directory, base_fingerprint=BASE, max_prompt_tokens=64, metadata=meta)
     return directory
 

@@ -11,10 +11,13 @@ between the two, another LoRA layout), and the answer says which chain answered 
 skipped.
 
 **Candidates** (decided here, documented in the README): the answering adapter's own list, in
-its ``feddx_adapter.json`` metadata ``candidates`` (names) and ``candidates_icd10`` (name ->
-code); else the label space of the data source it records (``metadata.data``) when that source
-has a fixed one (``uci-heart``); else the service's ``candidates`` setting; else the request is
-refused (503) naming the adapter.
+its ``feddx_adapter.json`` metadata ``candidates`` (names) and ``icd10`` (name -> code; the
+older key ``candidates_icd10`` is read too); else the label space of the data source it records
+(``metadata.data``) when that source has a fixed one (``uci-heart``); else the service's
+``candidates`` setting; else the request is refused (503) naming the adapter. An adapter whose
+own list is not the service's list (as a set of names), or not the list a request names, is
+refused (503) naming the adapter: its scores would rank diagnoses it was never trained to tell
+apart, or leave out ones the caller expects.
 """
 
 from __future__ import annotations
@@ -109,6 +112,28 @@ class NoCandidates(FeddxError):
     """The answering adapter records no candidate list and the service has none (HTTP 503)."""
 
 
+class CandidatesMismatch(FeddxError):
+    """The answering adapter was trained on another candidate list than the service's or the
+    request's (HTTP 503)."""
+
+
+def check_candidates(who: str, own: Sequence[str], expected: Sequence[str], whose: str) -> None:
+    """Raise :class:`CandidatesMismatch` (one line naming ``who``) unless ``own`` and
+    ``expected`` hold the same names (order aside)."""
+    extra, missing = sorted(set(own) - set(expected)), sorted(set(expected) - set(own))
+    if not extra and not missing:
+        return
+    differ = "; ".join(
+        f"{label} {', '.join(repr(n) for n in names[:3])}{' ...' if len(names) > 3 else ''}"
+        for label, names in (("only the adapter's:", extra), (f"only the {whose}:", missing))
+        if names
+    )
+    raise CandidatesMismatch(
+        f"{who} was trained on {len(own)} candidates that differ from the {whose} list of "
+        f"{len(expected)} ({differ})"
+    )
+
+
 @dataclass(frozen=True)
 class ChainAnswer:
     """The chain that will answer (global first, answering last), what was skipped, and the
@@ -173,7 +198,7 @@ def adapter_candidates(metadata: Mapping[str, Any]) -> CandidateList | None:
     """The candidate list an adapter's metadata records (see the module docstring)."""
     names = metadata.get("candidates")
     if isinstance(names, list) and len(names) >= 2 and all(isinstance(n, str) for n in names):
-        codes = metadata.get("candidates_icd10")
+        codes = metadata.get("icd10", metadata.get("candidates_icd10"))
         icd10 = (
             {k: v for k, v in codes.items() if isinstance(v, str)}
             if isinstance(codes, dict)
@@ -372,11 +397,13 @@ class AdapterPool:
     def _candidates_for(
         self, own: CandidateList | None, chain: tuple[RegistryEntry, ...] = ()
     ) -> CandidateList:
+        who = chain[-1].adapter_id if chain else "the base model"
         if own is not None:
+            if self.default is not None:
+                check_candidates(who, own.names, self.default.names, "service's")
             return own
         if self.default is not None:
             return self.default
-        who = chain[-1].adapter_id if chain else "the base model"
         raise NoCandidates(
             f"{who} records no candidate list and the service has none (set 'candidates')"
         )

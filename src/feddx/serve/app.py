@@ -26,7 +26,13 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from feddx import __version__
-from feddx.serve.adapters import AdapterForbidden, AdapterNotFound, NoCandidates, Registry
+from feddx.serve.adapters import (
+    AdapterForbidden,
+    AdapterNotFound,
+    CandidatesMismatch,
+    NoCandidates,
+    Registry,
+)
 from feddx.serve.batching import Overloaded
 from feddx.serve.fhir_input import FhirInputError
 from feddx.serve.middleware import RequestContextMiddleware, context_of
@@ -138,6 +144,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         AdapterNotFound: (404, None),
         AdapterForbidden: (403, None),
         NoCandidates: (503, None),
+        CandidatesMismatch: (503, None),
         Overloaded: (503, {"Retry-After": "1"}),
         NotReady: (503, {"Retry-After": "5"}),
     }

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from feddx.data.schema import Case
 from feddx.errors import FeddxError
+from feddx.serve.adapters import check_candidates
 
 if TYPE_CHECKING:
     from feddx.model.predict import Prediction
@@ -53,6 +54,7 @@ class ScoreJob:
     region: str | None
     case: Case
     pinned: str | None = None
+    candidates: tuple[str, ...] | None = None  # the request's list, checked against the adapter's
     future: Future[ScoreResult] = field(default_factory=Future)
     enqueued: float = field(default_factory=time.perf_counter)
 
@@ -175,6 +177,9 @@ class MicroBatcher:
         for job in jobs:
             try:
                 answer = self.pool.chain_for(job.institution, job.region, job.pinned)
+                if job.candidates is not None:
+                    who = answer.adapter_name or "the base model"
+                    check_candidates(who, answer.candidates.names, job.candidates, "request's")
             except Exception as e:
                 job.future.set_exception(e)
                 continue

@@ -109,6 +109,13 @@ class DiagnoseRequest(_Strict):
     top_k: int | None = Field(
         default=None, ge=1, le=1000, description="Diagnoses to return (default: settings)."
     )
+    candidates: list[str] | None = Field(
+        default=None,
+        min_length=2,
+        max_length=1000,
+        description="The candidate diagnoses the caller expects ranked: refused (503, naming "
+        "the adapter) unless the answering adapter was trained on exactly these (any order).",
+    )
 
     @model_validator(mode="after")
     def _one_input(self) -> DiagnoseRequest:

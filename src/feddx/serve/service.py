@@ -12,7 +12,7 @@ import logging
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, TypeVar
 
@@ -174,11 +174,20 @@ class DiagnosisService:
                 case, used = merge_history(case, stored), True
         return PreparedCase(case, used, ref)
 
-    async def score(self, identity: Identity, case: Case, pinned: str | None) -> ScoreResult:
-        """Score ``case`` for ``identity`` through the scheduler. Raises :class:`NotReady`,
-        :class:`~feddx.serve.batching.Overloaded`, :class:`TimeoutError` and whatever the
-        chain resolution raises (unknown or foreign adapter, no candidates)."""
-        job = ScoreJob(identity.institution, identity.region, case, pinned)
+    async def score(
+        self,
+        identity: Identity,
+        case: Case,
+        pinned: str | None,
+        candidates: Sequence[str] | None = None,
+    ) -> ScoreResult:
+        """Score ``case`` for ``identity`` through the scheduler (``candidates``: the list
+        the caller expects, checked against the answering adapter's). Raises
+        :class:`NotReady`, :class:`~feddx.serve.batching.Overloaded`, :class:`TimeoutError` and
+        whatever the chain resolution raises (unknown or foreign adapter, no or other
+        candidates)."""
+        wanted = tuple(candidates) if candidates is not None else None
+        job = ScoreJob(identity.institution, identity.region, case, pinned, wanted)
         future = self._scheduler().submit(job)
         try:
             return await asyncio.wait_for(

@@ -56,7 +56,7 @@ async def diagnose(
     prepared = await asyncio.to_thread(service.prepare, identity, case, body.patient_id)
     ctx.patient_ref = prepared.patient_ref
     ctx.cases = 1
-    result = await service.score(identity, prepared.case, body.adapter)
+    result = await service.score(identity, prepared.case, body.adapter, body.candidates)
     record_chain(ctx, result)
     top_k = body.top_k or service.settings.top_k
     return DiagnoseResponse(
