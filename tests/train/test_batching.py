@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 import torch
 
+from feddx.data.cases import case_reference
 from feddx.data.schema import Case, Label
 from feddx.errors import ConfigError, DataError
 from feddx.model.prompt import answer_ids, render_prompt
@@ -17,7 +18,6 @@ from feddx.train.batching import (
     poisson_batches,
     split_by_length,
 )
-from feddx.train.cases import case_reference
 
 
 def test_example_is_prompt_plus_answer_without_its_last_token(

@@ -10,13 +10,13 @@ import torch
 import torch.nn.functional as F
 from train_fixtures import DIAGNOSES  # type: ignore[import-not-found]
 
+from feddx.data.cases import case_reference
 from feddx.data.schema import Case, Label
 from feddx.errors import ConfigError, DataError
 from feddx.model.adapter import LoraSpec
 from feddx.model.prompt import answer_ids, render_prompt
 from feddx.model.scoring import prepare_candidates, score_candidates, trie_choices
 from feddx.train.batching import collate, encode_cases
-from feddx.train.cases import case_reference
 from feddx.train.config import TrainConfig
 from feddx.train.forward import TrainingRunner
 from feddx.train.trainer import train_adapter

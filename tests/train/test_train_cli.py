@@ -223,8 +223,8 @@ def test_train_seed_and_augmentation_reach_the_run(
 def test_extra_cases_identical_to_held_out_ones_are_refused_or_dropped(
     model_dir: Path, data_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    from feddx.data.cases import case_reference
     from feddx.data.split import stratified_split
-    from feddx.train.cases import case_reference
 
     _, held_out = stratified_split(make_cases(30), test_fraction=0.2, seed=0)
     # Two held-out cases again under other ids, ages and letter case: still the same answer.

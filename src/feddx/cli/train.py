@@ -130,8 +130,8 @@ def train(
     The held-out split of --data is never trained on, so `feddx evaluate` with the same
     --data, --test-fraction and --seed scores unseen cases even when --extra-data is given."""
     quiet_libraries()
+    from feddx.data.cases import TrainingData, training_cases
     from feddx.model.hardware import resolve_hardware
-    from feddx.train.cases import TrainingData, training_cases
     from feddx.train.recipe import train_and_save
 
     # Config, hardware and data first: a bad file or a missing GPU fails in a second, not

@@ -11,7 +11,7 @@ is loaded, so it costs a second, not a minute.
 
 The logistic-regression baseline is fitted on the training split; with ``extra_data`` (the
 ``--extra-data`` an adapter was trained with) a second one is fitted on exactly the cases
-``feddx train`` trained on (:func:`feddx.train.cases.training_cases`, same split, cap and
+``feddx train`` trained on (:func:`feddx.data.cases.training_cases`, same split, cap and
 overlap rule), so the LLM is compared with a baseline that saw the same data as well.
 """
 
@@ -83,7 +83,7 @@ def evaluate_dataset(
         raise DataError(f"{request.data}: {e}") from None
     extra_train = None
     if request.baseline and request.extra_data and request.split == "test":
-        from feddx.train.cases import TrainingData, training_cases
+        from feddx.data.cases import TrainingData, training_cases
 
         extra_train = training_cases(
             TrainingData(

@@ -19,10 +19,10 @@ from typing import Any
 
 import torch
 
+from feddx.data.cases import case_reference
 from feddx.data.schema import Case
 from feddx.errors import ConfigError, DataError
 from feddx.model.prompt import answer_ids, render_prompt
-from feddx.train.cases import case_reference
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ def encode_cases(
     candidates' trie (for the candidate-restricted loss).
 
     Raises :class:`DataError` for an empty dataset, cases without a label (naming how many
-    and the first by position and pseudonym, :func:`~feddx.train.cases.case_reference`; never
+    and the first by position and pseudonym, :func:`~feddx.data.cases.case_reference`; never
     a case id: these messages reach terminals, CI logs and Flower) or, with ``candidates``, a
     label outside the list; and
     :class:`ConfigError` when ``max_prompt_tokens`` cannot hold even the bare prompt template
