@@ -72,6 +72,14 @@ def federate(
         Path | None, typer.Option("--out", help="Output folder (overrides out-dir).")
     ] = None,
     client_cpus: Annotated[int, typer.Option(min=1, help="CPUs per simulated client.")] = 1,
+    client_gpus: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="GPUs per simulated client (0.5: two ClientApps share a GPU; with the run "
+            "config's device = 'auto' each trains on its GPU).",
+        ),
+    ] = 0.0,
     engine: Annotated[
         str,
         typer.Option(
@@ -128,7 +136,7 @@ def federate(
     if engine == "flower":
         from feddx.federated.simulation import run_simulation
 
-        outcome = run_simulation(cfg, client_cpus=client_cpus)
+        outcome = run_simulation(cfg, client_cpus=client_cpus, client_gpus=client_gpus)
         history = outcome.history
         console.print(
             f"Flower run {outcome.run_id}: {outcome.status} in {outcome.seconds:.0f} s "

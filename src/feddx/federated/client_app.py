@@ -196,7 +196,7 @@ def handle_train(msg: Message, context: Context) -> Message:
     from feddx.federated.privacy import ClientPrivacyLedger, dp_sgd_release
     from feddx.federated.task import adapter_model
     from feddx.model.adapter import adapter_state, load_adapter_state
-    from feddx.train.trainer import train_adapter
+    from feddx.train.recipe import fit
 
     cfg = FederatedConfig.from_run_config(context.run_config)
     node = NodeSettings.from_context(context, cfg)
@@ -215,7 +215,7 @@ def handle_train(msg: Message, context: Context) -> Message:
         seed=local_seed(cfg, server_round, node.index), proximal_mu=mu, server_round=server_round
     )
     start = time.perf_counter()
-    result = train_adapter(
+    result = fit(
         am.model,
         am.tokenizer,
         cases,

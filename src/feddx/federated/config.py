@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
+from feddx.model.hardware import DtypeName, HardwareSpec, QuantizeName
 from feddx.model.prompt import DEFAULT_MAX_PROMPT_TOKENS
 from feddx.settings import Settings
 
@@ -92,6 +93,13 @@ class FederatedConfig(Settings):
         centralised run of ``R * local-epochs`` epochs see the same learning-rate curve.
         ``"local"`` gives every round its own warm-up and full cosine decay: each round then
         spends much of its steps at a small rate, which slows FedAvg several-fold.
+    Hardware
+        ``device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``), ``dtype`` (``auto``,
+        ``float32``, ``bfloat16``, ``float16``) and ``quantize`` (``none``, ``8bit``,
+        ``4bit``) of every party's base model (:mod:`feddx.model.hardware`). In a simulation,
+        give each ClientApp a GPU share with ``feddx federate --client-gpus``; in a deployment,
+        run one SuperNode per GPU (``CUDA_VISIBLE_DEVICES``, see ``deploy/``), each with
+        ``device = "auto"``.
     Communication
         ``compression`` of client updates: ``none`` (float32 adapter), ``float16``, ``int8``
         (per-tensor affine 8-bit) or ``topk`` (the ``topk-fraction`` largest entries, with
@@ -179,6 +187,10 @@ class FederatedConfig(Settings):
     lora_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     lora_targets: str = "q_proj,v_proj"
     lora_top_layers: int = Field(default=2, ge=0)
+    # hardware
+    device: str = "auto"
+    dtype: DtypeName = "auto"
+    quantize: QuantizeName = "none"
     # communication
     compression: Compression = "none"
     topk_fraction: float = Field(default=0.1, gt=0.0, le=1.0)
@@ -261,6 +273,7 @@ class FederatedConfig(Settings):
         by_rounds = self.lr_schedule == "rounds"
         return TrainConfig(
             lora=self.lora_spec(),
+            hardware=self.hardware_spec(),
             learning_rate=self.round_learning_rate(server_round),
             lr_schedule="constant" if by_rounds else "cosine",
             warmup_ratio=(
@@ -284,6 +297,10 @@ class FederatedConfig(Settings):
                 else None
             ),
         )
+
+    def hardware_spec(self) -> HardwareSpec:
+        """The device, dtype and quantization every party loads the base model with."""
+        return HardwareSpec(device=self.device, dtype=self.dtype, quantize=self.quantize)
 
     def lora_spec(self) -> LoraSpec:
         from feddx.model.adapter import LoraSpec

@@ -18,7 +18,8 @@ private, self-cleaning sandbox under the run's ``out-dir``:
 The environment is offline and quiet (no telemetry, no update checks, no ``uv sync`` of the
 app's dependencies at run time, ``HF_HUB_OFFLINE``), Ray's temporary files stay in the run
 folder, and each simulated client gets ``client-cpus`` CPUs (default 1, so a 2-core machine
-trains two clients at a time).
+trains two clients at a time) and ``client-gpus`` GPUs (default 0; a fraction such as 0.5
+lets Ray place two ClientApps on one GPU, with the run config's ``device = "auto"``).
 """
 
 from __future__ import annotations
@@ -122,6 +123,7 @@ def run_simulation(
     cfg: FederatedConfig,
     *,
     client_cpus: int = 1,
+    client_gpus: float = 0.0,
     timeout: float = 24 * 3600.0,
     startup_timeout: float = 60.0,
 ) -> SimulationOutcome:
@@ -188,6 +190,8 @@ def run_simulation(
             _wait_healthy(port, superlink, startup_timeout)
             control = FlowerControl(flwr_home, env)
             fed_config = f"num-supernodes={cfg.num_clients} client-resources-num-cpus={client_cpus}"
+            if client_gpus > 0:
+                fed_config += f" client-resources-num-gpus={client_gpus}"
             # FlowerControl.submit_run has no --federation-config; the simulation needs it.
             submitted = control._call(
                 [

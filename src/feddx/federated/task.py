@@ -27,6 +27,7 @@ from feddx.federated.config import FederatedConfig
 
 if TYPE_CHECKING:  # torch-heavy: imported where used, so importing the app stays cheap
     from feddx.model.adapter import LoraSpec
+    from feddx.model.hardware import HardwareSpec
     from feddx.model.predict import Diagnoser
 
 log = logging.getLogger(__name__)
@@ -59,16 +60,12 @@ class AdapterModel:
 
 
 @functools.lru_cache(maxsize=2)
-def _cached_model(model: str, lora: LoraSpec, seed: int) -> AdapterModel:
-    import torch
-
+def _cached_model(model: str, lora: LoraSpec, seed: int, hardware: HardwareSpec) -> AdapterModel:
     from feddx.model.adapter import adapter_state
-    from feddx.model.loading import load_base_model
-    from feddx.model.predict import Diagnoser
+    from feddx.train.recipe import load_diagnoser
 
-    diagnoser = Diagnoser.from_loaded(load_base_model(model))
-    torch.manual_seed(seed)  # the initial adapter is a function of the run seed alone
-    diagnoser.attach(lora)
+    # the initial adapter is a function of the run seed alone
+    diagnoser = load_diagnoser(model, hardware, lora=lora, seed=seed)
     diagnoser.model.eval()
     initial = {k: v.numpy() for k, v in adapter_state(diagnoser.model).items()}
     return AdapterModel(diagnoser, initial)
@@ -77,7 +74,7 @@ def _cached_model(model: str, lora: LoraSpec, seed: int) -> AdapterModel:
 def adapter_model(cfg: FederatedConfig) -> AdapterModel:
     """The run's model, loaded once per process. Its adapter weights are whatever was loaded
     last: callers load the adapter they need (:func:`feddx.model.adapter.load_adapter_state`)."""
-    return _cached_model(cfg.model, cfg.lora_spec(), cfg.seed)
+    return _cached_model(cfg.model, cfg.lora_spec(), cfg.seed, cfg.hardware_spec())
 
 
 # ----------------------------------------------------------------------------- data
