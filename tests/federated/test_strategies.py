@@ -1,5 +1,5 @@
 """The strategy factory: every name is Flower's own implementation, each aggregates LoRA
-replies through the guard, FedProx tells clients its mu, central DP wraps the strategy, and a
+replies through the guard, FedProx tells clients its mu, central DP noises the clipped mean, and a
 strategy's internal state survives a checkpoint round trip."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from flwr.app import ConfigRecord, MetricRecord
 from flwr.clientapp import ClientApp
 from flwr.serverapp import strategy as flwr_strategy
 
+from feddx.federated.central_dp import ClippedMeanDP
 from feddx.federated.checkpoint import (
     CheckpointError,
     ServerCheckpoint,
@@ -85,7 +86,8 @@ def test_fraction_train_samples_a_subset() -> None:
 def test_central_dp_wraps_clips_and_noises() -> None:
     cfg = FederatedConfig(dp="central", dp_clipping_norm=0.01, dp_noise_multiplier=0.5)
     s = build_strategy(cfg, 4)
-    assert isinstance(s.inner, flwr_strategy.DifferentialPrivacyServerSideFixedClipping)
+    assert isinstance(s.inner, ClippedMeanDP)
+    assert isinstance(s.inner.inner, flwr_strategy.FedAvg)
     assert s.weight_key == "unit-weight"
     g = grid(4)
     np.random.seed(0)

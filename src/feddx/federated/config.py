@@ -46,6 +46,16 @@ StrategyName = Literal[
     "krum",
 ]
 STRATEGIES: tuple[str, ...] = StrategyName.__args__  # type: ignore[attr-defined]
+# The strategies whose aggregate is the (weighted) mean of the updates, optionally followed by a
+# server optimizer: the only ones central DP is defined for (feddx.federated.central_dp).
+MEAN_STRATEGIES: tuple[str, ...] = (
+    "fedavg",
+    "fedprox",
+    "fedadam",
+    "fedyogi",
+    "fedadagrad",
+    "fedavgm",
+)
 Compression = Literal["none", "float16", "int8", "topk"]
 DPMode = Literal["none", "central", "local"]
 PartitionKind = Literal["attribute", "iid", "dirichlet", "size-skew"]
@@ -105,8 +115,10 @@ class FederatedConfig(Settings):
         (per-tensor affine 8-bit) or ``topk`` (the ``topk-fraction`` largest entries, with
         error feedback); ``deflate`` adds lossless DEFLATE to compressed payloads.
     Privacy
-        ``dp = "central"``: Flower's server-side fixed clipping wrapper (updates clipped to
-        ``dp-clipping-norm``, Gaussian noise ``dp-noise-multiplier``); ``dp = "local"``:
+        ``dp = "central"``: DP-FedAvg (:mod:`feddx.federated.central_dp`: updates clipped to
+        ``dp-clipping-norm``, Gaussian noise ``dp-noise-multiplier`` on their mean, which a
+        server optimizer only post-processes); only for :data:`MEAN_STRATEGIES` (median,
+        trimmed mean and Krum are refused: not a mean, no epsilon); ``dp = "local"``:
         DP-SGD on each client (Opacus, per-example clipping to ``dp-clipping-norm``). Epsilon is
         reported at ``dp-delta``.
     Robustness
@@ -220,8 +232,12 @@ class FederatedConfig(Settings):
             raise ValueError("min-available-clients must be >= min-train-clients")
         if self.partition == "attribute" and not self.partition_attribute:
             raise ValueError("partition-attribute is required for partition = 'attribute'")
-        if self.strategy == "krum" and self.dp == "central":
-            raise ValueError("dp = 'central' needs an averaging strategy, not krum")
+        if self.dp == "central" and self.strategy not in MEAN_STRATEGIES:
+            raise ValueError(
+                f"dp = 'central' adds its noise to the clipped mean of the updates, and "
+                f"{self.strategy} is not a mean (its epsilon would not hold); use one of "
+                f"{', '.join(MEAN_STRATEGIES)}, or dp = 'local'"
+            )
         return self
 
     # ---------------------------------------------------------------- construction

@@ -3,15 +3,16 @@
 Two mechanisms, selected by ``dp`` in the run config:
 
 ``central`` (client-level DP, trusted server)
-    Flower's ``DifferentialPrivacyServerSideFixedClipping`` wraps the strategy: each client's
-    update is clipped to ``dp-clipping-norm`` and Gaussian noise of standard deviation
-    ``noise_multiplier * clip / n_sampled`` is added to the (uniformly weighted) average. One
-    round is one Gaussian release over the participating clients. Flower's own accountant hook
-    (``accountant=`` on the wrapper) needs the optional ``dp-accounting`` package and makes a
-    round with any missing reply skip aggregation altogether; we account ourselves instead,
-    with the *effective* noise multiplier of each round: when only ``m < n`` clients answered,
-    the noise (calibrated for ``n``) is relative to a sensitivity of ``clip / m``, so the round
-    is charged ``z * m / n``, never more privacy than was really given.
+    DP-FedAvg (:mod:`feddx.federated.central_dp`): each client's update is clipped to
+    ``dp-clipping-norm`` C, and the round releases ``(sum of clipped updates + N(0, (z C)^2))
+    / n`` with ``n`` the clients sampled for the round, fixed in advance. Adding or removing
+    one client moves that sum by at most C, so the release has sensitivity ``C / n`` and noise
+    ``z C / n``: one Gaussian release with noise multiplier ``z`` (``dp-noise-multiplier``),
+    however many of the ``n`` answered (fewer replies shorten the step; they never weaken the
+    noise relative to the sensitivity). A server optimizer (FedAdam, FedYogi, FedAdagrad,
+    FedAvgM) acts on the released mean only: post-processing, same epsilon. Strategies that
+    are not a mean (median, trimmed mean, Krum) are refused with central DP. Flower's own
+    accountant hook needs the optional ``dp-accounting`` package; we account ourselves.
 ``local`` (example-level DP on every client, untrusted server)
     DP-SGD (Opacus, through :func:`feddx.train.trainer.train_adapter`): per-example gradients
     clipped to ``dp-clipping-norm``, noise ``dp-noise-multiplier``, Poisson sampling at rate
@@ -103,14 +104,13 @@ def epsilon_of(releases: list[GaussianRelease], delta: float) -> float:
     return float(eps)
 
 
-def central_round_release(
-    noise_multiplier: float, num_sampled: int, num_aggregated: int
-) -> GaussianRelease:
-    """The release of one central-DP round where ``num_aggregated`` of the ``num_sampled``
-    clients the noise was calibrated for were averaged (see the module docstring)."""
-    if num_aggregated < 1 or num_sampled < 1:
-        raise ValueError("a release needs at least one aggregated client")
-    return GaussianRelease(q=1.0, z=noise_multiplier * num_aggregated / num_sampled, steps=1)
+def central_round_release(noise_multiplier: float) -> GaussianRelease:
+    """The release of one central-DP round: the noised clipped mean over a fixed denominator,
+    whose noise multiplier is ``dp-noise-multiplier`` itself (see the module docstring), with
+    no sampling amplification claimed (``q = 1``)."""
+    if noise_multiplier <= 0:
+        raise ValueError(f"the noise multiplier must be positive, got {noise_multiplier}")
+    return GaussianRelease(q=1.0, z=noise_multiplier, steps=1)
 
 
 class ClientPrivacyLedger:

@@ -34,6 +34,7 @@ import numpy as np
 from flwr.app import ConfigRecord, Context, Message
 from flwr.serverapp import Grid, ServerApp
 
+from feddx import paths
 from feddx.errors import ConfigError
 from feddx.federated.checkpoint import (
     CheckpointError,
@@ -51,12 +52,11 @@ from feddx.federated.privacy import RdpLedger, central_round_release, epsilon_of
 from feddx.federated.strategies import (
     build_strategy,
     client_selection,
-    expected_clients_per_round,
 )
 
 log = logging.getLogger(__name__)
 
-GLOBAL_ADAPTER_DIR = "global_adapter"
+GLOBAL_ADAPTER_DIR = paths.GLOBAL_ADAPTER_DIR  # where the registry and the demo look for it
 
 
 @dataclass
@@ -167,13 +167,7 @@ def run_server(
                 for k, v in sorted(from_array_record(agg_arrays).items())
             }
             if cfg.dp == "central" and outcome is not None:
-                ledger.add(
-                    central_round_release(
-                        cfg.dp_noise_multiplier,
-                        expected_clients_per_round(cfg, num_nodes),
-                        outcome.accepted,
-                    )
-                )
+                ledger.add(central_round_release(cfg.dp_noise_multiplier))
         if agg_metrics is not None:
             entry["train_loss"] = _float(agg_metrics.get("train-loss"))
             entry["train_seconds"] = _float(agg_metrics.get("train-seconds"))
@@ -242,6 +236,7 @@ def _write_outputs(
     rnd: int,
 ) -> None:
     from feddx.federated.codec import numpy_to_torch_state
+    from feddx.federated.task import task_data
     from feddx.model.adapter import load_adapter_state, save_adapter
 
     load_adapter_state(am.model, numpy_to_torch_state(global_arrays))
@@ -261,7 +256,14 @@ def _write_outputs(
         max_prompt_tokens=cfg.max_prompt_tokens,
         temperature=float(fitted) if fitted else 1.0,
         temperature_source=source,
-        metadata={"federated_round": rnd, "strategy": cfg.strategy, "data": _safe_data(cfg)},
+        metadata={
+            "federated_round": rnd,
+            "strategy": cfg.strategy,
+            "data": _safe_data(cfg),
+            # the list the service must rank with this adapter (it refuses another)
+            "candidates": list(task_data(cfg).candidates),
+            "icd10": dict(task_data(cfg).icd10),
+        },
     )
     write_history(out, history, summarize(cfg, history))
     plot_history(out, history)

@@ -15,9 +15,10 @@ Every strategy is Flower's own (``flwr.serverapp.strategy``); feddx only chooses
 ``krum``         Krum (``num-malicious``)
 ===============  ==========================================================================
 
-With ``dp = "central"`` the strategy is wrapped in Flower's
-``DifferentialPrivacyServerSideFixedClipping`` and aggregation weights are uniform (the noise
-calibration assumes equal weights). The outermost layer is always the
+With ``dp = "central"`` the strategy is wrapped in
+:class:`~feddx.federated.central_dp.ClippedMeanDP`: the noise goes on the clipped mean, which
+the strategy (its server optimizer, if any) then post-processes; clients report uniform
+weights. Only the FedAvg family (:data:`~feddx.federated.config.MEAN_STRATEGIES`) is allowed. The outermost layer is always the
 :class:`~feddx.federated.guard.GuardedStrategy` validation filter. Under central DP the filter
 keeps only its structural checks (keys, shapes, finite values, a positive weight): the norm
 rules choose which clients are aggregated from their updates, a data-dependent selection the
@@ -36,7 +37,6 @@ from __future__ import annotations
 from typing import Any
 
 from flwr.serverapp.strategy import (
-    DifferentialPrivacyServerSideFixedClipping,
     FedAdagrad,
     FedAdam,
     FedAvg,
@@ -49,7 +49,8 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 
-from feddx.federated.config import FederatedConfig
+from feddx.federated.central_dp import ClippedMeanDP
+from feddx.federated.config import MEAN_STRATEGIES, FederatedConfig
 from feddx.federated.guard import GuardedStrategy
 
 NUM_EXAMPLES = "num-examples"
@@ -135,11 +136,13 @@ def build_strategy(cfg: FederatedConfig, num_nodes: int) -> GuardedStrategy:
     """
     strategy = build_base_strategy(cfg)
     if cfg.dp == "central":
-        strategy = DifferentialPrivacyServerSideFixedClipping(
+        if cfg.strategy not in MEAN_STRATEGIES:  # the config refuses it first
+            raise AssertionError(f"central DP over a non-mean strategy {cfg.strategy!r}")
+        strategy = ClippedMeanDP(
             strategy,
             noise_multiplier=cfg.dp_noise_multiplier,
             clipping_norm=cfg.dp_clipping_norm,
-            num_sampled_clients=expected_clients_per_round(cfg, num_nodes),
+            num_sampled=expected_clients_per_round(cfg, num_nodes),
         )
     max_norm, factor = guard_limits(cfg)
     return GuardedStrategy(
