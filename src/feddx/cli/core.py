@@ -11,7 +11,12 @@ from rich.table import Table
 from feddx import __version__
 from feddx.cli._app import app, console, console_err, quiet_libraries
 from feddx.demo import DEFAULT_OUT, STAGES
-from feddx.model.loading import DEFAULT_MODEL, list_cached_models
+from feddx.model.loading import (
+    BUILTIN_MODELS,
+    DEFAULT_MODEL,
+    builtin_installed,
+    list_cached_models,
+)
 
 
 @app.command()
@@ -22,12 +27,21 @@ def version() -> None:
 
 @app.command()
 def models() -> None:
-    """List the base models in the feddx cache, with sizes."""
+    """List the built-in base models (aliases for --model) and the dequantized copies in the
+    feddx cache, with sizes."""
+    builtin = Table(title="Built-in models")
+    builtin.add_column("alias", no_wrap=True)
+    for column in ("model", "package", "terms", "installed"):
+        builtin.add_column(column)
+    for m in BUILTIN_MODELS.values():
+        installed = "yes" if builtin_installed(m) else "no (scripts/setup.sh)"
+        builtin.add_row(m.alias, m.description, f"{m.pypi}=={m.version}", m.terms, installed)
+    console.print(builtin)
     cached = list_cached_models()
     if not cached:
         console.print("No models cached yet; the first load of a GGUF model creates one.")
         return
-    table = Table("model", "size", "status", "path")
+    table = Table("model", "size", "status", "path", title="Cache")
     for m in cached:
         table.add_row(
             m.name,

