@@ -33,9 +33,9 @@ def models() -> None:
     builtin.add_column("alias", no_wrap=True)
     for column in ("model", "package", "terms", "installed"):
         builtin.add_column(column)
-    for m in BUILTIN_MODELS.values():
-        installed = "yes" if builtin_installed(m) else "no (scripts/setup.sh)"
-        builtin.add_row(m.alias, m.description, f"{m.pypi}=={m.version}", m.terms, installed)
+    for b in BUILTIN_MODELS.values():
+        installed = "yes" if builtin_installed(b) else "no (scripts/setup.sh)"
+        builtin.add_row(b.alias, b.description, f"{b.pypi}=={b.version}", b.terms, installed)
     console.print(builtin)
     cached = list_cached_models()
     if not cached:
