@@ -76,7 +76,9 @@ def test_save_and_load_round_trip(make_model: Callable[..., Any], tmp_path: Path
     save_adapter(
         model, tmp_path / "a", base_fingerprint=FP, max_prompt_tokens=64, metadata={"round": 3}
     )
-    assert adapter_lora_spec(tmp_path / "a") == LoraSpec(rank=4, top_layers=2)
+    # The adapter records the modules "auto" resolved to (Llama: q_proj and v_proj).
+    expected = LoraSpec(rank=4, top_layers=2, target_modules=("q_proj", "v_proj"))
+    assert adapter_lora_spec(tmp_path / "a") == expected
     fresh = attach_lora_like(make_model, tmp_path / "a")
     assert load_adapter(fresh, tmp_path / "a", base_fingerprint=FP).metadata == {"round": 3}
     for k, v in adapter_state(fresh).items():

@@ -76,7 +76,9 @@ def test_train_writes_adapter_and_result(
     from feddx.model.loading import load_base_model
 
     loaded = load_base_model(str(model_dir))
-    assert adapter_lora_spec(out) == LoraSpec(rank=4, top_layers=1)
+    # The adapter records the modules "auto" resolved to (Llama: q_proj and v_proj).
+    expected = LoraSpec(rank=4, top_layers=1, target_modules=("q_proj", "v_proj"))
+    assert adapter_lora_spec(out) == expected
     net = attach_lora(loaded.model, adapter_lora_spec(out))
     info = load_adapter(net, out, base_fingerprint=loaded.fingerprint)
     assert info.max_prompt_tokens == 320 and info.metadata["n_train"] == result["n_train"]

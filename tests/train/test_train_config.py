@@ -14,8 +14,8 @@ from feddx.train.config import DPConfig, TrainConfig
 def test_defaults_are_the_documented_contract() -> None:
     c = TrainConfig()
     assert c.lora == LoraSpec(
-        rank=16, alpha=32, dropout=0.05, target_modules=("q_proj", "v_proj"), top_layers=None
-    )
+        rank=16, alpha=32, dropout=0.05, target_modules=("auto",), top_layers=None
+    )  # "auto": the family's default targets (Llama: q_proj, v_proj, the default before it)
     assert (c.learning_rate, c.epochs, c.batch_size, c.grad_accum) == (2e-4, 1, 8, 1)
     assert (c.warmup_ratio, c.weight_decay, c.max_grad_norm, c.seed) == (0.05, 0.0, 1.0, 0)
     assert (c.max_prompt_tokens, c.max_steps, c.checkpoint_every) == (320, None, 0)

@@ -28,6 +28,7 @@ import logging
 import math
 import re
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -49,7 +50,9 @@ META_FILE = "feddx_adapter.json"
 # (budget, when recorded at all, inside the free-form metadata) are still read.
 _FORMAT = 2
 _READABLE_FORMATS = (1, 2)
-_LAYER_RE = re.compile(r"\.layers\.(\d+)\.")
+
+AUTO_TARGETS = "auto"
+ALL_LINEAR = "all-linear"
 
 AdapterState = dict[str, torch.Tensor]
 """LoRA tensors by peft's saved key names (CPU, float32): what moves between parties."""
@@ -65,7 +68,11 @@ class LoraSpec(Settings):
         the dropout applied to the adapter input during training.
     target_modules
         Names of the linear layers that get adapters (``q_proj``, ``v_proj``, ``o_proj``,
-        ``gate_proj`` ...).
+        ``gate_proj`` ...), or one of two words resolved per model by
+        :func:`resolve_target_modules`: ``auto`` (the default: the family's usual attention
+        projections, ``q_proj``/``v_proj`` for Llama-likes, ``c_attn`` for GPT-2,
+        ``query_key_value`` for Bloom ...) and ``all-linear`` (every linear layer of the
+        decoder blocks). An adapter records the names it was attached to.
     top_layers
         ``None``: every decoder layer gets adapters. ``N``: only the last ``N`` layers do; the
         frozen layers below run once per example and their output is cached (the main speed
@@ -77,7 +84,7 @@ class LoraSpec(Settings):
     rank: int = Field(default=16, ge=1)
     alpha: float = Field(default=32, gt=0)
     dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
-    target_modules: Names = ("q_proj", "v_proj")
+    target_modules: Names = (AUTO_TARGETS,)
     top_layers: int | None = Field(default=None, ge=1)
 
     @field_validator("target_modules")
@@ -85,6 +92,9 @@ class LoraSpec(Settings):
     def _some_modules(cls, modules: tuple[str, ...]) -> tuple[str, ...]:
         if not modules or not all(modules):
             raise ValueError("must be a non-empty list of module names")
+        words = [m for m in modules if m in (AUTO_TARGETS, ALL_LINEAR)]
+        if words and len(modules) > 1:
+            raise ValueError(f"{words[0]!r} stands alone, not in a list of module names")
         return modules
 
     def layout(self) -> tuple[Any, ...]:
@@ -114,23 +124,91 @@ class AdapterInfo:
     format: int = _FORMAT
 
 
-def decoder_layers(model: Any) -> Any:
-    """The ``nn.ModuleList`` of decoder layers of a causal LM (peft-wrapped or not)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    backbone = getattr(base, "model", None)
-    layers = getattr(backbone, "layers", None)
-    if layers is None:
+def unwrap_peft(model: Any) -> Any:
+    """The Hugging Face model under a peft wrapper (``model`` itself when unwrapped)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def decoder_layer_list(model: Any) -> tuple[str, torch.nn.ModuleList]:
+    """The dotted name and the ``nn.ModuleList`` of a causal LM's decoder blocks (peft-wrapped
+    or not): ``model.layers`` for Llama-likes, ``transformer.h`` for GPT-2, GPT-Neo and Bloom.
+
+    Found generically as the shallowest list of ``num_hidden_layers`` modules of one class.
+    Raises :class:`ModelError` when the model has none.
+    """
+    base = unwrap_peft(model)
+    config = getattr(base, "config", None)
+    n = getattr(config.get_text_config(), "num_hidden_layers", None) if config else None
+    best: tuple[str, torch.nn.ModuleList] | None = None
+    for name, module in base.named_modules():
+        if not isinstance(module, torch.nn.ModuleList) or len(module) == 0:
+            continue
+        if (n is not None and len(module) != n) or len({type(m) for m in module}) > 1:
+            continue
+        if best is None or name.count(".") < best[0].count("."):
+            best = (name, module)
+    if best is None:
         raise ModelError(
-            f"{type(base).__name__} has no .model.layers: feddx trains decoder-only causal LMs "
-            "with a Llama-style layout (Llama, Mistral, Qwen2, SmolLM, Phi-3, ...)"
+            f"{type(base).__name__} has no list of decoder layers: feddx trains decoder-only "
+            "causal LMs"
         )
-    return layers
+    return best
+
+
+def decoder_layers(model: Any) -> torch.nn.ModuleList:
+    """The ``nn.ModuleList`` of decoder layers of a causal LM (see :func:`decoder_layer_list`)."""
+    return decoder_layer_list(model)[1]
+
+
+# Families peft's table (TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING) lacks.
+_OWN_TARGETS: dict[str, tuple[str, ...]] = {
+    "phi3": ("qkv_proj",),
+    "gemma3": ("q_proj", "v_proj"),
+}
+
+
+def resolve_target_modules(model: Any, targets: Sequence[str]) -> list[str]:
+    """The module names LoRA attaches to for ``targets`` on ``model``: the names themselves,
+    or for ``auto`` the family's default (peft's per-model table, then ours, then
+    ``q_proj``/``v_proj`` where the decoder has them), for ``all-linear`` every linear layer
+    of the decoder blocks. Raises :class:`ModelError` when ``auto`` knows no default."""
+    if tuple(targets) == (ALL_LINEAR,):
+        return _linear_names(decoder_layers(model))
+    if tuple(targets) != (AUTO_TARGETS,):
+        return list(targets)
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+
+    model_type = str(unwrap_peft(model).config.get_text_config().model_type)
+    found = _OWN_TARGETS.get(model_type) or TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(
+        model_type
+    )
+    if not found and {"q_proj", "v_proj"} <= set(_linear_names(decoder_layers(model))):
+        found = ("q_proj", "v_proj")
+    if not found:
+        raise ModelError(
+            f"no default LoRA target modules for model type {model_type!r}: set "
+            "lora.target_modules (module names, or 'all-linear')"
+        )
+    return list(found)
+
+
+def _linear_names(layers: torch.nn.ModuleList) -> list[str]:
+    from transformers.pytorch_utils import Conv1D
+
+    names = {
+        name.rsplit(".", 1)[-1]
+        for name, module in layers.named_modules()
+        if isinstance(module, torch.nn.Linear | Conv1D) and "lora_" not in name
+    }
+    return sorted(names)
 
 
 def attach_lora(model: Any, spec: LoraSpec) -> Any:
     """Wrap ``model`` with fresh LoRA adapters as ``spec`` says; returns the peft model.
 
-    Base weights are frozen; only the adapters train. The adapters' initial values come from
+    Target modules are resolved for the model's family (:func:`resolve_target_modules`), and
+    ``top_layers`` counts the model's decoder blocks whatever their list is called. Base
+    weights are frozen; only the adapters train. The adapters' initial values come from
     torch's global RNG (seed it first for reproducible runs). Raises :class:`ModelError` when a
     target module does not exist or ``top_layers`` exceeds the model's depth.
     """
@@ -138,7 +216,8 @@ def attach_lora(model: Any, spec: LoraSpec) -> Any:
 
     if hasattr(model, "peft_config"):
         raise ModelError("the model already has LoRA adapters attached")
-    n_layers = len(decoder_layers(model))
+    list_name, layer_list = decoder_layer_list(model)
+    n_layers = len(layer_list)
     layers: list[int] | None = None
     if spec.top_layers is not None:
         if spec.top_layers > n_layers:
@@ -146,13 +225,14 @@ def attach_lora(model: Any, spec: LoraSpec) -> Any:
                 f"lora.top_layers={spec.top_layers} but the model has {n_layers} layers"
             )
         layers = list(range(n_layers - spec.top_layers, n_layers))
+    targets = resolve_target_modules(model, spec.target_modules)
     config = LoraConfig(
         r=spec.rank,
         lora_alpha=spec.alpha,
         lora_dropout=spec.dropout,
-        target_modules=list(spec.target_modules),
+        target_modules=targets,
         layers_to_transform=layers,
-        layers_pattern="layers" if layers is not None else None,
+        layers_pattern=list_name.rsplit(".", 1)[-1] if layers is not None else None,
         bias="none",
         task_type="CAUSAL_LM",
     )
@@ -164,9 +244,7 @@ def attach_lora(model: Any, spec: LoraSpec) -> Any:
             peft_model = get_peft_model(model, config)
     except ValueError as e:
         first = (str(e).splitlines() or ["?"])[0]
-        raise ModelError(
-            f"cannot attach LoRA to {', '.join(spec.target_modules)}: {first}"
-        ) from None
+        raise ModelError(f"cannot attach LoRA to {', '.join(targets)}: {first}") from None
     # peft's wrapper starts in training mode whatever the base model's mode was: keep the
     # caller's (a loaded base model is in eval mode, so dropout stays off outside training).
     peft_model.train(was_training)
@@ -223,8 +301,11 @@ def lora_parameters(model: Any) -> dict[str, torch.nn.Parameter]:
 def first_adapted_layer(model: Any) -> int:
     """The index of the lowest decoder layer holding LoRA parameters (the layers below it are
     frozen and their outputs can be cached)."""
-    indices = [int(m.group(1)) for k in lora_parameters(model) if (m := _LAYER_RE.search(k))]
-    return min(indices) if indices else 0
+    lora_parameters(model)  # raises when there is no adapter
+    for i, layer in enumerate(decoder_layers(model)):
+        if any("lora_" in name for name, _ in layer.named_parameters()):
+            return i
+    return 0
 
 
 def adapter_state(model: Any) -> AdapterState:

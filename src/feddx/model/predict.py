@@ -37,6 +37,7 @@ from feddx.model.adapter import (
     read_adapter_state,
     validate_state,
 )
+from feddx.model.hardware import CPU_FLOAT32, Hardware
 from feddx.model.prompt import DEFAULT_MAX_PROMPT_TOKENS, PromptContext, render_prompt
 
 if TYPE_CHECKING:
@@ -182,9 +183,12 @@ class Diagnoser:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def load(cls, model: str, adapters: Sequence[Path] = ()) -> Diagnoser:
-        """Load base model ``model`` (alias, .gguf, directory or hub id) and the adapters in
-        ``adapters`` (each held under its directory's path, see :meth:`add_adapter`).
+    def load(
+        cls, model: str, adapters: Sequence[Path] = (), *, hardware: Hardware = CPU_FLOAT32
+    ) -> Diagnoser:
+        """Load base model ``model`` (alias, .gguf, directory or hub id) on ``hardware`` and
+        the adapters in ``adapters`` (each held under its directory's path, see
+        :meth:`add_adapter`).
 
         The adapters' own records are read before the base model loads, so a missing or
         corrupt adapter, or adapters of different LoRA layouts, fail in a second. Raises
@@ -199,7 +203,7 @@ class Diagnoser:
                     f"adapters of one diagnoser must share their LoRA layout: "
                     f"{infos[0].directory} has {infos[0].lora}, {info.directory} has {info.lora}"
                 )
-        diagnoser = cls.from_loaded(load_base_model(model))
+        diagnoser = cls.from_loaded(load_base_model(model, hardware))
         for info in infos:
             diagnoser.add_adapter(info.directory)
         return diagnoser
@@ -221,7 +225,7 @@ class Diagnoser:
         if self._lora is not None:
             raise ModelError(f"LoRA layout {self._lora} is already attached")
         self._net = attach_lora(self._net, spec)  # keeps the model's train/eval mode
-        self._lora = spec
+        self._lora = lora_spec_of(self._net)  # as attached: "auto" resolved to module names
 
     # ------------------------------------------------------------------ adapters
     @property
