@@ -9,8 +9,9 @@ once, and only the top layers, the final norm and the kept LM-head rows run once
 With SmolLM2 and adapters on 4 of 30 layers, two members cost 1.21x one adapter
 (``benchmarks/bench_scoring.py``; 2.02x as two full passes).
 
-Architectures the split forward does not support (see :mod:`feddx.model.decoder`) fall back
-to one full pass per member, with the same result.
+Models the split forward does not reproduce (see :func:`feddx.model.decoder.choose_runner`:
+other layouts, prompts beyond a sliding window) fall back to one full pass per member, with
+the same result.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 
 from feddx.errors import ModelError
 from feddx.model.adapter import first_adapted_layer, load_adapter_state, validate_state
+from feddx.model.decoder import DecoderRunner, choose_runner
 from feddx.model.scoring import (
     CandidateSet,
     ScoringMethod,
@@ -57,11 +59,9 @@ class EnsembleScorer:
         if not validated:
             for state in self.members:
                 validate_state(model, state)
-        self.runner: Any = None
+        self.runner: DecoderRunner | None = None
         self.split = 0
         try:
-            from feddx.model.decoder import DecoderRunner
-
             self.runner = DecoderRunner(model)
             self.split = first_adapted_layer(model)
         except ModelError:
@@ -71,22 +71,25 @@ class EnsembleScorer:
         self, prompt_ids: Sequence[int], candidates: CandidateSet, method: ScoringMethod
     ) -> list[list[float]]:
         """Every member's raw candidate scores, in member order."""
-        if self.runner is None or self.split == 0:
+        plan = candidates.plans[method]
+        length = len(prompt_ids) + int(plan.node_tokens.numel())
+        if (
+            self.runner is None
+            or self.split == 0
+            or choose_runner(self.model, prompt_ids[:24], length).path != "split"
+        ):
             out = []
             for state in self.members:
                 load_adapter_state(self.model, state, validated=True)
                 out.append(candidate_scores(self.model, prompt_ids, candidates, method=method))
             self._restore()
             return out
-        plan = candidates.plans[method]
         runner = self.runner
         with torch.inference_mode():
-            dtype = runner.embed_tokens.weight.dtype
-            ids, positions, mask, keep = trie_forward_inputs(prompt_ids, plan, dtype)
-            device = runner.embed_tokens.weight.device
-            hidden = runner.embed(ids[None].to(device))
-            pos = positions[None].to(device)
-            rotary = (pos, runner.rotary_emb(hidden, pos))
+            ids, positions, mask, keep = trie_forward_inputs(prompt_ids, plan, runner.dtype)
+            device = runner.device
+            hidden = runner.embed(ids[None])
+            rotary = runner.rotary(hidden, positions[None].to(device))
             attn = mask[None, None].to(device)
             trunk = runner.run_layers(hidden, 0, self.split, rotary=rotary, attention_mask=attn)
             out = []

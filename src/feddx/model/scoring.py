@@ -30,10 +30,15 @@ Two scoring rules (``method``):
     leaves them unchanged). A node with a single child contributes a factor of exactly 1, so only
     branching nodes need logits, and nothing below a candidate's last branching point needs to
     be run at all: for the 49 DDXPlus names this feeds about a third of the trie tokens.
+
+The one-pass trie needs a model that takes explicit position ids with a 4-D mask; each model
+is checked once (:func:`trie_pass_works`), and one that does not (Bloom's ALiBi positions) is
+scored one ``prompt + candidate`` sequence per candidate instead: the same numbers, slower.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -43,6 +48,8 @@ from typing import Any, Literal
 import torch
 
 from feddx.model.prompt import answer_ids
+
+log = logging.getLogger(__name__)
 
 ScoringMethod = Literal["likelihood", "constrained"]
 SCORING_METHODS: tuple[ScoringMethod, ...] = ("likelihood", "constrained")
@@ -82,8 +89,10 @@ class _TriePlan:
     pair_row: torch.Tensor  # (T,) index into logit_rows
     pair_token: torch.Tensor  # (T,) the token predicted at that row
     pair_candidate: torch.Tensor  # (T,) which candidate the pair belongs to
+    pair_depth: torch.Tensor  # (T,) the position of the predicted token in its candidate
     # "constrained" only: per kept row, its children's tokens (padded with -1).
     child_tokens: torch.Tensor | None
+    sequences: tuple[tuple[int, ...], ...] = ()  # the candidates' token ids
 
 
 @dataclass(frozen=True)
@@ -201,6 +210,7 @@ def _plan(sequences: Sequence[Sequence[int]], method: ScoringMethod) -> _TriePla
     pair_row: list[int] = []
     pair_token: list[int] = []
     pair_candidate: list[int] = []
+    pair_depth: list[int] = []
     for c, (seq, path) in enumerate(zip(sequences, paths, strict=True)):
         for k, tok in enumerate(seq):
             prev = path[k - 1] if k else -1
@@ -208,6 +218,7 @@ def _plan(sequences: Sequence[Sequence[int]], method: ScoringMethod) -> _TriePla
                 pair_row.append(row_of[prev])
                 pair_token.append(tok)
                 pair_candidate.append(c)
+                pair_depth.append(k)
 
     child_tokens = None
     if method == "constrained":
@@ -225,7 +236,9 @@ def _plan(sequences: Sequence[Sequence[int]], method: ScoringMethod) -> _TriePla
         pair_row=torch.tensor(pair_row, dtype=torch.long),
         pair_token=torch.tensor(pair_token, dtype=torch.long),
         pair_candidate=torch.tensor(pair_candidate, dtype=torch.long),
+        pair_depth=torch.tensor(pair_depth, dtype=torch.long),
         child_tokens=child_tokens,
+        sequences=tuple(tuple(int(t) for t in seq) for seq in sequences),
     )
 
 
@@ -268,9 +281,11 @@ def prepare_candidates(
 
 
 def _model_device_dtype(model: Any) -> tuple[torch.device, torch.dtype]:
-    p = next(model.parameters())
-    dtype = p.dtype if p.dtype.is_floating_point else torch.float32
-    return p.device, dtype
+    """Where the model's hidden states live: its input embeddings' device and dtype (a
+    quantized model's first parameter may be an integer tensor; its embeddings are not)."""
+    weight = model.get_input_embeddings().weight
+    dtype = weight.dtype if weight.dtype.is_floating_point else torch.float32
+    return weight.device, dtype
 
 
 def trie_forward_inputs(
@@ -333,7 +348,19 @@ def scores_from_pair_log_probs(
 def _plan_token_log_probs(
     model: Any, prompt_ids: Sequence[int], plan: _TriePlan, method: ScoringMethod
 ) -> torch.Tensor:
-    """Log-probability of every (candidate, token) pair of ``plan`` for one prompt (float64)."""
+    """Log-probability of every (candidate, token) pair of ``plan`` for one prompt (float64):
+    in the one trie pass where the model reproduces full sequences that way, else from one
+    sequence per candidate (:func:`trie_pass_works`)."""
+    if not prompt_ids:
+        raise ValueError("prompt is empty")
+    if not trie_pass_works(model, prompt_ids):
+        return _sequence_pair_log_probs(model, prompt_ids, plan, method)
+    return _trie_pair_log_probs(model, prompt_ids, plan, method)
+
+
+def _trie_pair_log_probs(
+    model: Any, prompt_ids: Sequence[int], plan: _TriePlan, method: ScoringMethod
+) -> torch.Tensor:
     device, dtype = _model_device_dtype(model)
     ids, positions, mask, keep = trie_forward_inputs(prompt_ids, plan, dtype)
     out = model(
@@ -344,6 +371,74 @@ def _plan_token_log_probs(
         use_cache=False,
     )
     return pair_log_probs(out.logits[0], plan, method)
+
+
+_TRIE_CHECKED = "_feddx_trie_pass_works"
+
+
+def trie_pass_works(model: Any, prompt_ids: Sequence[int]) -> bool:
+    """Whether the one-pass trie (tree mask, explicit positions) gives ``model`` the same
+    log-probabilities as full sequences, checked once per model on a short probe cut from
+    ``prompt_ids``. Models whose positions come from the mask rather than position ids
+    (Bloom's ALiBi) or that refuse a 4-D mask fail it and are scored one sequence per
+    candidate instead (logged once)."""
+    from feddx.model.adapter import unwrap_peft
+    from feddx.model.decoder import split_tolerance
+
+    base = unwrap_peft(model)
+    verdict = base.__dict__.get(_TRIE_CHECKED)
+    if verdict is None:
+        probe = list(prompt_ids[:12])
+        plan = _plan([[1, 2], [1, 3, 4], [5]], "likelihood")
+        try:
+            with torch.inference_mode():
+                trie = _trie_pair_log_probs(model, probe, plan, "likelihood")
+                full = _sequence_pair_log_probs(model, probe, plan, "likelihood")
+            _, dtype = _model_device_dtype(model)
+            diff = float((trie - full).abs().max()) / (float(full.abs().max()) + 1.0)
+            verdict = diff <= split_tolerance(dtype)
+            reason = f"it differs from full sequences by {diff:.1e}"
+        except (RuntimeError, ValueError, TypeError, IndexError) as e:
+            verdict, reason = False, f"{type(e).__name__}: {(str(e).splitlines() or ['?'])[0]}"
+        if not verdict:
+            log.info(
+                "%s: scoring one sequence per candidate (the one-pass trie does not apply: %s)",
+                type(base).__name__,
+                reason,
+            )
+        base.__dict__[_TRIE_CHECKED] = verdict
+    return bool(verdict)
+
+
+def _sequence_pair_log_probs(
+    model: Any, prompt_ids: Sequence[int], plan: _TriePlan, method: ScoringMethod
+) -> torch.Tensor:
+    """What :func:`_trie_pair_log_probs` computes, from one right-padded ``prompt +
+    candidate`` sequence per candidate through the model's own backbone: correct for any
+    causal LM, at one prompt pass per candidate."""
+    from feddx.model.decoder import BackboneRunner
+
+    runner = BackboneRunner(model)
+    p = len(prompt_ids)
+    # Each needed row's (candidate, depth): the first candidate whose path passes through it.
+    source: dict[int, tuple[int, int]] = {}
+    for r, c, k in zip(
+        plan.pair_row.tolist(), plan.pair_candidate.tolist(), plan.pair_depth.tolist(), strict=True
+    ):
+        source.setdefault(r, (c, k))
+    depth = {c: max(k for c2, k in source.values() if c2 == c) for c, _ in source.values()}
+    order = sorted(depth)
+    width = p + max(depth.values())
+    ids = torch.zeros(len(order), width, dtype=torch.long)
+    for i, c in enumerate(order):
+        seq = list(prompt_ids) + list(plan.sequences[c][: depth[c]])
+        ids[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+    n_rows = int(plan.logit_rows.numel())
+    rows = torch.tensor([order.index(source[r][0]) for r in range(n_rows)])
+    cols = torch.tensor([p - 1 + source[r][1] for r in range(n_rows)])
+    states = runner.final_states(runner.embed(ids))
+    logits = runner.logits(states[rows.to(states.device), cols.to(states.device)])
+    return pair_log_probs(logits, plan, method)
 
 
 def candidate_scores(

@@ -143,6 +143,22 @@ class Batch:
     # [n, W] long, -1 padded: the tokens each answer position chooses among (candidate loss).
     choices: torch.Tensor | None = None
 
+    def to(self, device: torch.device | str) -> Batch:
+        """The batch with its tensors on ``device`` (itself when they are there already)."""
+        device = torch.device(device)
+        if self.input_ids.device == device:
+            return self
+        choices = None if self.choices is None else self.choices.to(device)
+        return Batch(
+            self.indices,
+            self.input_ids.to(device),
+            self.lengths,
+            self.rows.to(device),
+            self.cols.to(device),
+            self.targets.to(device),
+            choices,
+        )
+
     @property
     def n_answer_tokens(self) -> int:
         return int(self.targets.numel())

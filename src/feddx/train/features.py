@@ -26,7 +26,8 @@ from pathlib import Path
 import torch
 
 from feddx.io import atomic_write_with
-from feddx.model.decoder import DecoderRunner
+from feddx.model.adapter import unwrap_peft
+from feddx.model.decoder import CausalLMRunner, DecoderRunner
 from feddx.train.batching import Example, collate
 
 log = logging.getLogger(__name__)
@@ -35,14 +36,11 @@ _FORMAT = 1
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def frozen_fingerprint(runner: DecoderRunner, split: int) -> str:
+def frozen_fingerprint(runner: CausalLMRunner, split: int) -> str:
     """A key for the weights below layer ``split``: cheap (a strided sample of each tensor),
     yet any retrained, re-quantized or different model changes it."""
     h = hashlib.sha256(f"feddx-activations-v{_FORMAT}:{split}".encode())
-    base = (
-        runner.model.get_base_model() if hasattr(runner.model, "get_base_model") else runner.model
-    )
-    config = base.config.to_dict()
+    config = unwrap_peft(runner.model).config.to_dict()
     for volatile in ("_name_or_path", "transformers_version", "architectures", "dtype"):
         config.pop(volatile, None)
     h.update(repr(sorted(config.items(), key=lambda kv: kv[0])).encode())
@@ -56,7 +54,7 @@ def frozen_fingerprint(runner: DecoderRunner, split: int) -> str:
             flat = tensor.detach().reshape(-1)
             step = max(1, flat.numel() // 4096)
             h.update(f"{prefix}.{name}:{tuple(tensor.shape)}".encode())
-            h.update(flat[::step].to(torch.float32).contiguous().numpy().tobytes())
+            h.update(flat[::step].to(device="cpu", dtype=torch.float32).numpy().tobytes())
     return h.hexdigest()[:24]
 
 
@@ -116,7 +114,8 @@ class ActivationCache:
         except (SafetensorError, OSError, KeyError, ValueError):
             tensor = None
         expected = (len(self.examples[i]), self.runner.hidden_size)
-        dtype_ok = tensor is not None and tensor.dtype in (self.dtype, torch.float32)
+        kept = (self.dtype, torch.float32, self.runner.dtype)
+        dtype_ok = tensor is not None and tensor.dtype in kept
         if tensor is None or tuple(tensor.shape) != expected or not dtype_ok:
             log.warning("activation cache entry %s is corrupt; recomputing it", path.name)
             self.stats["recomputed_corrupt"] += 1
@@ -131,12 +130,13 @@ class ActivationCache:
         )
 
     def _storable(self, hidden: torch.Tensor) -> torch.Tensor:
-        """``hidden`` in the storage dtype, except where float16 would overflow: some models'
-        residual streams carry outliers in the tens of thousands (SmolLM2: ~25,000), and an
-        entry that does not fit is kept in float32 rather than turned into infinities."""
+        """``hidden`` in CPU memory in the storage dtype (the accelerator's memory is kept for
+        the model), except where float16 would overflow: some models' residual streams carry
+        outliers in the tens of thousands (SmolLM2: ~25,000), and an entry that does not fit
+        is kept in its own dtype rather than turned into infinities."""
         if self.dtype == torch.float16 and float(hidden.abs().max()) > 6e4:
-            return hidden.clone()
-        return hidden.to(self.dtype).clone()
+            return hidden.to("cpu").clone()
+        return hidden.to(device="cpu", dtype=self.dtype).clone()
 
     def _keep(self, i: int, tensor: torch.Tensor) -> None:
         size = tensor.numel() * tensor.element_size()
@@ -200,14 +200,16 @@ class ActivationCache:
                 on_progress(len(chunk))
 
     def compute(self, indices: Sequence[int]) -> torch.Tensor:
-        """Run the frozen layers for ``indices`` (right-padded ``[B, L, H]``, float32)."""
-        batch = collate(self.examples, indices, pad_id=0)
+        """Run the frozen layers for ``indices`` (right-padded ``[B, L, H]`` on the model's
+        device, in its dtype)."""
+        batch = collate(self.examples, indices, pad_id=0).to(self.runner.device)
         with torch.no_grad():
             return self.runner.run_layers(self.runner.embed(batch.input_ids), 0, self.split)
 
     # --- use -----------------------------------------------------------------------------
     def batch_input(self, indices: Sequence[int]) -> torch.Tensor:
-        """The input of layer ``split`` for a batch: cached rows, right-padded with zeros."""
+        """The input of layer ``split`` for a batch (cached rows, right-padded with zeros) on
+        the model's device, in its dtype."""
         width = max(len(self.examples[i]) for i in indices)
         out = torch.zeros(len(indices), width, self.runner.hidden_size)
         missing: list[int] = []
@@ -225,7 +227,7 @@ class ActivationCache:
                 n = len(self.examples[indices[row]])
                 # Round-trip through the storage dtype so every path sees the same numbers.
                 out[row, :n] = self._storable(fresh[k, :n])
-        return out
+        return out.to(device=self.runner.device, dtype=self.runner.dtype)
 
     @property
     def memory_bytes(self) -> int:

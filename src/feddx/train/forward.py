@@ -1,59 +1,47 @@
-"""The training losses over the split forward of :mod:`feddx.model.decoder`.
+"""The training losses over the forward paths of :mod:`feddx.model.decoder`.
 
 Hugging Face's ``model(input_ids, labels=...)`` computes vocabulary logits for every position
 and then masks most of them away; for SmolLM2 (a 49k x 576 head) that is a quarter of the
 forward FLOPs spent on prompt positions whose loss is never used. Here the final norm and LM
-head run only on the hidden states at answer-predicting positions, and the last layer can be
-pruned to those positions too. :func:`check_equivalence` compares the split forward with the
-model's own forward once per run, so an architecture that differs in some detail is refused
-instead of trained wrongly.
+head run only on the hidden states at answer-predicting positions, on either path; on the
+split path the last layer can be pruned to those positions too. :func:`training_runner` picks
+the path; :func:`check_equivalence` compares it with the model's own forward once per run, so
+an architecture that differs in some detail is refused instead of trained wrongly.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from feddx.errors import ModelError
-from feddx.model.decoder import DecoderRunner
+from feddx.model.decoder import (
+    BackboneRunner,
+    CausalLMRunner,
+    DecoderRunner,
+    choose_runner,
+    split_tolerance,
+)
 from feddx.train.batching import Batch, Example, collate
 
 log = logging.getLogger(__name__)
 
 
-class TrainingRunner(DecoderRunner):
-    """The decoder runner plus what training needs: the last layer pruned to answer
-    positions and the losses at those positions."""
-
-    def __init__(self, model: Any) -> None:
-        super().__init__(model)
-        self.can_prune_last_layer = _prunable(self.layers[-1], self.config)
-        self.prune_last_layer = False  # switched on by check_model_once where it verifies
+class _AnswerLosses(CausalLMRunner):
+    """The losses at answer positions, over either forward path (a mixin of the runners)."""
 
     def answer_states(
         self, hidden: torch.Tensor, start: int, batch: Batch, *, checkpoint: bool = False
     ) -> torch.Tensor:
         """Run layers ``start..`` on ``hidden`` and return the last layer's output at the
-        batch's answer-predicting positions, ``[n, H]``.
-
-        With ``prune_last_layer`` (set by :func:`check_model_once` where it verifies), the last
-        layer computes keys and values for every position but queries, attention output, MLP
-        and residual only at answer positions: nothing else of it is ever read.
-        """
-        rotary = self.rotary(hidden)
-        if not self.prune_last_layer or start >= self.n_layers:
-            out = self.run_layers(
-                hidden, start, self.n_layers, checkpoint=checkpoint, rotary=rotary
-            )
-            return out[batch.rows, batch.cols]
-        hidden = self.run_layers(
-            hidden, start, self.n_layers - 1, checkpoint=checkpoint, rotary=rotary
-        )
-        return _last_layer_at(self.layers[-1], hidden, batch, rotary[1])
+        batch's answer-predicting positions, ``[n, H]``."""
+        out = self.final_states(hidden, start, checkpoint=checkpoint)
+        return out[batch.rows, batch.cols]
 
     def answer_logits(self, hidden: torch.Tensor, batch: Batch) -> torch.Tensor:
         """Vocabulary logits ``[n, V]`` at the answer-predicting positions of the last layer's
@@ -67,8 +55,8 @@ class TrainingRunner(DecoderRunner):
     def answer_losses(
         self, hidden: torch.Tensor, start: int, batch: Batch, *, checkpoint: bool = False
     ) -> torch.Tensor:
-        """Cross-entropy ``[n]`` of every answer token, from the input of layer ``start``: over
-        the vocabulary, or over ``batch.choices`` when the batch has them."""
+        """Float32 cross-entropy ``[n]`` of every answer token, from the input of layer
+        ``start``: over the vocabulary, or over ``batch.choices`` when the batch has them."""
         states = self.answer_states(hidden, start, batch, checkpoint=checkpoint)
         if batch.choices is None:
             return F.cross_entropy(self.logits(states), batch.targets, reduction="none")
@@ -80,16 +68,68 @@ class TrainingRunner(DecoderRunner):
         """Cross-entropy ``[n]`` of ``targets`` under a softmax restricted to each row's
         ``choices`` (``[n, W]``, ``-1`` padded). Only the LM-head rows of those tokens are
         used, so this costs ``W`` rather than the vocabulary's size per position."""
-        normed = self.norm(states)
+        normed = self.norm(states).float()
         safe = choices.clamp(min=0)
-        weight = self.lm_head.weight[safe]  # [n, W, H]
+        weight = self.lm_head.weight[safe].float()  # [n, W, H]
         logits = torch.einsum("nh,nwh->nw", normed, weight)
         bias = getattr(self.lm_head, "bias", None)
         if bias is not None:
-            logits = logits + bias[safe]
-        logits = logits.float().masked_fill(choices < 0, float("-inf"))
+            logits = logits + bias[safe].float()
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        logits = logits.masked_fill(choices < 0, float("-inf"))
         gold = (choices == targets[:, None]).float().argmax(dim=1)
         return F.cross_entropy(logits, gold, reduction="none")
+
+
+class TrainingRunner(_AnswerLosses, DecoderRunner):
+    """The split runner plus what training needs: the last layer pruned to answer positions
+    and the losses at those positions."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__(model)
+        self.can_prune_last_layer = self.layer_types is None and _prunable(
+            self.layers[-1], self.config
+        )
+        self.prune_last_layer = False  # switched on by check_model_once where it verifies
+
+    def answer_states(
+        self, hidden: torch.Tensor, start: int, batch: Batch, *, checkpoint: bool = False
+    ) -> torch.Tensor:
+        """As :meth:`_AnswerLosses.answer_states`; with ``prune_last_layer`` (set by
+        :func:`check_model_once` where it verifies), the last layer computes keys and values
+        for every position but queries, attention output, MLP and residual only at answer
+        positions: nothing else of it is ever read.
+        """
+        rotary = self.rotary(hidden)
+        if not self.prune_last_layer or start >= self.n_layers:
+            out = self.run_layers(
+                hidden, start, self.n_layers, checkpoint=checkpoint, rotary=rotary
+            )
+            return out[batch.rows, batch.cols]
+        hidden = self.run_layers(
+            hidden, start, self.n_layers - 1, checkpoint=checkpoint, rotary=rotary
+        )
+        return _last_layer_at(self.layers[-1], hidden, batch, rotary[1])
+
+
+class GeneralTrainingRunner(_AnswerLosses, BackboneRunner):
+    """The general-path runner plus the losses (no layer can be skipped or pruned)."""
+
+    can_prune_last_layer = False
+    prune_last_layer = False
+
+
+AnyTrainingRunner = TrainingRunner | GeneralTrainingRunner
+
+
+def training_runner(model: Any, examples: Sequence[Example]) -> AnyTrainingRunner:
+    """The runner :func:`~feddx.model.decoder.choose_runner` picks for training ``model`` on
+    ``examples`` (the split one where it reproduces the model, else the general one)."""
+    probe = examples[0].input_ids[:24]
+    longest = max(len(e) for e in examples)
+    chosen = choose_runner(model, probe, longest)
+    return TrainingRunner(model) if chosen.path == "split" else GeneralTrainingRunner(model)
 
 
 def _prunable(layer: Any, config: Any) -> bool:
@@ -119,9 +159,9 @@ def _last_layer_at(layer: Any, hidden: torch.Tensor, batch: Batch, tables: Any) 
     b, length, _ = hidden.shape
     counts = torch.bincount(batch.rows, minlength=b)
     starts = torch.cumsum(counts, 0) - counts
-    slot = torch.arange(batch.rows.numel()) - starts[batch.rows]
+    slot = torch.arange(batch.rows.numel(), device=hidden.device) - starts[batch.rows]
     width = int(counts.max())
-    pos = torch.zeros(b, width, dtype=torch.long)
+    pos = torch.zeros(b, width, dtype=torch.long, device=hidden.device)
     pos[batch.rows, slot] = batch.cols
     residual = hidden.new_zeros(b, width, hidden.shape[-1])
     residual[batch.rows, slot] = hidden[batch.rows, batch.cols]
@@ -137,7 +177,9 @@ def _last_layer_at(layer: Any, hidden: torch.Tensor, batch: Batch, tables: Any) 
     groups = q.shape[1] // k.shape[1]
     if groups > 1:
         k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-    visible = torch.arange(length)[None, None, None, :] <= pos[:, None, :, None]
+    visible = (
+        torch.arange(length, device=hidden.device)[None, None, None, :] <= pos[:, None, :, None]
+    )
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=visible, scale=attn.scaling)
     out = attn.o_proj(out.transpose(1, 2).reshape(b, width, -1))
     h = residual + out
@@ -151,7 +193,8 @@ def reduce_losses(
     """Sum of token losses (``reduction="token"``) or of per-example mean losses
     (``"example"``), plus the per-example mean losses ``[B]`` (what DP-SGD clips)."""
     n_rows = len(batch.indices)
-    sums = torch.zeros(n_rows, dtype=token_losses.dtype).index_add(0, batch.rows, token_losses)
+    sums = torch.zeros(n_rows, dtype=token_losses.dtype, device=token_losses.device)
+    sums = sums.index_add(0, batch.rows, token_losses)
     counts = torch.bincount(batch.rows, minlength=n_rows).to(token_losses.dtype)
     per_example = sums / counts
     total = token_losses.sum() if reduction == "token" else per_example.sum()
@@ -175,13 +218,15 @@ def probe_batch(example: Example, pad_id: int) -> Batch:
     return collate(probes or [example], range(len(probes) or 1), pad_id)
 
 
-def check_model_once(runner: TrainingRunner, example: Example, pad_id: int) -> float:
-    """:func:`check_equivalence` on a :func:`probe_batch`, remembered on the model so that
-    repeated training calls (federated rounds) pay for it once. Also decides whether the
-    last layer can be pruned to answer positions (only where that, too, matches)."""
-    done = runner.model.__dict__.get(_CHECKED)
+def check_model_once(runner: AnyTrainingRunner, example: Example, pad_id: int) -> float:
+    """:func:`check_equivalence` on a :func:`probe_batch`, remembered on the model (per
+    forward path) so that repeated training calls (federated rounds) pay for it once. Also
+    decides whether the last layer can be pruned to answer positions (only where that, too,
+    matches)."""
+    key = f"{_CHECKED}_{runner.path}"
+    done = runner.model.__dict__.get(key)
     if not isinstance(done, tuple):
-        batch = probe_batch(example, pad_id)
+        batch = probe_batch(example, pad_id).to(runner.device)
         diff = check_equivalence(runner, batch, prune=False)
         prune = False
         if runner.can_prune_last_layer:
@@ -191,20 +236,26 @@ def check_model_once(runner: TrainingRunner, example: Example, pad_id: int) -> f
             except ModelError:
                 log.info("last-layer pruning does not match this model; running it in full")
         done = (diff, prune)
-        runner.model.__dict__[_CHECKED] = done
+        runner.model.__dict__[key] = done
     runner.prune_last_layer = done[1]
     return float(done[0])
 
 
 def check_equivalence(
-    runner: TrainingRunner, batch: Batch, *, prune: bool = False, tolerance: float = 1e-4
+    runner: AnyTrainingRunner,
+    batch: Batch,
+    *,
+    prune: bool = False,
+    tolerance: float | None = None,
 ) -> float:
-    """Compare the split forward (with or without last-layer pruning) with the model's own
-    forward on ``batch``, in eval mode.
+    """Compare the runner's forward (split: with or without last-layer pruning; general: its
+    head and softcapping) with the model's own forward on ``batch``, in eval mode.
 
     Returns the largest absolute logit difference relative to the logits' scale; raises
-    :class:`ModelError` above ``tolerance``.
+    :class:`ModelError` above ``tolerance`` (default: :func:`~feddx.model.decoder.tolerance`
+    of the model's dtype).
     """
+    tolerance = split_tolerance(runner.dtype) if tolerance is None else tolerance
     model = runner.model
     modes = {m: m.training for m in model.modules()}
     saved = runner.prune_last_layer

@@ -10,7 +10,11 @@ What makes it fast, compared with Hugging Face's ``Trainer`` on the same model:
 - **Frozen layers run once.** With adapters on the top ``N`` layers only, the layers below run
   once per example, their output is cached (in memory and optionally on disk across federated
   rounds, :mod:`feddx.train.features`), and every step runs the top ``N`` layers only.
-- float32 throughout (on CPUs without bf16 units, bf16 is several times slower).
+- Any causal LM: the split forward (and so the frozen-layer cache) where it reproduces the
+  model, the model's own backbone otherwise (:func:`feddx.train.forward.training_runner`).
+- Device- and dtype-agnostic: batches go to the model's device, hidden states keep the model's
+  dtype, losses are float32 (on this project's CPUs float32 is fastest: bf16 is several times
+  slower without bf16 units).
 
 Everything else a real run needs is here too: AdamW with linear warm-up and cosine decay,
 gradient accumulation, gradient clipping, seeds (two runs with one seed are identical),
@@ -47,11 +51,15 @@ import torch
 from feddx.data.schema import Case
 from feddx.errors import ConfigError, ModelError
 from feddx.model.adapter import (
+    ALL_LINEAR,
+    AUTO_TARGETS,
     adapter_state,
     first_adapted_layer,
     load_adapter_state,
     lora_parameters,
+    lora_spec_of,
 )
+from feddx.model.decoder import DecoderRunner
 from feddx.train.augment import augment_cases
 from feddx.train.batching import (
     Batch,
@@ -66,7 +74,7 @@ from feddx.train.checkpoint import CheckpointStore, TrainState, set_rng_state
 from feddx.train.config import LrSchedule, TrainConfig
 from feddx.train.dp import DPSGD
 from feddx.train.features import ActivationCache, frozen_fingerprint
-from feddx.train.forward import TrainingRunner, check_model_once, reduce_losses
+from feddx.train.forward import check_model_once, reduce_losses, training_runner
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +111,7 @@ def proximal_term(
     params: dict[str, torch.nn.Parameter], reference: dict[str, torch.Tensor], mu: float
 ) -> torch.Tensor:
     """FedProx's ``mu / 2 * sum ||w - w_ref||^2`` over the LoRA weights (differentiable)."""
-    total = torch.zeros(())
+    total = torch.zeros((), device=next(iter(params.values())).device)
     for key, p in params.items():
         total = total + (p - reference[key].to(p.dtype)).pow(2).sum()
     return 0.5 * mu * total
@@ -252,8 +260,9 @@ class _Trainer:
         self.config = config
         self.pad_id = pad_id
         self.params = lora_parameters(model)
-        self.runner = TrainingRunner(model)
-        self.split = first_adapted_layer(model)
+        # The split path caches the layers below the adapters; the general one runs them all.
+        self.runner = training_runner(model, examples)
+        self.split = first_adapted_layer(model) if self.runner.path == "split" else 0
         self.plan = _plan(len(examples), config)
         self.reduction = "example" if config.dp is not None else config.loss_reduction
         self.reference = (
@@ -284,7 +293,7 @@ class _Trainer:
         return self.runner.embed(batch.input_ids), 0
 
     def micro_batch_loss(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor, Batch]:
-        batch = collate(self.examples, indices, self.pad_id)
+        batch = collate(self.examples, indices, self.pad_id).to(self.runner.device)
         hidden, start = self.layer_input(batch)
         losses = self.runner.answer_losses(
             hidden, start, batch, checkpoint=bool(self.config.gradient_checkpointing)
@@ -368,6 +377,10 @@ class _Trainer:
 
 def _identity(trainer: _Trainer) -> dict[str, Any]:
     config = {k: v for k, v in trainer.config.to_dict().items() if k not in _RESUME_NEUTRAL}
+    if list(config["lora"]["target_modules"]) in ([AUTO_TARGETS], [ALL_LINEAR]):
+        # The modules as attached ("auto" for Llama is q_proj/v_proj, the default before
+        # "auto" existed), so a checkpoint written under the old default still resumes.
+        config["lora"]["target_modules"] = list(lora_spec_of(trainer.model).target_modules)
     if config.get("answer_loss") == "vocabulary":
         # The default before the option existed: checkpoints written then still resume.
         del config["answer_loss"]
@@ -458,6 +471,7 @@ def train_adapter(
             "n_layers": float(trainer.runner.n_layers),
             "self_check_max_rel_diff": self_check,
             "pruned_last_layer": float(trainer.runner.prune_last_layer),
+            "split_forward": float(trainer.runner.path == "split"),
             "resumed_from_step": float(run.state.step),
             "total_steps": float(trainer.plan.total_steps),
             "augmented_examples": float(n_augmented),
@@ -592,6 +606,7 @@ def _cache_frozen_layers(
     """Run the layers below the adapters once per example and keep their output (in memory
     within the budget when later epochs will reuse it, and in ``feature_cache_dir``)."""
     trainer, config = run.trainer, run.trainer.config
+    assert isinstance(trainer.runner, DecoderRunner)  # split > 0 only on the split path
     epochs_left = config.epochs - run.state.epoch
     keep = epochs_left > 1 or feature_cache_dir is not None
     t0 = time.perf_counter()
