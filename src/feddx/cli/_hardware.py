@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from feddx.model.hardware import HardwareSpec
 
 Device = Annotated[
     str | None,
@@ -34,12 +37,11 @@ def hardware_overrides(
     return {k: v for k, v in given.items() if v is not None}
 
 
-def resolve_cli_hardware(device: str | None, dtype: str | None, quantize: str | None) -> Any:
-    """The :class:`~feddx.model.hardware.Hardware` the options ask for (``auto`` where not
-    given), or a one-line :class:`~feddx.errors.ConfigError`."""
-    from feddx.model.hardware import HardwareSpec, resolve_hardware
+def hardware_spec(device: str | None, dtype: str | None, quantize: str | None) -> HardwareSpec:
+    """The :class:`~feddx.model.hardware.HardwareSpec` the options ask for (``auto`` where not
+    given), or a one-line :class:`~feddx.errors.ConfigError` naming the bad option."""
+    from feddx.model.hardware import HardwareSpec
 
-    spec = HardwareSpec.from_mapping(
-        hardware_overrides(device, dtype, quantize), origin="command line"
+    return HardwareSpec.from_mapping(
+        hardware_overrides(device, dtype, quantize), origin="command line: hardware"
     )
-    return resolve_hardware(spec)

@@ -21,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from feddx.cli._app import app, console, console_err, quiet_libraries
+from feddx.cli._hardware import Device, Dtype, Quantize, hardware_spec
 from feddx.model.loading import DEFAULT_MODEL
 
 
@@ -86,6 +87,9 @@ def evaluate(
     model: Annotated[
         str, typer.Option(help="Base model: alias, .gguf file, directory or hub id.")
     ] = DEFAULT_MODEL,
+    device: Device = None,
+    dtype: Dtype = None,
+    quantize: Quantize = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON object (and nothing else) on stdout.")
     ] = False,
@@ -176,6 +180,7 @@ def evaluate(
         extra_data=tuple(extra_data or ()),
         extra_per_label=extra_per_label,
         drop_overlapping_extra=drop_overlapping_extra,
+        hardware=hardware_spec(device, dtype, quantize),
         options=EvaluationOptions(
             method=scoring.value,
             max_prompt_tokens=max_prompt_tokens,

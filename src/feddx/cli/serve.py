@@ -16,6 +16,7 @@ import typer
 from rich.table import Table
 
 from feddx.cli._app import app, console, console_err, quiet_libraries
+from feddx.cli._hardware import Device, Dtype, Quantize
 from feddx.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -45,6 +46,9 @@ def serve(
     model: Annotated[
         str | None, typer.Option(help="Base model: alias, .gguf, directory or hub id.")
     ] = None,
+    device: Device = None,
+    dtype: Dtype = None,
+    quantize: Quantize = None,
     registry: Annotated[Path | None, typer.Option(help="Adapter registry root.")] = None,
     keys: KeysOpt = None,
     audit_log: Annotated[Path | None, typer.Option(help="Audit log (JSON lines).")] = None,
@@ -75,6 +79,9 @@ def serve(
     settings = ServeSettings.load(
         config,
         model=model,
+        device=device,
+        dtype=dtype,
+        quantize=quantize,
         registry=registry,
         keys_file=keys,
         audit_log=audit_log,
@@ -83,7 +90,10 @@ def serve(
         scheduler=scheduler,
     )
     quiet_libraries()
+    from feddx.model.hardware import resolve_hardware
     from feddx.serve.security import KeyStore
+
+    hardware = resolve_hardware(settings.hardware_spec())  # a missing GPU: one line, not /readyz
 
     store = KeyStore(settings.keys_file)
     if not store.key_records() and not store.ehr_issuers():
@@ -93,7 +103,8 @@ def serve(
             markup=False,
         )
     console_err.print(
-        f"feddx serve: http://{host}:{port}  model {settings.model}  registry {settings.registry}",
+        f"feddx serve: http://{host}:{port}  model {settings.model} ({hardware.describe()})  "
+        f"registry {settings.registry}",
         markup=False,
     )
     uvicorn.run(

@@ -26,6 +26,7 @@ from feddx.data.sources import load_cases
 from feddx.data.split import stratified_split
 from feddx.errors import DataError
 from feddx.evaluate.harness import EvaluationOptions, EvaluationResult, Progress, evaluate_cases
+from feddx.model.hardware import HardwareSpec, resolve_hardware
 from feddx.model.loading import DEFAULT_MODEL
 from feddx.model.predict import Diagnoser, check_labels
 from feddx.model.scoring import validate_candidates
@@ -52,6 +53,7 @@ class DatasetEvaluation(Settings):
     extra_per_label: int | None = Field(default=None, ge=1)
     drop_overlapping_extra: bool = False
     options: EvaluationOptions = Field(default_factory=EvaluationOptions)
+    hardware: HardwareSpec = Field(default_factory=HardwareSpec)
 
 
 def evaluate_dataset(
@@ -97,7 +99,9 @@ def evaluate_dataset(
         )
     # Diagnoser.load reads the adapters' records before the base model: a missing or corrupt
     # adapter fails fast too.
-    diagnoser = Diagnoser.load(request.model, request.adapters)
+    diagnoser = Diagnoser.load(
+        request.model, request.adapters, hardware=resolve_hardware(request.hardware)
+    )
     names = list(diagnoser.adapters)
     _, budget, _ = diagnoser.settings(names or None, request.options.max_prompt_tokens)
     result = evaluate_cases(

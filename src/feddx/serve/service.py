@@ -96,10 +96,12 @@ class DiagnosisService:
         return self.status == "ok"
 
     def _load(self) -> None:
+        from feddx.model.hardware import resolve_hardware
         from feddx.model.predict import Diagnoser
 
         try:
-            diagnoser = Diagnoser.load(self.settings.model)
+            hardware = resolve_hardware(self.settings.hardware_spec())
+            diagnoser = Diagnoser.load(self.settings.model, hardware=hardware)
             self._ready(diagnoser)
         except Exception as e:  # reported by /readyz and the log; the process stays up
             self.status = "failed"

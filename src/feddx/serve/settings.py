@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, field_validator
 
 from feddx.errors import ConfigError
+from feddx.model.hardware import DtypeName, HardwareSpec, QuantizeName
 from feddx.paths import cache_root, registry_root
 from feddx.settings import Names, SettingPath, Settings, read_config_file
 
@@ -52,6 +53,9 @@ class ServeSettings(Settings):
     ----------
     model
         Base model: alias, ``.gguf`` file, directory or hub id (as ``feddx train``).
+    device, dtype, quantize
+        Where and how the base model runs (:mod:`feddx.model.hardware`; ``auto``: a CUDA GPU
+        in bf16 when present, else the CPU in float32).
     registry
         The adapter registry root (``feddx.personalize.registry``); institutions' adapter
         chains are resolved there on every request batch, so a newly registered version
@@ -108,6 +112,9 @@ class ServeSettings(Settings):
     file_section: ClassVar[str | None] = "serve"
 
     model: str = "smollm2-135m-instruct"
+    device: str = "auto"
+    dtype: DtypeName = "auto"
+    quantize: QuantizeName = "none"
     registry: SettingPath = Field(default_factory=registry_root)
     keys_file: SettingPath = Field(default_factory=_default_keys_file)
     audit_log: SettingPath = Field(default_factory=_default_audit_log)
@@ -138,6 +145,10 @@ class ServeSettings(Settings):
         if bad or not v:
             raise ValueError(f"must be asymmetric JWS algorithms from {sorted(allowed)}")
         return v
+
+    def hardware_spec(self) -> HardwareSpec:
+        """The device, dtype and quantization the base model loads with."""
+        return HardwareSpec(device=self.device, dtype=self.dtype, quantize=self.quantize)
 
     @classmethod
     def load(cls, file: Path | None = None, **overrides: Any) -> ServeSettings:
