@@ -235,9 +235,11 @@ def _write_outputs(
     history: list[dict[str, Any]],
     rnd: int,
 ) -> None:
+    from feddx.data.candidates import CandidateList
     from feddx.federated.codec import numpy_to_torch_state
     from feddx.federated.task import task_data
-    from feddx.model.adapter import load_adapter_state, save_adapter
+    from feddx.model.adapter import load_adapter_state
+    from feddx.train.recipe import save_trained_adapter
 
     load_adapter_state(am.model, numpy_to_torch_state(global_arrays))
     # The temperature fitted on the server's validation cases, when the saved round was
@@ -249,21 +251,17 @@ def _write_outputs(
         if final and fitted
         else None
     )
-    save_adapter(
+    task = task_data(cfg)
+    save_trained_adapter(
         am.model,
         out / GLOBAL_ADAPTER_DIR,
         base_fingerprint=am.fingerprint,
         max_prompt_tokens=cfg.max_prompt_tokens,
+        # the list the service must rank with this adapter (it refuses another)
+        candidates=CandidateList(list(task.candidates), dict(task.icd10)),
         temperature=float(fitted) if fitted else 1.0,
         temperature_source=source,
-        metadata={
-            "federated_round": rnd,
-            "strategy": cfg.strategy,
-            "data": _safe_data(cfg),
-            # the list the service must rank with this adapter (it refuses another)
-            "candidates": list(task_data(cfg).candidates),
-            "icd10": dict(task_data(cfg).icd10),
-        },
+        metadata={"federated_round": rnd, "strategy": cfg.strategy, "data": _safe_data(cfg)},
     )
     write_history(out, history, summarize(cfg, history))
     plot_history(out, history)
