@@ -68,15 +68,48 @@ def _results_table(result: Any) -> Table:
     return table
 
 
+def _compare(
+    systems: tuple[str, str],
+    request: Any,
+    *,
+    resamples: int,
+    as_json: bool,
+    result_file: Path | None,
+) -> None:
+    from feddx.evaluate.comparison import compare_systems
+
+    done = compare_systems(*systems, request, resamples=resamples, seed=request.seed or 0)
+    body = done.to_dict()
+    if result_file:
+        from feddx.io import atomic_write_json
+
+        atomic_write_json(result_file, body, allow_nan=False)
+    if as_json:
+        typer.echo(json.dumps(body, allow_nan=False))
+        return
+    c = done.comparison
+    where = done.meta.get("data") or "predictions files"
+    table = Table(title=f"Comparison on {c.n} cases ({where})")
+    table.add_column("system")
+    table.add_column("top-1", justify="right")
+    table.add_row(f"A: {done.a}", f"{c.top1_a:.3f}")
+    table.add_row(f"B: {done.b}", f"{c.top1_b:.3f}")
+    console.print(table)
+    console.print(f"A - B: {c.describe()}", highlight=False)
+    for note in done.notes:
+        console.print(f"[yellow]note:[/yellow] {note}", markup=True, highlight=False)
+
+
 @app.command()
 def evaluate(
     data: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--data",
-            help="SOURCE:PATH of the cases (SOURCE as in 'feddx data stats'; uci-heart alone).",
+            help="SOURCE:PATH of the cases (SOURCE as in 'feddx data stats'; uci-heart alone). "
+            "Default: the data the adapter was trained on.",
         ),
-    ],
+    ] = None,
     adapter: Annotated[
         list[Path] | None,
         typer.Option(
@@ -112,9 +145,48 @@ def evaluate(
         SplitOption, typer.Option(help="Evaluate the held-out test split, or every case.")
     ] = SplitOption.test,
     test_fraction: Annotated[
-        float, typer.Option(min=0.01, max=0.99, help="Held-out share (as in 'feddx train').")
-    ] = 0.2,
-    seed: Annotated[int, typer.Option(help="Seed of the train/test split.")] = 0,
+        float | None,
+        typer.Option(
+            min=0.01,
+            max=0.99,
+            help="Held-out share. Default: the adapter's own (as 'feddx train' recorded it), "
+            "else 0.2.",
+        ),
+    ] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(help="Seed of the train/test split. Default: the adapter's own, else 0."),
+    ] = None,
+    allow_other_split: Annotated[
+        bool,
+        typer.Option(
+            "--allow-other-split",
+            help="Score an adapter on another split of its own data (--seed/--test-fraction "
+            "other than its own, --split all, or an adapter trained on every case): such a "
+            "split holds cases it trained on. Refused without this flag; the output says so.",
+        ),
+    ] = False,
+    allow_other_data: Annotated[
+        bool,
+        typer.Option(
+            "--allow-other-data",
+            help="Score an adapter on data it was not trained on (another source or path) or "
+            "with another candidate list. Refused without this flag; the output says so.",
+        ),
+    ] = False,
+    compare: Annotated[
+        tuple[str, str] | None,
+        typer.Option(
+            "--compare",
+            metavar="A B",
+            help="Compare two systems on the same cases: each an adapter folder, 'base' (the "
+            "base model alone) or a --predictions file. Prints both top-1, the difference "
+            "A - B with its 95% paired-bootstrap interval and McNemar's exact p.",
+        ),
+    ] = None,
+    resamples: Annotated[
+        int, typer.Option(min=100, help="Bootstrap resamples for --compare (seeded by --seed).")
+    ] = 10_000,
     scoring: Annotated[
         ScoringOption,
         typer.Option(help="likelihood: mean token log-likelihood; constrained: trie decoding."),
@@ -161,7 +233,13 @@ def evaluate(
     ] = False,
 ) -> None:
     """Evaluate a model (and adapter) on a dataset: accuracy, differential, calibration,
-    per-group results and the classical baseline."""
+    per-group results and the classical baseline.
+
+    An adapter is scored on the held-out split it records ('feddx train' writes its data,
+    --seed and --test-fraction): --data, --seed and --test-fraction may be left out. Another
+    split of its data needs --allow-other-split, other data or another candidate list
+    --allow-other-data; the output then says so. --compare A B compares two systems (adapter
+    folders, 'base', or --predictions files) on the same cases."""
     quiet_libraries()
     from feddx.evaluate.dataset import DatasetEvaluation, evaluate_dataset
     from feddx.evaluate.harness import EvaluationOptions
@@ -174,6 +252,8 @@ def evaluate(
         split=split.value,
         test_fraction=test_fraction,
         seed=seed,
+        allow_other_split=allow_other_split,
+        allow_other_data=allow_other_data,
         limit=limit,
         candidates_file=candidates,
         baseline=baseline,
@@ -185,9 +265,12 @@ def evaluate(
             method=scoring.value,
             max_prompt_tokens=max_prompt_tokens,
             generate_n=generate,
-            seed=seed,
+            seed=seed or 0,
         ),
     )
+    if compare is not None:
+        _compare(compare, request, resamples=resamples, as_json=as_json, result_file=result_file)
+        return
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -213,11 +296,22 @@ def evaluate(
         stage = DeidStage(assume_deidentified=assume_deidentified)  # warns when assumed
         write_predictions(result, predictions, stage=stage)
     if report:
-        write_html(result, report, title=f"feddx evaluation: {data.partition(':')[0]}")
+        source = str(result.meta["data"]).partition(":")[0]
+        write_html(result, report, title=f"feddx evaluation: {source}")
     if as_json:
         typer.echo(json.dumps(result.to_dict(), allow_nan=False))
         return
     console.print(_results_table(result))
+    m = result.meta
+    split_text = (
+        f"test split --seed {m['seed']} --test-fraction {m['test_fraction']}"
+        if m["split"] == "test"
+        else "every case"
+    )
+    console.print(f"{m['data']}: {split_text} ({m['split_grouping']}; from the {m['split_from']})")
+    for note in result.notes:
+        if note.startswith(("other ", "adapter ")):
+            console.print(f"[yellow]note:[/yellow] {note}", markup=True, highlight=False)
     t = result.temperature
     console.print(
         f"temperature {t.get('value', 1.0):.3f} ({t['method']}): "

@@ -234,7 +234,12 @@ def _print_result(done: RecipeResult, cfg: TrainConfig, data: str, out: Path) ->
     for name, value in rows:
         table.add_row(name, value)
     console.print(table)
-    console.print(
-        f"adapter saved to {out / 'adapter'}; evaluate with: "
-        f"feddx evaluate --data {data} --adapter {out}"
-    )
+    meta = done.adapter.metadata
+    if meta.get("split") == "all":  # no held-out case of --data is left
+        hint = f"feddx evaluate --adapter {out} --data OTHER_DATA --allow-other-data"
+    else:  # evaluate reads the data and split from the adapter
+        hint = (
+            f"feddx evaluate --adapter {out} (its held-out split: --data {data} "
+            f"--seed {meta.get('seed')} --test-fraction {meta.get('test_fraction')})"
+        )
+    console.print(f"adapter saved to {out / 'adapter'}; evaluate with: {hint}", highlight=False)

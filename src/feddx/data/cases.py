@@ -112,8 +112,9 @@ class TrainingCases:
 
 def training_cases(spec: TrainingData, *, need_candidates: bool = False) -> TrainingCases:
     """Load and split ``spec.data``, add ``spec.extra_data`` (whose labels must all occur in
-    ``spec.data``, optionally capped per label), and build the candidate list from ``spec.data``'s
-    own training split when ``need_candidates`` (the list ``feddx evaluate`` scores against).
+    ``spec.data``, optionally capped per label), and build the candidate list from every
+    labeled case of ``spec.data`` when ``need_candidates`` (the list ``feddx evaluate`` scores
+    against).
 
     Raises :class:`DataError` naming the spec for empty data, an empty training split,
     extra-data labels unknown to ``spec.data`` or extra-data cases identical to held-out ones
@@ -156,6 +157,10 @@ def training_cases(spec: TrainingData, *, need_candidates: bool = False) -> Trai
         cases = cases + extra
     candidates = None
     if need_candidates:
-        candidates = candidate_list(loaded.source, loaded.path, own_train, spec.candidates_file)
+        # the dataset's label space, as feddx evaluate builds it (a patient-grouped split can
+        # leave a diagnosis in the held-out cases only)
+        candidates = candidate_list(
+            loaded.source, loaded.path, [*own_train, *held_out], spec.candidates_file
+        )
     info = {k: v for k, v in loaded.info.items() if k in ("n_loaded", "n_skipped", "n_unlabeled")}
     return TrainingCases(cases, len(held_out), info, extra_info, candidates)

@@ -2,9 +2,10 @@
 ``feddx evaluate``, as a library function the CLI (and anyone else) calls.
 
 The cases are split exactly as ``feddx train`` splits them
-(:func:`feddx.data.split.stratified_split` with the same test fraction and seed, grouped by
-patient), and the held-out test split is evaluated by default, so an adapter is never scored on cases it was
-trained on; ``split="all"`` evaluates every case (e.g. a hospital's own held-out file).
+(:func:`feddx.data.split.stratified_split`, grouped by patient), with the data, test fraction
+and seed the adapter records by default (:mod:`feddx.evaluate.trained_split`: another split,
+other data or another label space is refused unless allowed), and the held-out test split is
+evaluated, so an adapter is never scored on cases it was trained on without saying so; ``split="all"`` evaluates every case (e.g. a hospital's own held-out file).
 Candidates come from :func:`feddx.data.candidates.candidate_list` over every labeled case (or
 a candidates file). Bad input (data, labels, candidates, adapters) fails before the base model
 is loaded, so it costs a second, not a minute.
@@ -23,9 +24,11 @@ from pydantic import Field
 
 from feddx.data.candidates import candidate_list
 from feddx.data.sources import load_cases
-from feddx.data.split import stratified_split
+from feddx.data.split import split_grouping, stratified_split
 from feddx.errors import DataError
 from feddx.evaluate.harness import EvaluationOptions, EvaluationResult, Progress, evaluate_cases
+from feddx.evaluate.trained_split import TrainedOn, check_label_space, resolve_split
+from feddx.model.adapter import read_adapter_info
 from feddx.model.hardware import HardwareSpec, resolve_hardware
 from feddx.model.loading import DEFAULT_MODEL
 from feddx.model.predict import Diagnoser, check_labels
@@ -40,12 +43,14 @@ class DatasetEvaluation(Settings):
 
     settings_name: ClassVar[str] = "evaluation"
 
-    data: str
+    data: str | None = None  # None: the data the adapter records
     adapters: tuple[SettingPath, ...] = ()
     model: str = DEFAULT_MODEL
     split: Split = "test"
-    test_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
-    seed: int = 0
+    test_fraction: float | None = Field(default=None, gt=0.0, lt=1.0)  # None: the adapter's
+    seed: int | None = None  # None: the adapter's split seed
+    allow_other_split: bool = False
+    allow_other_data: bool = False
     limit: int = Field(default=0, ge=0)
     candidates_file: SettingPath | None = None
     baseline: bool = True
@@ -62,19 +67,31 @@ def evaluate_dataset(
     """Run the evaluation ``request`` describes; the result's ``meta`` records the data, split,
     budget and model/adapter provenance. Raises :class:`DataError` for unusable data, labels
     outside the candidate list or an empty split, and :class:`~feddx.errors.ModelError` for a
-    missing, corrupt or mismatched adapter."""
-    loaded = load_cases(request.data, purpose="evaluate against")
+    missing, corrupt or mismatched adapter.
+
+    The data and split default to the ones the adapters record; another split of their data,
+    other data or another label space raises :class:`DataError` unless the request allows it
+    (:mod:`feddx.evaluate.trained_split`), and the result's ``notes`` then say so."""
+    resolved = resolve_split(
+        [TrainedOn.from_metadata(str(a), read_adapter_info(a).metadata) for a in request.adapters],
+        data=request.data,
+        split=request.split,
+        test_fraction=request.test_fraction,
+        seed=request.seed,
+        allow_other_split=request.allow_other_split,
+        allow_other_data=request.allow_other_data,
+    )
+    data, fraction, seed = resolved.data, resolved.test_fraction, resolved.seed
+    loaded = load_cases(data, purpose="evaluate against")
     labeled = loaded.cases
     if request.split == "test":
-        train, test = stratified_split(
-            labeled, test_fraction=request.test_fraction, seed=request.seed
-        )
+        train, test = stratified_split(labeled, test_fraction=fraction, seed=seed)
     else:
         train, test = [], labeled
     if request.limit:
         test = test[: request.limit]
     if not test:
-        raise DataError(f"{request.data}: the {request.split} split is empty")
+        raise DataError(f"{data}: the {request.split} split is empty")
     # The label space is the dataset's: with a patient-grouped split a test diagnosis may have
     # no training case (then it is a miss the model could not avoid, not an error).
     candidates = candidate_list(loaded.source, loaded.path, labeled, request.candidates_file)
@@ -82,16 +99,19 @@ def evaluate_dataset(
         validate_candidates(candidates.names)
         check_labels(test, candidates.names, f"{request.split} split")
     except ValueError as e:
-        raise DataError(f"{request.data}: {e}") from None
+        raise DataError(f"{data}: {e}") from None
+    label_note = check_label_space(
+        resolved.trained_on, candidates.names, allow_other_data=request.allow_other_data
+    )
     extra_train = None
     if request.baseline and request.extra_data and request.split == "test":
         from feddx.data.cases import TrainingData, training_cases
 
         extra_train = training_cases(
             TrainingData(
-                data=request.data,
-                test_fraction=request.test_fraction,
-                seed=request.seed,
+                data=data,
+                test_fraction=fraction,
+                seed=seed,
                 extra_data=tuple(request.extra_data),
                 extra_per_label=request.extra_per_label,
                 drop_overlapping_extra=request.drop_overlapping_extra,
@@ -114,11 +134,14 @@ def evaluate_dataset(
         baseline_extra_train=extra_train.cases if extra_train else None,
         on_progress=on_progress,
     )
+    result.notes = [*resolved.notes, *([label_note] if label_note else []), *result.notes]
     meta: dict[str, Any] = {
-        "data": request.data,
+        "data": data,
         "split": request.split,
-        "test_fraction": request.test_fraction if request.split == "test" else None,
-        "seed": request.seed,
+        "test_fraction": fraction if request.split == "test" else None,
+        "seed": seed,
+        "split_from": resolved.source,
+        "split_grouping": split_grouping(labeled),
         "n_train": len(train),
         **({"baseline_extra_data": extra_train.extra_info} if extra_train else {}),
         "max_prompt_tokens": budget,
