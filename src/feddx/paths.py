@@ -10,6 +10,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+# The folder a federation's final global adapter is saved in, under its run's out-dir: the
+# Flower ServerApp writes it, the registry (``register-run``) and the demo read it. Here, below
+# every package, so the readers need not import the ServerApp (and Flower) for one name.
+GLOBAL_ADAPTER_DIR = "global_adapter"
+# Every round's global adapter, ``round-NNNNN`` under this folder of the out-dir: a round can be
+# chosen on a validation split after the run (the demo does), not only the last one used.
+ROUND_ADAPTERS_DIR = "round_adapters"
+
 
 def cache_root() -> Path:
     """The feddx cache directory (``$FEDDX_CACHE`` or ``~/.cache/feddx``)."""

@@ -263,6 +263,10 @@ def _write_outputs(
         temperature_source=source,
         metadata={"federated_round": rnd, "strategy": cfg.strategy, "data": _safe_data(cfg)},
     )
+    import shutil
+
+    kept = out / paths.ROUND_ADAPTERS_DIR / f"round-{rnd:05d}"
+    shutil.copytree(out / GLOBAL_ADAPTER_DIR, kept, dirs_exist_ok=True)
     write_history(out, history, summarize(cfg, history))
     plot_history(out, history)
 

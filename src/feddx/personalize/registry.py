@@ -780,7 +780,7 @@ def register_federated_run(
     (top-1, top-3, macro-F1, validation loss, temperature, ...) and privacy spent as metrics.
     Raises :class:`ModelError` naming the folder when the run left no adapter or history."""
     from feddx.federated.history import HISTORY_FILE
-    from feddx.federated.server_app import GLOBAL_ADAPTER_DIR
+    from feddx.paths import GLOBAL_ADAPTER_DIR
 
     run_dir = Path(run_dir)
     try:
