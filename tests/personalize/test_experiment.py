@@ -187,16 +187,30 @@ def test_experiment_writes_table_plot_and_registers_the_hierarchy(
         "ditto",
         "fedsa",
     }
-    assert len(ids) == 1 + 2 + 4 and ids[0] == "global/v1"
-    inst = registry.entries(level="institutional")
-    assert len(inst) == 4 and all(e.version == 1 for e in inst)
-    prefix = {"finetune": "finetune:", "ditto": "ditto-", "fedsa": "fedsa:"}[method]
+    # The gate: a regional or institutional adapter is registered exactly when it got at
+    # least one more validation case right than what would otherwise answer its group.
+    decisions = result["gate"]["decisions"]
+    assert len(decisions) == 2 + 4  # the default regional construction and method only
+    for d in decisions.values():
+        assert d["accepted"] == (d["child_correct"] - d["parent_correct"] >= 1)
+    accepted = {k for k, d in decisions.items() if d["accepted"]}
     registered = {a["key"] for a in result["adapters"] if a["registered"]}
-    assert {k for k in registered if k.startswith(("finetune:", "ditto-", "fedsa:"))} == {
-        k for k in registered if k.startswith(prefix)
-    }
-    ft = [e for e in inst if e.parent_id is not None]
-    assert {e.parent_id for e in ft} <= {"global/v1"}
+    assert registered == {"global", *accepted} and ids[0] == "global/v1"
+    assert len(ids) == len(registered)
+    for a in result["adapters"]:
+        if a["key"] in decisions:
+            assert a["gate"]["reason"] == decisions[a["key"]]["reason"]
+    answering = result["gate"]["answering"]
+    assert sorted(answering) == sorted(sizes)
+    assert all(k == "global" or k in accepted for k in answering.values())
+    prefix = {"finetune": "finetune:", "ditto": "ditto-", "fedsa": "fedsa:"}[method]
+    assert all(
+        k.startswith(prefix) for k in registered if k.startswith(("finetune:", "ditto-", "fedsa:"))
+    )
+    inst = registry.entries(level="institutional")
+    assert all(e.version == 1 for e in inst)
+    registered_ids = {e.adapter_id for e in registry.entries()}
+    assert all(e.parent_id in registered_ids for e in inst if e.parent_id is not None)
     individual = result["individual_context"]["per_institution"]
     assert sorted(individual) == sorted(sizes)
     assert all(0.0 <= v["prior_weight"] <= 1.0 for v in individual.values())

@@ -35,7 +35,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
@@ -47,6 +47,7 @@ from feddx.data.schema import Case
 from feddx.errors import ConfigError, DataError
 from feddx.model.adapter import AdapterState, LoraSpec
 from feddx.model.predict import Prediction
+from feddx.personalize.gate import GATE_RULE, GateDecision, gate
 from feddx.settings import Names, SettingPath, Settings
 
 log = logging.getLogger(__name__)
@@ -708,7 +709,14 @@ def run_experiment(
         ]
         method_validation[method] = group_metrics(pooled_preds)
     default_method = _first_best([(m, method_validation[m]) for m in config.methods])
-    deployed = {inst.name: inst_adapters[inst.name][default_method].key for inst in insts}
+    candidates_deployed = {
+        inst.name: inst_adapters[inst.name][default_method].key for inst in insts
+    }
+    # The gate: what answers each institution is the most specific of those adapters that beat
+    # its parent on its own group's validation cases (feddx.personalize.gate).
+    gates, deployed = gate_deployment(
+        insts, regional[default_regional], candidates_deployed, val_preds
+    )
 
     # The individual level on top of what each institution deploys: its own kNN prior.
     individual: dict[str, dict[str, Any]] = {}
@@ -802,6 +810,11 @@ def run_experiment(
         "selected_on_validation": selected,
         "method_validation": method_validation,
         "default_method": default_method,
+        "gate": {
+            "rule": GATE_RULE,
+            "decisions": {k: d.to_dict() for k, d in gates.items()},
+            "answering": deployed,
+        },
         "ditto_mu": {
             i: inst_adapters[i]["ditto"].extra.get("mu")
             for i in inst_adapters
@@ -832,11 +845,41 @@ def run_experiment(
         [*adapters, *final_inst],
         default_regional,
         loaded.source,
-        deployed=set(deployed.values()),
+        gates=gates,
         candidates=candidates,
     )
     write_outputs(result, out_dir)
     return result
+
+
+def gate_deployment(
+    insts: Sequence[Institution],
+    regional: Mapping[str, _Adapter],
+    proposed: Mapping[str, str],
+    val_preds: Mapping[str, Mapping[str, Sequence[Prediction]]],
+) -> tuple[dict[str, GateDecision], dict[str, str]]:
+    """The gate (:mod:`feddx.personalize.gate`) on what the hierarchy would deploy: each
+    region's ``regional`` adapter against the global one on the region's validation cases,
+    then each institution's ``proposed`` adapter against whichever of those answers it.
+    Returns every decision by adapter key, and the key answering each institution."""
+
+    def right(names: Sequence[str], key: str) -> list[bool]:
+        return [p.top == p.gold for n in names for p in val_preds[n][key]]
+
+    decisions: dict[str, GateDecision] = {}
+    answering: dict[str, str] = {}
+    for region, a in sorted(regional.items()):
+        members = [i.name for i in insts if i.region == region]
+        d = gate(region, a.key, "global", right(members, a.key), right(members, "global"))
+        decisions[a.key] = d
+        answering |= dict.fromkeys(members, a.key if d.accepted else "global")
+    for inst in insts:
+        key, parent = proposed[inst.name], answering[inst.name]
+        d = gate(inst.name, key, parent, right([inst.name], key), right([inst.name], parent))
+        decisions[key] = d
+        if d.accepted:
+            answering[inst.name] = key
+    return decisions, answering
 
 
 def registry_scope(name: str) -> str:
@@ -875,15 +918,15 @@ def _save_and_register(
     default_regional: str,
     source: str,
     *,
-    deployed: set[str],
+    gates: Mapping[str, GateDecision],
     candidates: CandidateList,
 ) -> list[dict[str, Any]]:
     """Save each adapter under ``out_dir/adapters`` and register what the hierarchy deploys
-    (parents first): the global adapter, the default regional construction, and each
-    institution's adapter of the default institutional method (the best on pooled validation),
-    so the resolver answers with that method; the other methods' adapters are saved only.
-    Returns one record per adapter (registry id if registered, folder, temperature, validation
-    metrics)."""
+    (parents first): the global adapter, and those of the default regional construction and of
+    each institution's default institutional method (the best on pooled validation) that
+    passed the gate (``gates``), so the resolver answers with them and, where one failed, with
+    its parent; the other adapters are saved only. Returns one record per adapter (registry id
+    if registered, or the gate's reason it is not; folder, temperature, validation metrics)."""
     from feddx.model.adapter import load_adapter_state
     from feddx.train.recipe import save_trained_adapter
 
@@ -924,10 +967,10 @@ def _save_and_register(
             "temperature": a.temperature,
             "validation": a.validation,
         }
-        if a.level == "regional":
-            register = a.column == f"+regional ({default_regional})"
-        else:
-            register = a.level == "global" or a.key in deployed
+        decision = gates.get(a.key)
+        register = a.level == "global" or (decision is not None and decision.accepted)
+        if decision is not None:
+            record["gate"] = decision.to_dict()
         record["registered"] = register and registry is not None
         if registry is not None and register:
             entry = registry.register(
@@ -935,7 +978,8 @@ def _save_and_register(
                 level=a.level,
                 region=None if a.region is None else registry_scope(a.region),
                 institution=None if a.institution is None else registry_scope(a.institution),
-                parent_id=ids.get(a.parent) if a.parent else None,
+                # a parent the gate kept out: the next registered one up (the global adapter)
+                parent_id=(ids.get(a.parent) or ids.get(adapters[0].key)) if a.parent else None,
                 data_fingerprint=data_fingerprint(a.train_cases),
                 metrics={f"validation_{k}": v for k, v in a.validation.items()},
             )
@@ -987,11 +1031,15 @@ def render_table(result: dict[str, Any]) -> str:
         )
     if result.get("method_validation"):
         lines.append(
-            f"- default institutional method (registered): {result['default_method']} "
+            f"- default institutional method (registered where it passes the gate): "
+            f"{result['default_method']} "
             "(pooled validation top-1: "
             + ", ".join(f"{m} {v['top1']:.3f}" for m, v in result["method_validation"].items())
             + ")"
         )
+    if result.get("gate"):
+        lines.append(f"- gate: {result['gate']['rule']}")
+        lines += [f"  - {d['reason']}" for d in result["gate"]["decisions"].values()]
     if result.get("ditto_mu"):
         lines.append(
             "- Ditto mu chosen on validation: "
