@@ -16,7 +16,14 @@ import feddx.cli.train  # noqa: F401  (registers the command)
 from feddx.cli import main
 from feddx.data.candidates import CandidateList
 from feddx.data.jsonl import write_jsonl
-from feddx.model.adapter import LoraSpec, read_adapter_info
+from feddx.model.adapter import (
+    LoraSpec,
+    adapter_state,
+    attach_lora,
+    read_adapter_info,
+    read_adapter_state,
+)
+from feddx.model.loading import load_base_model
 from feddx.train.config import DPConfig, TrainConfig
 from feddx.train.recipe import (
     adapter_record,
@@ -25,6 +32,7 @@ from feddx.train.recipe import (
     train_and_save,
     training_config_for,
 )
+from feddx.train.trainer import train_adapter
 
 needs_no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 LORA = LoraSpec(rank=4, target_modules=("q_proj", "v_proj"), top_layers=1)
@@ -103,6 +111,24 @@ def test_train_and_save_trains_and_saves(model_dir: Path, tmp_path: Path) -> Non
     assert done.adapter.metadata["model"] == model_dir.name
     assert done.adapter.metadata["seed"] == 0
     assert done.adapter.base_fingerprint == done.loaded.fingerprint
+
+
+def test_the_recipe_trains_what_load_attach_train_did_before_it(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    # The steps feddx train took before the recipe (load in float32, seed, attach, train):
+    # on the CPU in float32 the recipe gives the same adapter, tensor for tensor.
+    config = TrainConfig(lora=LORA, batch_size=4, max_steps=2, learning_rate=0.01)
+    cases = make_cases(8)
+    done = train_and_save(str(model_dir), cases, config, tmp_path / "recipe")
+    loaded = load_base_model(str(model_dir))
+    torch.manual_seed(config.seed)
+    net = attach_lora(loaded.model, config.lora)
+    train_adapter(net, loaded.tokenizer, cases, config.replace(gradient_checkpointing=False))
+    saved, _ = read_adapter_state(done.adapter.directory)
+    before = adapter_state(net)
+    assert saved.keys() == before.keys()
+    assert all(torch.equal(saved[k], before[k]) for k in before)
 
 
 def test_feddx_train_on_the_cpu_in_float32(
