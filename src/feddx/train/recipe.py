@@ -115,9 +115,8 @@ def fit(
 
 
 def _first_base_parameter(model: Any) -> Any:
-    """The first floating-point base weight (not LoRA): where and in what dtype the base runs
-    (a 4-bit base's packed weights are integers; its norms and embeddings show the compute
-    dtype)."""
+    """The first floating-point base weight (not LoRA): where the base runs (a 4-bit base's
+    packed weights are integers, so they are skipped)."""
     for name, param in model.named_parameters():
         if "lora_" not in name and param.is_floating_point():
             return param
@@ -128,12 +127,15 @@ def trained_on(model: Any) -> dict[str, str]:
     """The device, dtype and quantization ``model``'s base runs in, read from the model."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     param = _first_base_parameter(base)
+    # the dtype it was loaded in (a quantized base's compute dtype; k-bit preparation moves its
+    # norms and embeddings to float32), else that of its weights
+    dtype = getattr(base.config, "dtype", None) or param.dtype
     q = getattr(base.config, "quantization_config", None)
     q = q if isinstance(q, Mapping) else vars(q) if q is not None else {}
     quantize = "4bit" if q.get("load_in_4bit") else "8bit" if q.get("load_in_8bit") else "none"
     return {
         "device": str(param.device),
-        "dtype": str(param.dtype).removeprefix("torch."),
+        "dtype": str(dtype).removeprefix("torch."),
         "quantize": quantize,
     }
 
