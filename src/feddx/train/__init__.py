@@ -1,5 +1,8 @@
-"""LoRA fine-tuning on CPU.
+"""LoRA fine-tuning, on a CPU or a GPU.
 
+- :mod:`feddx.train.recipe`: the one recipe (:func:`~feddx.train.recipe.train_and_save`) and
+  its builders (load on some hardware, attach, fit, save with metadata) that every entry point
+  calls;
 - :mod:`feddx.train.config`: :class:`TrainConfig`, :class:`LoraSpec`, :class:`DPConfig`
   (dataclasses, loadable from YAML/JSON/TOML);
 - :mod:`feddx.model.adapter`: attach LoRA, extract/load adapter tensors, save/load adapter
