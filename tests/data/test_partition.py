@@ -19,6 +19,7 @@ from feddx.data.partition import (
     client_names,
     label_histograms,
     partition_cases,
+    partition_grouping,
     plot_partition,
     read_partition,
     write_partition,
@@ -360,3 +361,5 @@ def test_random_partitions_keep_each_patient_on_one_client(kind: PartitionKind) 
             owners.setdefault(c.patient_id, set()).add(client)
     assert all(len(clients) == 1 for clients in owners.values())
     assert sum(len(p) for p in parts) == 300
+    spec = PartitionSpec(kind, num_clients=4)
+    assert partition_grouping(parts, spec).startswith("grouped by patient: each patient's")

@@ -270,6 +270,17 @@ def client_names(parts: Sequence[Sequence[Case]], spec: PartitionSpec) -> list[s
     return [v if v is not None else UNKNOWN_VALUE for v in values]
 
 
+def partition_grouping(parts: Sequence[Sequence[Case]], spec: PartitionSpec) -> str:
+    """How the cases were dealt, for the manifest: whole patients (random kinds) or by the
+    attribute (where a patient seen at two institutions is in both)."""
+    shared = sum(len(u) > 1 for u in patient_units([c for p in parts for c in p]))
+    if spec.kind == "attribute":
+        return f"by {spec.attribute} ({shared} patients with several cases)"
+    if not shared:
+        return "one case per patient"
+    return f"grouped by patient: each patient's cases on one client ({shared} with several cases)"
+
+
 def label_histograms(parts: Sequence[Sequence[Case]]) -> list[dict[str, int]]:
     """Per client, label -> number of cases (most frequent first; ``"<unlabeled>"`` for cases
     without a label)."""
@@ -303,7 +314,7 @@ def write_partition(
     stage. ``DeidStage(assume_deidentified=True)`` is the explicit opt-out.
 
     The manifest holds the spec, the seed, per-client sizes, label histograms, case ids (keyed
-    pseudonyms), shard hashes, ``input_sha256`` (a hash of all written cases), ``input``
+    pseudonyms), shard hashes, ``grouping`` (:func:`partition_grouping`), ``input_sha256`` (a hash of all written cases), ``input``
     (``extra``: e.g. the source and path) and ``deidentification`` (the stage's
     :class:`~feddx.data.stage.DeidMarker`: ``true`` or ``"assumed"``, and the key's public
     fingerprint). It has no timestamp, so the same input, spec and key give a byte-identical
@@ -350,6 +361,7 @@ def write_partition(
             "sizes": [len(p) for p in parts],
             "input_sha256": _cases_digest(parts),
             "input": dict(extra or {}),
+            "grouping": partition_grouping(parts, spec),
             "deidentification": stage.marker().as_dict(),
             "clients": clients,
         }
