@@ -10,6 +10,7 @@ log-likelihood under full sequences), one in-process federated round, and one
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,8 @@ import torch
 
 from feddx.data.schema import Case, Finding, Label
 from feddx.errors import ModelError
-from feddx.model.adapter import LoraSpec, adapter_state, attach_lora
-from feddx.model.decoder import choose_runner
+from feddx.model.adapter import LoraSpec, adapter_state, attach_lora, decoder_layers
+from feddx.model.decoder import choose_runner, split_difference
 from feddx.model.prompt import answer_ids, render_prompt
 from feddx.model.scoring import candidate_scores, prepare_candidates
 from feddx.train.config import TrainConfig
@@ -228,3 +229,71 @@ def test_a_model_without_an_lm_head_gets_one_line(tokenizer: Any) -> None:
         choose_runner(bare, [1, 2, 3], 3)
     assert "\n" not in str(e.value)
     assert str(e.value) == "GPT2Model lacks an LM head: feddx needs a causal LM"
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_gradient_checkpointing_recomputes_and_trains_the_same(family: str, tokenizer: Any) -> None:
+    """Both paths: each layer's inner modules run twice per step (forward, then again in
+    backward) and the run is the same as without checkpointing."""
+    runs = []
+    for checkpointing in (False, True):
+        base = make_tiny_model(family, len(tokenizer), layers=2, initializer_range=0.2)
+        torch.manual_seed(0)
+        model = attach_lora(base, LoraSpec(rank=4, dropout=0.0))  # every layer: no cache
+        layer = decoder_layers(model)[0]
+        inner = layer.self_attn if family == "llama" else layer.attn
+        calls = _count_calls(inner)
+        config = TrainConfig(
+            epochs=1,
+            batch_size=4,
+            learning_rate=2e-2,
+            max_prompt_tokens=64,
+            gradient_checkpointing=checkpointing,
+        )
+        result = train_adapter(model, tokenizer, _cases(8), config)
+        runs.append((result.loss_history, adapter_state(model), calls[0]))
+    (loss0, state0, calls0), (loss1, state1, calls1) = runs
+    assert calls1 > calls0
+    assert loss1 == pytest.approx(loss0, abs=1e-5)
+    assert all(torch.allclose(state0[k], state1[k], atol=1e-5) for k in state0)
+
+
+def _count_calls(module: torch.nn.Module) -> list[int]:
+    count = [0]
+
+    def hook(*_: Any) -> None:
+        count[0] += 1
+
+    module.register_forward_hook(hook)
+    return count
+
+
+def test_final_logit_softcapping_is_applied(tokenizer: Any) -> None:
+    gemma = make_tiny_model("gemma3", len(tokenizer), final_logit_softcapping=2.0)
+    probe = list(range(10, 30))
+    runner = choose_runner(gemma, probe, 64)
+    assert runner.path == "split" and runner.softcap == 2.0
+    assert split_difference(runner, probe) < 1e-5
+    runner.softcap = None  # as if the cap were ignored: the logits no longer match
+    assert split_difference(runner, probe) > 1e-3
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_a_bfloat16_model_trains_with_float32_losses(family: str, tokenizer: Any) -> None:
+    """The code that runs on CUDA in bf16, here on the CPU: hidden states (and the cached
+    frozen layer) in the model's dtype, losses in float32."""
+    from feddx.train.batching import collate, encode_cases
+    from feddx.train.forward import training_runner
+
+    base = make_tiny_model(family, len(tokenizer), layers=2, initializer_range=0.2)
+    model = attach_lora(base.to(torch.bfloat16), LoraSpec(rank=4, top_layers=1))
+    examples = encode_cases(_cases(8), tokenizer, 64)
+    runner = training_runner(model, examples)
+    assert runner.dtype == torch.bfloat16
+    batch = collate(examples, [0, 1], tokenizer.pad_token_id)
+    losses = runner.answer_losses(runner.embed(batch.input_ids), 0, batch)
+    assert losses.dtype == torch.float32
+    config = TrainConfig(epochs=2, batch_size=4, learning_rate=2e-2, max_prompt_tokens=64)
+    result = train_adapter(model, tokenizer, _cases(8), config)
+    assert result.stats["split_layer"] == (1.0 if family == "llama" else 0.0)
+    assert all(math.isfinite(x) for x in result.loss_history)
