@@ -224,6 +224,16 @@ def test_federated_personalized_and_serve_stages_in_process(
     fed = results["stages"]["federated"]
     assert fed["rounds_planned"] == 2 and fed["clients"] == 4  # 1 epoch x 4 clients / 2 local
     assert fed["full_model_bytes"] > 100 * fed["bytes_per_update"]
+    # each stage's budget is chosen on validation; equal work: 4 epochs vs 2 rounds x 2
+    assert fed["rounds_chosen"] in (1, 2) and fed["round_eval"] == "validation split"
+    assert results["stages"]["centralized"]["equal_work"]["epochs"] == 4
+    assert fed["equal_work"]["rounds"] == 2
+    comparisons = results["stages"]["evaluation"]["comparisons"]
+    assert {"equal_work", "own_budgets"} <= set(comparisons)
+    assert comparisons["equal_work"]["interval"]["resamples"] == 10_000
+    verdicts = results["stages"]["evaluation"]["verdicts"]
+    own = next(v for v in verdicts if "budget chosen on validation" in v)
+    assert "ahead" not in own  # the budgets' work differs or not: never "ahead" here
     pers = results["stages"]["personalized"]
     hospitals = {
         "Cleveland Clinic",
@@ -232,18 +242,19 @@ def test_federated_personalized_and_serve_stages_in_process(
         "VA Long Beach",
     }
     assert set(pers["answering"]) == hospitals
-    # one-hospital regions answer with their regional adapter, the USA's two get their own
-    assert pers["answering"]["Hungarian Inst. of Cardiology"] == "regional/Hungary"
-    assert pers["answering"]["Cleveland Clinic"] == "institutional/Cleveland Clinic"
+    adapters = pers["adapters"]
+    assert len(adapters) == 3 + 2  # a regional adapter per region, the USA's two institutions
+    for a in adapters.values():
+        g = a["gate"]
+        assert a["registered"] == g["accepted"] == (g["child_correct"] - g["parent_correct"] >= 1)
+    # no hospital is answered by an adapter that did not beat its parent on validation
+    assert all(
+        name == "federated" or adapters[name]["registered"] for name in pers["answering"].values()
+    )
     serve = results["stages"]["serve"]
-    assert serve["adapters"] == [
-        "global/v1",
-        "regional/hungary/v1",
-        "regional/switzerland/v1",
-        "regional/usa/v1",
-        "institutional/cleveland-clinic/v1",
-        "institutional/va-long-beach/v1",
-    ]
+    kept = [n for n, a in adapters.items() if a["registered"]]
+    assert serve["adapters"][0] == "global/v1" and len(serve["adapters"]) == 1 + len(kept)
+    assert set(serve["not_registered"]) == set(adapters) - set(kept)
     assert "--registry" in serve["command"] and "--keys" in serve["command"]
 
     # A federated stage that has to run again (here: its entry lost, as after an interrupted
@@ -254,3 +265,46 @@ def test_federated_personalized_and_serve_stages_in_process(
     again = run_demo(opts, Console(file=io.StringIO()))
     assert again["stages"]["personalized"]["finished_at"] > pers["finished_at"]  # ran again
     assert again["stages"]["federated"]["top1"] == fed["top1"]
+
+
+def test_a_csv_demo_serves_its_own_candidates(tiny_dir: Path, tmp_path: Path) -> None:
+    """A non-UCI demo: its adapter records the run's candidates, the serve command names the
+    run's own list, and a service on UCI Heart's list would refuse that adapter."""
+    from feddx.model.adapter import read_adapter_info
+    from feddx.serve.adapters import (
+        CandidatesMismatch,
+        adapter_candidates,
+        check_candidates,
+        default_candidates,
+    )
+
+    labels = ("Asthma", "Migraine", "Pneumonia")
+    rows = ["id,institution,label,text"]
+    rows += [
+        f"c{i},{'North' if i % 2 else 'South'},{labels[i % 3]},{labels[i % 3].lower()} signs {i}"
+        for i in range(60)
+    ]
+    data = tmp_path / "cases.csv"
+    data.write_text("\n".join(rows) + "\n")
+    run = tmp_path / "run"
+    argv = _argv(tiny_dir, run, "data,centralized,serve", "--dataset", f"csv:{data}")
+    assert main([*argv, "--max-epochs", "1"]) == 0
+    r = _results(run)
+    command = r["stages"]["serve"]["command"]
+    listed = (run / "candidates.txt").read_text().split()
+    assert (
+        listed == list(labels) and f"--candidates {(run / 'candidates.txt').resolve()}" in command
+    )
+    recorded = adapter_candidates(read_adapter_info(run / "centralized" / "adapter").metadata)
+    assert recorded is not None and recorded.names == list(labels)
+    service_list = default_candidates(str((run / "candidates.txt").resolve()))
+    assert service_list is not None
+    check_candidates("global/v1", recorded.names, service_list.names, "service's")
+    uci = default_candidates("uci-heart")
+    assert uci is not None
+    with pytest.raises(CandidatesMismatch, match="global/v1 was trained on 3 candidates"):
+        check_candidates("global/v1", recorded.names, uci.names, "service's")
+    # predictions name cases by keyed pseudonyms only
+    preds = json.loads((run / "centralized" / "predictions.json").read_text())
+    assert preds and all(p["case_id"].startswith("case-") for p in preds)
+    assert (run / "centralized" / "predictions.json.deid.json").is_file()

@@ -73,14 +73,20 @@ def demo(
     ),
     force: bool = typer.Option(False, "--force", help="Rerun the chosen stages even if finished."),
     epochs: int = typer.Option(
-        2, min=1, help="Centralized epochs (the federation's budget follows)."
+        2, min=1, help="Centralized epochs whose progress the federation's budget matches."
+    ),
+    max_epochs: int = typer.Option(
+        4, min=1, help="Most centralized epochs (its budget is chosen on validation)."
+    ),
+    validation_fraction: float = typer.Option(
+        0.15, min=0.05, max=0.5, help="Share of the training side held out for choices."
     ),
     local_epochs: int = typer.Option(2, min=1, help="Local epochs per federated round."),
     personal_epochs: int = typer.Option(
         1, min=1, help="Fine-tuning epochs per region/institution."
     ),
     round_eval_cases: int = typer.Option(
-        92, min=1, help="Test cases scoring the global adapter after each federated round."
+        0, min=0, help="Validation cases scoring the global adapter each round (0: all)."
     ),
     json_out: bool = typer.Option(
         False, "--json", help="Print the results object as JSON at the end."
@@ -98,6 +104,7 @@ def demo(
     quiet_libraries()
     import json
 
+    from feddx.cli.progress import RichTrainProgress
     from feddx.demo import DemoOptions
     from feddx.demo.stages import run_demo
 
@@ -111,12 +118,14 @@ def demo(
         stages=chosen,
         force=force,
         epochs=epochs,
+        max_epochs=max_epochs,
+        validation_fraction=validation_fraction,
         local_epochs=local_epochs,
         personal_epochs=personal_epochs,
         round_eval_cases=round_eval_cases,
     )
     shown = console_err if json_out else console
-    results = run_demo(opts, shown)
+    results = run_demo(opts, shown, train_progress=RichTrainProgress)
     if json_out:
         typer.echo(json.dumps(results, indent=1, allow_nan=False))
 

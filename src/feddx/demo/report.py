@@ -75,19 +75,25 @@ def _rounds_plot(fed: Mapping[str, Any], central: Mapping[str, Any] | None) -> s
         [r["round"] for r in rounds],
         [r["top1"] for r in rounds],
         "o-",
-        label=(f"federated global adapter, first {fed.get('round_eval_cases')} test cases"),
+        label=(f"federated global adapter, {fed.get('round_eval_cases')} validation cases"),
     )
-    if rounds:
+    chosen = fed.get("rounds_chosen", rounds[-1]["round"] if rounds else None)
+    if chosen is not None:
         ax.plot(
-            [rounds[-1]["round"]],
+            [chosen],
             [fed["top1"]],
             "D",
             color="C0",
             mfc="white",
-            label=f"federated final, all {fed['n']} test cases",
+            label=f"round chosen on validation, all {fed['n']} test cases",
         )
     if central:
-        ax.axhline(central["top1"], color="C1", ls="--", label="centralized LoRA (all test cases)")
+        ax.axhline(
+            central["top1"],
+            color="C1",
+            ls="--",
+            label=f"centralized LoRA ({central.get('epochs')} epochs, all test cases)",
+        )
     ax.set_xlabel("federated round")
     ax.set_xticks([r["round"] for r in rounds])
     ax.set_ylabel("top-1 accuracy")
@@ -262,7 +268,7 @@ def render_report(results: Mapping[str, Any]) -> str:
             _table(
                 [
                     "round",
-                    "top-1 (round eval)",
+                    "top-1 (validation)",
                     "clients' train loss",
                     "bytes sent",
                     "bytes received",
@@ -321,13 +327,23 @@ def render_report(results: Mapping[str, Any]) -> str:
         parts.append(
             f"<p>From the {html.escape(pers['parent'])} adapter, {pers['epochs']} epoch(s) of "
             "fine-tuning per region, then per institution where a region has several; each "
-            "hospital is answered by its most specific adapter. "
+            "hospital is answered by its most specific adapter that passed the gate: "
+            f"{html.escape(str(pers.get('gate_rule', '')))}. "
             f"{html.escape(pers['individual'])}.</p>"
         )
         parts.append(
             _table(
-                ["adapter", "level", "training cases"],
-                [[k, v["level"], str(v["n_train"])] for k, v in pers.get("adapters", {}).items()],
+                ["adapter", "level", "training cases", "answers", "gate (validation)"],
+                [
+                    [
+                        k,
+                        v["level"],
+                        str(v["n_train"]),
+                        "yes" if v.get("registered", True) else "no: its parent does",
+                        str((v.get("gate") or {}).get("reason", "-")),
+                    ]
+                    for k, v in pers.get("adapters", {}).items()
+                ],
             )
         )
 

@@ -12,6 +12,7 @@ are computed once and cached for every later epoch, round and personalization.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shlex
@@ -36,23 +37,33 @@ from feddx.data.candidates import CandidateList, candidate_list
 from feddx.data.schema import Case
 from feddx.data.split import stratified_split
 from feddx.data.uci_heart import NO_CAD
+from feddx.demo.compare import equal_work, first_best
 from feddx.demo.options import DEPENDS_ON, STAGES, DemoOptions
 from feddx.demo.runfolder import RunFolder
 from feddx.errors import ConfigError, DataError
-from feddx.io import atomic_write_json
+from feddx.io import atomic_write_json, atomic_write_text
 from feddx.model.adapter import LoraSpec
+from feddx.paths import ROUND_ADAPTERS_DIR
 
 if TYPE_CHECKING:
+    from feddx.data.deid import Pseudonymizer
     from feddx.evaluate.harness import ModelMetrics
     from feddx.model.predict import Diagnoser, Prediction
+    from feddx.train.trainer import TrainProgress
 
 # Rank 8 on the top 2 layers, for every trained stage alike, so they compare fairly.
 DEMO_LORA = LoraSpec(rank=8, alpha=16.0, top_layers=2)
 PREDICTIONS = "predictions.json"
+EQUAL_WORK_PREDICTIONS = "predictions-equal-work.json"
+CANDIDATES_FILE = "candidates.txt"
+# The demo's own pseudonymization key when FEDDX_DEID_KEY is not set: one per run folder, so a
+# resumed run's predictions pair up by case with the earlier stages'.
+KEY_FILE = ".pseudonym-key"
 # UCI Heart's grade 0 (< 50% narrowing): the literature's binary task is grade 0 vs 1-4.
 UCI_NO_DISEASE = NO_CAD
 
 StageFn = Callable[[], dict[str, Any]]
+ProgressFactory = Callable[[Progress], "TrainProgress"]
 
 
 def _metrics_entry(metrics: ModelMetrics) -> dict[str, Any]:
@@ -75,12 +86,19 @@ class DemoRun:
     on first need only, so a fully resumed run does not load it)."""
 
     def __init__(
-        self, opts: DemoOptions, console: Console, bar: Progress, folder: RunFolder
+        self,
+        opts: DemoOptions,
+        console: Console,
+        bar: Progress,
+        folder: RunFolder,
+        train_progress: ProgressFactory | None = None,
     ) -> None:
         self.opts = opts
         self.console = console
         self.bar = bar
         self.folder = folder
+        self.train_progress = train_progress
+        self._pseudonymizer: Pseudonymizer | None = None
         self._pending_rows: list[dict[str, Any]] = []
         self._diagnoser: Diagnoser | None = None
         self._initial: dict[str, Any] | None = None
@@ -98,6 +116,11 @@ class DemoRun:
         cases = list(loaded.cases)
         self.train, test = stratified_split(cases, self.opts.test_fraction, self.opts.seed)
         self.test = test[: self.opts.limit] if self.opts.limit else test
+        # every choice (budgets, the personalization gate) is made on this validation split,
+        # never on the test split; the trained stages fit the rest of the training side
+        self.fit, self.validation = stratified_split(
+            self.train, self.opts.validation_fraction, self.opts.seed
+        )
         self.candidates: CandidateList = candidate_list(
             self.source, self.data_path, self.train + self.test, None
         )
@@ -151,12 +174,66 @@ class DemoRun:
         finally:
             self.bar.remove_task(task)
 
-    def _write_predictions(self, stage: str, rows: list[dict[str, Any]]) -> str:
-        relative = f"{stage}/{PREDICTIONS}"
+    def _write_predictions(
+        self, stage: str, rows: list[dict[str, Any]], name: str = PREDICTIONS
+    ) -> str:
+        """Write ``rows`` with each case id replaced by its keyed pseudonym (the data's ids can
+        be FHIR Encounter ids or a hospital's record numbers) and the de-identification marker
+        beside it (``NAME.deid.json``); returns the file's path in the run folder."""
+        from feddx.data.deid import KEY_ENV
+        from feddx.data.stage import DeidMarker, write_marker
+
+        p = self.pseudonymizer()
+        relative = f"{stage}/{name}"
         path = self.folder.root / relative
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(path, rows, allow_nan=False)
+        clean = [{**r, "case_id": p.pseudonym(str(r["case_id"]), "case")} for r in rows]
+        atomic_write_json(path, clean, allow_nan=False)
+        marker = DeidMarker(
+            deidentified=True,
+            key_id=p.key_id(),
+            key="configured" if os.environ.get(KEY_ENV) else "random",
+        )
+        write_marker(path, marker, extra={"n_cases": len(clean)})
         return relative
+
+    def pseudonymizer(self) -> Pseudonymizer:
+        """The run's keyed pseudonymizer: ``FEDDX_DEID_KEY`` when set, else a random key kept
+        in the run folder (``.pseudonym-key``, owner-only) so every stage of the run, resumed
+        or not, names a case the same way."""
+        if self._pseudonymizer is None:
+            import secrets
+
+            from feddx.data.deid import KEY_ENV, Pseudonymizer
+
+            key = os.environ.get(KEY_ENV)
+            if not key:
+                path = self.folder.root / KEY_FILE
+                if not path.is_file():
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    atomic_write_text(path, secrets.token_hex(32) + "\n")
+                    path.chmod(0o600)
+                key = path.read_text().strip()
+            self._pseudonymizer = Pseudonymizer(key)
+        return self._pseudonymizer
+
+    def _correct_on(self, adapter: str | None, cases: Sequence[Case], title: str) -> list[bool]:
+        """Top-1 correctness of ``adapter`` on ``cases``, in order (what budgets and the gate
+        are chosen on: top-1 needs no temperature)."""
+        if not cases:
+            return []
+        d = self.diagnoser()
+        cset = d.candidate_set(self.candidates.names, self.candidates.icd10)
+        task = self.bar.add_task(f"   {title}", total=len(cases))
+
+        def advance(i: int) -> None:
+            self.bar.update(task, completed=i + 1)
+
+        try:
+            preds = d.diagnose(cases, cset, adapter=adapter, temperature=1.0, on_case=advance)
+        finally:
+            self.bar.remove_task(task)
+        return [p.top == p.gold for p in preds]
 
     def _train_config(self, epochs: int) -> Any:
         from feddx.train.config import TrainConfig
@@ -205,6 +282,11 @@ class DemoRun:
             "n_cases": self.n_loaded,
             "n_train": len(self.train),
             "n_test": len(self.test),
+            "n_fit": len(self.fit),
+            "n_validation": len(self.validation),
+            "validation": dict(
+                sorted(Counter(c.institution or "(none)" for c in self.validation).items())
+            ),
             "candidates": list(self.candidates.names),
             "majority_class": self.majority,
             "majority_rate": sum(g == self.majority for g in test_labels) / len(test_labels),
@@ -212,8 +294,15 @@ class DemoRun:
             "partition_note": note,
             "split": f"stratified by diagnosis, test fraction {self.opts.test_fraction}, "
             f"seed {self.opts.seed}"
-            + (f", first {self.opts.limit} test cases" if self.opts.limit else ""),
+            + (f", first {self.opts.limit} test cases" if self.opts.limit else "")
+            + f"; validation: {self.opts.validation_fraction} of the training side (stratified, "
+            "same seed), where budgets and the personalization gate are chosen",
+            "candidates_file": CANDIDATES_FILE,
         }
+        # the run's candidate list, for the federation and the serve command (one per line)
+        atomic_write_text(
+            self.folder.root / CANDIDATES_FILE, "".join(f"{n}\n" for n in self.candidates.names)
+        )
         self._say(
             f"[bold]1. Data[/]: {self.n_loaded} {self.source} cases; {len(self.train)} train / "
             f"{len(self.test)} test ({entry['split']}); {note}"
@@ -229,7 +318,8 @@ class DemoRun:
     def zero_shot(self) -> dict[str, Any]:
         result = self._score("zero-shot scoring", None, self.test)
         entry = _metrics_entry(result.llm)
-        entry["artefacts"] = [self._write_predictions("zero-shot", result.cases)]
+        entry["predictions"] = self._write_predictions("zero-shot", result.cases)
+        entry["artefacts"] = [entry["predictions"]]
         self._say(
             f"[bold]2. Zero-shot[/]: top-1 {entry['top1']:.3f}, macro-F1 {entry['macro_f1']:.3f}, "
             f"{result.llm.summary['latency_ms_p50']:.0f} ms per case (p50)"
@@ -240,139 +330,285 @@ class DemoRun:
         from feddx.evaluate.baseline import fit_baseline
         from feddx.evaluate.harness import case_rows, model_metrics
 
-        fitted = fit_baseline(self.train, seed=self.opts.seed)
+        fitted = fit_baseline(self.fit, seed=self.opts.seed)
         preds = fitted.predict(self.test, self.candidates.names)
         metrics = model_metrics(preds, self.candidates.names, icd10=self.candidates.icd10)
         entry = _metrics_entry(metrics)
         entry["kind"] = "logistic regression over the structured findings (scikit-learn)"
-        entry["artefacts"] = [self._write_predictions("baseline", case_rows(preds))]
+        entry["predictions"] = self._write_predictions("baseline", case_rows(preds))
+        entry["artefacts"] = [entry["predictions"]]
         self._say(f"[bold]3. Logistic regression[/]: top-1 {entry['top1']:.3f}")
         return entry
 
+    def equal_work(self) -> tuple[int, int] | None:
+        """``(centralized epochs, federated rounds)`` at equal examples processed (see
+        :mod:`feddx.demo.compare`), from the options alone: each stage knows which of its
+        adapters to score for the comparison without the other having run."""
+        from feddx.federated.demo import federated_budget
+
+        budget = federated_budget(self.opts.epochs, self.clients, self.opts.local_epochs)
+        return equal_work(self.opts.max_epochs, budget.rounds, budget.local_epochs)
+
+    @property
+    def clients(self) -> int:
+        return len(self.institutions) if self.by_institution else self.opts.clients
+
+    def _scored_entry(
+        self, stage: str, title: str, adapter: str, name: str = PREDICTIONS
+    ) -> dict[str, Any]:
+        """Score ``adapter`` on the test split with the harness; its metrics entry, with the
+        predictions file written under ``stage``."""
+        scored = self._score(title, adapter, self.test)
+        entry = _metrics_entry(scored.llm)
+        entry["predictions"] = self._write_predictions(stage, scored.cases, name)
+        return entry
+
     def centralized(self) -> dict[str, Any]:
-        from feddx.cli.progress import RichTrainProgress
-        from feddx.model.adapter import load_adapter_state
+        from feddx.model.adapter import adapter_state, load_adapter_state
         from feddx.paths import activation_cache_root
         from feddx.train.recipe import fit, save_trained_adapter
 
         d = self.diagnoser()
-        config = self._train_config(self.opts.epochs)
+        config = self._train_config(self.opts.max_epochs)
         load_adapter_state(d.model, dict(self.initial_state()))
+        per_epoch = math.ceil(len(self.fit) / config.batch_size)
+        snapshots: dict[int, dict[str, Any]] = {}
+
+        def keep(step: int, _loss: float) -> None:
+            if step % per_epoch == 0:
+                snapshots[step // per_epoch] = adapter_state(d.model)
+
+        progress = self.train_progress(self.bar) if self.train_progress else None
         result = fit(
             d.model,
             d.tokenizer,
-            self.train,
+            self.fit,
             config,
-            progress=RichTrainProgress(self.bar),
+            progress=progress,
             feature_cache_dir=activation_cache_root(),
+            on_step=keep,
         )
         d.model.eval()
-        adapter_dir = self.folder.stage_dir("centralized") / "adapter"
-        save_trained_adapter(
-            d.model,
-            adapter_dir,
-            base_fingerprint=d.base_fingerprint,
-            max_prompt_tokens=config.max_prompt_tokens,
-            candidates=self.candidates,
-            metadata={"data": self.source, "stage": "centralized", "seed": self.opts.seed},
+        validation: dict[int, float] = {}
+        for epoch, state in sorted(snapshots.items()):
+            d.add_state(f"centralized-e{epoch}", state, max_prompt_tokens=config.max_prompt_tokens)
+            right = self._correct_on(
+                f"centralized-e{epoch}", self.validation, f"validating epoch {epoch}"
+            )
+            validation[epoch] = sum(right) / max(1, len(right))
+        chosen = first_best(validation)
+        pair = self.equal_work()
+        saved: dict[int, str] = {}
+        for epoch in sorted({chosen, *([pair[0]] if pair else [])}):
+            load_adapter_state(d.model, snapshots[epoch])
+            where = "centralized/adapter" if epoch == chosen else f"centralized/adapter-e{epoch}"
+            save_trained_adapter(
+                d.model,
+                self.folder.root / where,
+                base_fingerprint=d.base_fingerprint,
+                max_prompt_tokens=config.max_prompt_tokens,
+                candidates=self.candidates,
+                metadata={"data": self.source, "stage": "centralized", "epochs": epoch},
+            )
+            saved[epoch] = where
+        entry = self._scored_entry(
+            "centralized", "scoring the centralized adapter", f"centralized-e{chosen}"
         )
-        d.add_adapter(adapter_dir, name="centralized")
-        scored = self._score("scoring the centralized adapter", "centralized", self.test)
-        entry = _metrics_entry(scored.llm)
         entry.update(
-            epochs=self.opts.epochs,
+            epochs=chosen,
+            max_epochs=self.opts.max_epochs,
+            validation_top1={str(k): v for k, v in validation.items()},
+            budget=f"{chosen} of {self.opts.max_epochs} epochs (one schedule), chosen on "
+            f"{len(self.validation)} validation cases",
+            examples_processed=chosen * len(self.fit),
             optimizer_steps=result.steps,
             train_seconds=result.seconds,
             final_loss=result.loss_history[-1] if result.loss_history else result.mean_loss,
-            adapter="centralized/adapter",
-            artefacts=["centralized/adapter", self._write_predictions("centralized", scored.cases)],
+            adapter=saved[chosen],
         )
+        if pair is not None:
+            equal = (
+                {k: entry[k] for k in ("top1", "top3", "macro_f1", "predictions")}
+                if pair[0] == chosen
+                else self._scored_entry(
+                    "centralized",
+                    f"scoring centralized after {pair[0]} epochs",
+                    f"centralized-e{pair[0]}",
+                    EQUAL_WORK_PREDICTIONS,
+                )
+            )
+            entry["equal_work"] = {**equal, "epochs": pair[0], "adapter": saved[pair[0]]}
+        entry["artefacts"] = [
+            *saved.values(),
+            entry["predictions"],
+            *([entry["equal_work"]["predictions"]] if pair and pair[0] != chosen else []),
+        ]
         self._say(
-            f"[bold]4. Centralized LoRA[/]: {len(self.train)} cases x {self.opts.epochs} epochs "
-            f"({result.steps} steps) in {result.seconds:.0f} s; top-1 {entry['top1']:.3f}"
+            f"[bold]4. Centralized LoRA[/]: {len(self.fit)} cases, up to {self.opts.max_epochs} "
+            f"epochs ({result.steps} steps) in {result.seconds:.0f} s; validation top-1 per "
+            f"epoch {', '.join(f'{v:.3f}' for v in validation.values())}: {chosen} chosen; "
+            f"test top-1 {entry['top1']:.3f}"
         )
         return entry
 
-    def federated(self) -> dict[str, Any]:
-        from feddx.federated.demo import demo_config, federated_budget, run_federated_demo
-        from feddx.federated.server_app import GLOBAL_ADAPTER_DIR
+    def _federated_config(self, budget: Any, data_dir: Path) -> Any:
+        """The demo federation's config: it trains on the fit split and evaluates every round on
+        the validation split (both written to ``data_dir`` as JSON lines), ranking the run's
+        candidate list."""
+        from feddx.federated.config import FederatedConfig
+        from feddx.federated.demo import demo_config
 
-        clients = len(self.institutions) if self.by_institution else self.opts.clients
-        budget = federated_budget(self.opts.epochs, clients, self.opts.local_epochs)
-        d = self.diagnoser()
+        for name, cases in (("fit", self.fit), ("validation", self.validation)):
+            atomic_write_text(
+                data_dir / f"{name}.jsonl", "".join(c.model_dump_json() + "\n" for c in cases)
+            )
         cfg = demo_config(
             model=self.opts.model,
             seed=self.opts.seed,
             test_fraction=self.opts.test_fraction,
             out_dir=self.folder.stage_dir("federated") / "run",
             budget=budget,
-            data=_absolute_spec(self.opts.dataset),
+            data=f"jsonl:{data_dir / 'fit.jsonl'}",
             by_institution=self.by_institution,
             learning_rate=self.opts.learning_rate,
-            max_eval_cases=min(
-                x for x in (self.opts.round_eval_cases, self.opts.limit, len(self.test)) if x
-            ),
+            max_eval_cases=self.opts.round_eval_cases,
         )
+        extra = {
+            "eval-data": f"jsonl:{data_dir / 'validation.jsonl'}",
+            "candidates": str((self.folder.root / CANDIDATES_FILE).resolve()),
+        }
+        return FederatedConfig.from_mapping({**cfg.to_run_config(), **extra}, origin="demo")
+
+    def _check_federated_split(self, cfg: Any) -> None:
         from feddx.federated.task import task_data
 
-        held_out = {c.case_id for c in task_data(cfg).validation}
-        if not {c.case_id for c in self.test} <= held_out:
+        data = task_data(cfg)
+        trained = {c.case_id for c in data.train}
+        if trained & {c.case_id for c in [*self.test, *self.validation]} or len(trained) != len(
+            self.fit
+        ):
             raise DataError(
-                f"{self.opts.dataset}: the federation's held-out split differs from the demo's "
-                "test split, so clients would train on test cases; refusing to run"
+                f"{self.opts.dataset}: the federation's training cases are not the demo's fit "
+                "split, so clients could train on validation or test cases; refusing to run"
             )
+
+    def federated(self) -> dict[str, Any]:
+        import shutil
+        import tempfile
+
+        from feddx.federated.demo import federated_budget, run_federated_demo
+
+        budget = federated_budget(self.opts.epochs, self.clients, self.opts.local_epochs)
+        d = self.diagnoser()
+        # the cases travel to Flower's processes as files: outside the run folder, removed after
+        data_dir = Path(tempfile.mkdtemp(prefix="feddx-demo-"))
         task = self.bar.add_task(
-            f"   {clients} SuperNodes, {budget.rounds} rounds ({self.opts.engine})", total=None
+            f"   {self.clients} SuperNodes, {budget.rounds} rounds ({self.opts.engine})",
+            total=None,
         )
         try:
+            cfg = self._federated_config(budget, data_dir)
+            self._check_federated_split(cfg)
             fed = run_federated_demo(cfg, "flower" if self.opts.engine == "flower" else "inprocess")
         finally:
             self.bar.remove_task(task)
-        adapter_dir = fed.out_dir / GLOBAL_ADAPTER_DIR
+            shutil.rmtree(data_dir, ignore_errors=True)
+        validation = {
+            int(r["round"]): float(r["top1"])
+            for r in fed.rounds
+            if (r.get("round") or 0) >= 1 and r.get("top1") is not None
+        }
+        chosen = first_best(validation)
+        pair = self.equal_work()
         # Flower needs absolute paths; the record keeps the folder relocatable
-        adapter_rel = os.path.relpath(adapter_dir, self.folder.root.resolve())
-        d.add_adapter(adapter_dir, name="federated")
-        scored = self._score("scoring the federated adapter", "federated", self.test)
-        entry = _metrics_entry(scored.llm)
+        where = {
+            r: os.path.relpath(
+                fed.out_dir / ROUND_ADAPTERS_DIR / f"round-{r:05d}", self.folder.root.resolve()
+            )
+            for r in {chosen, *([pair[1]] if pair else [])}
+        }
+        for r, rel in where.items():
+            d.add_adapter(self.folder.root / rel, name=f"federated-r{r}")
+        entry = self._scored_entry(
+            "federated", "scoring the federated adapter", f"federated-r{chosen}"
+        )
+        if pair is not None:
+            equal = (
+                {k: entry[k] for k in ("top1", "top3", "macro_f1", "predictions")}
+                if pair[1] == chosen
+                else self._scored_entry(
+                    "federated",
+                    f"scoring the federation after {pair[1]} rounds",
+                    f"federated-r{pair[1]}",
+                    EQUAL_WORK_PREDICTIONS,
+                )
+            )
+            entry["equal_work"] = {**equal, "rounds": pair[1], "adapter": where[pair[1]]}
         full = _full_model_bytes(d)
-        completed = sum(1 for r in fed.rounds if (r.get("round") or 0) >= 1)
+        completed = len(validation)
         exchanged = fed.bytes_sent + fed.bytes_received
         entry.update(
             budget=budget.describe(),
             rounds_planned=budget.rounds,
+            rounds_chosen=chosen,
+            validation_top1={str(k): v for k, v in validation.items()},
+            examples_processed=chosen * budget.local_epochs * len(self.fit),
             local_epochs=budget.local_epochs,
-            clients=clients,
+            clients=self.clients,
             learning_rate=self.opts.learning_rate,
             lr_schedule="one cosine decay over the rounds",
             rounds=fed.rounds,
-            round_eval_cases=cfg.max_eval_cases,
+            round_eval="validation split",
+            round_eval_cases=cfg.max_eval_cases or len(self.validation),
             bytes_per_update=fed.bytes_per_update,
             bytes_sent=fed.bytes_sent,
             bytes_received=fed.bytes_received,
             full_model_bytes=full["bytes"],
             full_model_params=full["params"],
-            full_model_exchange_bytes=full["bytes"] * 2 * clients * completed,
+            full_model_exchange_bytes=full["bytes"] * 2 * self.clients * completed,
             epsilon=fed.epsilon,
             dp="none",
             train_seconds=fed.seconds,
-            adapter=adapter_rel,
+            adapter=where[chosen],
             artefacts=[
-                adapter_rel,
-                self._write_predictions("federated", scored.cases),
+                os.path.relpath(fed.out_dir, self.folder.root.resolve()),
+                entry["predictions"],
+                *([entry["equal_work"]["predictions"]] if pair and pair[1] != chosen else []),
             ],
         )
         self._say(
-            f"[bold]5. Federated LoRA[/] (Flower, {clients} SuperNodes): {budget.describe()}; "
-            f"{fed.seconds:.0f} s; top-1 {entry['top1']:.3f}; {exchanged / 2**20:.1f} MiB "
-            f"exchanged (the full model would be {entry['full_model_exchange_bytes'] / 2**30:.1f} GiB)"
+            f"[bold]5. Federated LoRA[/] (Flower, {self.clients} SuperNodes): {budget.describe()}; "
+            f"{fed.seconds:.0f} s; validation top-1 per round "
+            f"{', '.join(f'{v:.3f}' for v in validation.values())}: round {chosen} chosen; test "
+            f"top-1 {entry['top1']:.3f}; {exchanged / 2**20:.1f} MiB exchanged (the full model "
+            f"would be {entry['full_model_exchange_bytes'] / 2**30:.1f} GiB)"
         )
         return entry
 
+    def _regions(self) -> dict[str, list[str]]:
+        """Region -> its institutions (a case without a region is its institution's own)."""
+        regions: dict[str, list[str]] = {}
+        for c in self.fit:
+            if c.institution:
+                members = regions.setdefault(c.region or c.institution, [])
+                if c.institution not in members:
+                    members.append(c.institution)
+        return {r: sorted(m) for r, m in sorted(regions.items())}
+
+    def _gate(self, name: str, parent: str, insts: Sequence[str]) -> dict[str, Any]:
+        """The gate (:func:`feddx.personalize.gate.gate`) on ``name`` against ``parent`` over
+        the validation cases of ``insts``."""
+        from feddx.personalize.gate import gate
+
+        cases = [c for c in self.validation if c.institution in insts]
+        child = self._correct_on(name, cases, f"validating {name}")
+        par = self._correct_on(parent, cases, f"validating {parent} on the same cases")
+        return gate(", ".join(insts), name, parent, child, par).to_dict()
+
     def personalized(self) -> dict[str, Any]:
-        from feddx.evaluate.calibration import cross_fit_temperature
-        from feddx.evaluate.harness import case_rows, model_metrics
         from feddx.model.adapter import read_adapter_state
         from feddx.paths import activation_cache_root
+        from feddx.personalize.gate import GATE_RULE
         from feddx.personalize.methods import LocalTrainer, local_finetune
         from feddx.train.recipe import save_trained_adapter
 
@@ -393,26 +629,17 @@ class DemoRun:
             self.folder.root / parent["adapter"], base_fingerprint=d.base_fingerprint
         )
         d.add_adapter(self.folder.root / parent["adapter"], name=parent_stage)
-        trainer = LocalTrainer(
-            d.model,
-            d.tokenizer,
-            feature_cache_dir=activation_cache_root(),
-        )
+        trainer = LocalTrainer(d.model, d.tokenizer, feature_cache_dir=activation_cache_root())
         config = self._train_config(self.opts.personal_epochs)
-        regions: dict[str, list[str]] = {}
-        for c in self.train:
-            if c.institution:
-                region = c.region or c.institution
-                regions.setdefault(region, [])
-                if c.institution not in regions[region]:
-                    regions[region].append(c.institution)
         root = self.folder.stage_dir("personalized")
         adapters: dict[str, dict[str, Any]] = {}
+        # who answers each institution: the parent unless a personalized adapter passes the gate
         answering: dict[str, str] = {}
 
         def train_and_save(
-            name: str, begin: Mapping[str, Any], cases: list[Case], where: Path
+            name: str, begin: Mapping[str, Any], insts: list[str], where: Path
         ) -> Any:
+            cases = [c for c in self.fit if c.institution in insts]
             task = self.bar.add_task(f"   fine-tuning {name} ({len(cases)} cases)", total=None)
             try:
                 state = local_finetune(trainer, begin, cases, config)
@@ -426,63 +653,51 @@ class DemoRun:
                 candidates=self.candidates,
                 metadata={"stage": "personalized", "scope": name, "seed": self.opts.seed},
             )
+            d.add_adapter(where, name=name)
             return state
 
-        for region in sorted(regions):
-            members = sorted(regions[region])
-            region_cases = [c for c in self.train if c.institution in members]
+        for region, members in self._regions().items():
+            rname = f"regional/{region}"
             rdir = root / "regional" / _slug(region)
-            rstate = train_and_save(region, start, region_cases, rdir)
-            adapters[f"regional/{region}"] = {
+            rstate = train_and_save(rname, start, members, rdir)
+            rgate = self._gate(rname, parent_stage, members)
+            adapters[rname] = {
                 "level": "regional",
                 "region": region,
                 "path": str(rdir.relative_to(self.folder.root)),
-                "n_train": len(region_cases),
+                "n_train": sum(c.institution in members for c in self.fit),
+                "gate": rgate,
+                "registered": rgate["accepted"],
             }
             for inst in members:
-                answering[inst] = f"regional/{region}"
+                answering[inst] = rname if rgate["accepted"] else parent_stage
             if len(members) < 2:
                 continue  # the region is one institution: its regional adapter is its own
             for inst in members:
-                inst_cases = [c for c in region_cases if c.institution == inst]
+                iname = f"institutional/{inst}"
                 idir = root / "institutional" / _slug(inst)
-                train_and_save(inst, rstate, inst_cases, idir)
-                adapters[f"institutional/{inst}"] = {
+                train_and_save(iname, rstate, [inst], idir)
+                igate = self._gate(iname, answering[inst], [inst])
+                adapters[iname] = {
                     "level": "institutional",
                     "region": region,
                     "institution": inst,
-                    "parent": f"regional/{region}",
+                    "parent": rname if rgate["accepted"] else None,
                     "path": str(idir.relative_to(self.folder.root)),
-                    "n_train": len(inst_cases),
+                    "n_train": sum(c.institution == inst for c in self.fit),
+                    "gate": igate,
+                    "registered": igate["accepted"],
                 }
-                answering[inst] = f"institutional/{inst}"
-
-        raw: list[Prediction] = []
-        cset = d.candidate_set(self.candidates.names, self.candidates.icd10)
-        for inst in sorted({c.institution for c in self.test if c.institution}):
-            name = answering.get(inst)
-            cases = [c for c in self.test if c.institution == inst]
-            if name is None:  # a test-only institution: the parent answers
-                name = parent_stage
-            else:
-                d.add_adapter(self.folder.root / adapters[name]["path"], name=name)
-            task = self.bar.add_task(f"   scoring {inst} with {name}", total=len(cases))
-
-            def advance(i: int, task: TaskID = task) -> None:
-                self.bar.update(task, completed=i + 1)
-
-            raw += d.diagnose(cases, cset, adapter=name, temperature=1.0, on_case=advance)
-            self.bar.remove_task(task)
-        # the same calibration rule as the harness gives the other stages
-        preds = cross_fit_temperature(raw, folds=2)[0] if len(raw) >= 10 else raw
-        metrics = model_metrics(preds, cset.names, icd10=cset.icd10)
-        entry = _metrics_entry(metrics)
+                if igate["accepted"]:
+                    answering[inst] = iname
+        entry = self._answered_by(answering, parent_stage)
         has_history = any(
             c.history.encounters or c.history.prior_conditions for c in self.train + self.test
         )
         entry.update(
             parent=parent_stage,
             epochs=self.opts.personal_epochs,
+            gate_rule=GATE_RULE,
             adapters=adapters,
             answering=answering,
             individual=(
@@ -491,15 +706,45 @@ class DemoRun:
                 else f"{self.source} cases carry no patient history: the individual level "
                 "(history in the prompt, similar past cases) has nothing to use here"
             ),
-            artefacts=[
-                *(a["path"] for a in adapters.values()),
-                self._write_predictions("personalized", case_rows(preds)),
-            ],
         )
+        entry["artefacts"] = [*(a["path"] for a in adapters.values()), entry["predictions"]]
+        kept = [n for n, a in adapters.items() if a["registered"]]
         self._say(
-            f"[bold]6. Personalized[/]: {len(adapters)} adapters from the {parent_stage} one "
-            f"({', '.join(adapters)}); top-1 {entry['top1']:.3f}"
+            f"[bold]6. Personalized[/]: {len(adapters)} adapters from the {parent_stage} one; "
+            f"{len(kept)} passed the validation gate ({', '.join(kept) or 'none'}); "
+            f"test top-1 {entry['top1']:.3f}"
         )
+        for a in adapters.values():
+            self._say(f"   gate: {a['gate']['reason']}")
+        return entry
+
+    def _answered_by(self, answering: Mapping[str, str], parent: str) -> dict[str, Any]:
+        """The test split scored as the service would answer it: each institution by the
+        adapter the gate left answering it (the parent for a test-only institution)."""
+        from feddx.evaluate.calibration import cross_fit_temperature
+        from feddx.evaluate.harness import case_rows, model_metrics
+
+        d = self.diagnoser()
+        cset = d.candidate_set(self.candidates.names, self.candidates.icd10)
+        by_case: dict[int, Prediction] = {}
+        for inst in sorted({c.institution or "" for c in self.test}):
+            name = answering.get(inst, parent)
+            idx = [i for i, c in enumerate(self.test) if (c.institution or "") == inst]
+            task = self.bar.add_task(f"   scoring {inst or '(none)'} with {name}", total=len(idx))
+
+            def advance(i: int, task: TaskID = task) -> None:
+                self.bar.update(task, completed=i + 1)
+
+            preds = d.diagnose(
+                [self.test[i] for i in idx], cset, adapter=name, temperature=1.0, on_case=advance
+            )
+            self.bar.remove_task(task)
+            by_case.update(zip(idx, preds, strict=True))
+        raw = [by_case[i] for i in range(len(self.test))]  # the test split's order
+        # the same calibration rule as the harness gives the other stages
+        preds = cross_fit_temperature(raw, folds=2)[0] if len(raw) >= 10 else raw
+        entry = _metrics_entry(model_metrics(preds, cset.names, icd10=cset.icd10))
+        entry["predictions"] = self._write_predictions("personalized", case_rows(preds))
         return entry
 
     def evaluation(self) -> dict[str, Any]:
@@ -535,8 +780,15 @@ class DemoRun:
                 binary[s] = _binary_accuracy(
                     self.folder.read_json(f"{s}/{PREDICTIONS}"), UCI_NO_DISEASE
                 )
-        verdict = _verdicts(self.folder, rows)
-        entry = {"stages": stages, "binary": binary, "verdicts": verdict, "artefacts": []}
+        said = _verdicts(self.folder, rows, self.opts.seed)
+        verdict = said["lines"]
+        entry = {
+            "stages": stages,
+            "binary": binary,
+            "verdicts": verdict,
+            "comparisons": said["comparisons"],
+            "artefacts": [],
+        }
         table = Table(title="Test split: top-1 per hospital (n = cases)")
         for col in ["hospital", "n", "majority class", *stages]:
             table.add_column(col, justify="left" if col == "hospital" else "right")
@@ -567,6 +819,14 @@ class DemoRun:
         self._say(f"[bold]8. Report[/]: {path}")
         return {"path": REPORT_FILE, "artefacts": [REPORT_FILE]}
 
+    def _serve_candidates(self) -> str:
+        """The service's candidate list for this run's adapters: UCI Heart by name (a fixed
+        label space), any other source by the run's own list (``candidates.txt``): the service
+        refuses adapters whose recorded list differs from it."""
+        if self.source == "uci-heart":
+            return "uci-heart"
+        return str((self.folder.root / CANDIDATES_FILE).resolve())
+
     def serve(self) -> dict[str, Any]:
         import shutil
 
@@ -586,7 +846,7 @@ class DemoRun:
         top = registry.register(
             self.folder.root / glob["adapter"],
             level="global",
-            training_round=len(glob.get("rounds", [])) or None,
+            training_round=glob.get("rounds_chosen"),
             data_fingerprint=fingerprint,
             metrics={k: glob[k] for k in ("top1", "top3", "macro_f1", "ece")},
         )
@@ -595,14 +855,24 @@ class DemoRun:
             self.folder.entry("personalized") if self.folder.finished("personalized") else None
         )
         ids: dict[str, str] = {}
+        refused: dict[str, str] = {}
         for name, a in (personal or {}).get("adapters", {}).items():
+            if not a.get("registered"):
+                # the gate kept its parent answering: not in the registry, and here is why
+                refused[name] = a["gate"]["reason"]
+                continue
             entry = registry.register(
                 self.folder.root / a["path"],
                 level=a["level"],
                 region=_slug(a["region"]) if a.get("region") else None,
                 institution=_slug(a["institution"]) if a.get("institution") else None,
-                parent_id=ids[a["parent"]] if a.get("parent") else top.adapter_id,
+                parent_id=ids[a["parent"]] if a.get("parent") in ids else top.adapter_id,
                 data_fingerprint=fingerprint,
+                metrics={
+                    "validation_correct": float(a["gate"]["child_correct"]),
+                    "parent_validation_correct": float(a["gate"]["parent_correct"]),
+                    "validation_n": float(a["gate"]["n_validation"]),
+                },
             )
             ids[name] = entry.adapter_id
             registered.append(entry.adapter_id)
@@ -622,9 +892,11 @@ class DemoRun:
         )
         command = (
             f"feddx serve --model {shlex.quote(model)} --registry {root} --keys {keys} "
-            f"--candidates {_serve_candidates(self.source)}"
+            f"--candidates {shlex.quote(self._serve_candidates())}"
         )
         self._say(f"[bold]9. Serve[/]: {len(registered)} adapters registered in {root}")
+        for name, why in refused.items():
+            self._say(f"   not registered: {name}: {why}")
         self._say(
             f"   an API key for one hospital (printed once): {key_command}\n"
             f"   start the service with:\n\n   [bold]{command}[/]\n"
@@ -632,14 +904,11 @@ class DemoRun:
         return {
             "registry": "registry",
             "adapters": registered,
+            "not_registered": refused,
             "command": command,
             "key_command": key_command,
             "artefacts": ["registry"],
         }
-
-
-def _serve_candidates(source: str) -> str:
-    return source if source == "uci-heart" else "uci-heart"
 
 
 def _slug(name: str) -> str:
@@ -691,29 +960,42 @@ def _binary_accuracy(rows: Sequence[Mapping[str, Any]], negative: str) -> dict[s
     }
 
 
-def _verdicts(folder: RunFolder, rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Plain sentences on the issue's claims, from the figures (never staged)."""
-    out = []
+def _compare(folder: RunFolder, a: str, b: str, seed: int) -> Any:
+    """The paired comparison (:func:`feddx.evaluate.stats.compare_predictions`) of two
+    predictions files of the run (A - B)."""
+    from feddx.evaluate.stats import compare_predictions
+
+    return compare_predictions(folder.read_json(a), folder.read_json(b), seed=seed)
+
+
+def _verdicts(folder: RunFolder, rows: Sequence[Mapping[str, Any]], seed: int) -> dict[str, Any]:
+    """Plain sentences on the issue's claims, from the figures (never staged), and the paired
+    comparisons behind them (intervals and p-values from :mod:`feddx.evaluate.stats`)."""
+    from feddx.demo.compare import equal_work_verdict, own_budget_verdict
+
+    lines: list[str] = []
+    comparisons: dict[str, Any] = {}
     e = {s: folder.entry(s) for s in ("centralized", "federated", "baseline", "personalized")}
     overall = rows[0] if rows else {}
     maj = overall.get("majority_rate")
     source = (folder.entry("data") or {}).get("source")
-    if e["centralized"] and e["federated"]:
-        gap = (e["federated"]["top1"] - e["centralized"]["top1"]) * 100
-        out.append(
-            f"federated vs centralized: {gap:+.1f} points top-1 "
-            + (
-                "(within 3 points)"
-                if abs(gap) <= 3
-                else "(ahead of the centralized adapter)"
-                if gap > 0
-                else "(MORE than 3 points behind)"
-            )
+    cen, fed = e["centralized"], e["federated"]
+    if cen and fed and cen.get("equal_work") and fed.get("equal_work"):
+        ce, fe = cen["equal_work"], fed["equal_work"]
+        c = _compare(folder, fe["predictions"], ce["predictions"], seed)
+        comparisons["equal_work"] = c.to_dict()
+        lines.append(equal_work_verdict(c, ce["epochs"], fe["rounds"]))
+    if cen and fed:
+        c = _compare(folder, fed["predictions"], cen["predictions"], seed)
+        comparisons["own_budgets"] = c.to_dict()
+        fed_work = fed["rounds_chosen"] * fed["local_epochs"]
+        lines.append(
+            own_budget_verdict(c, fed["rounds_chosen"], fed_work, cen["epochs"], cen["epochs"])
         )
-    if e["federated"] and maj is not None:
-        above = e["federated"]["top1"] > maj
-        out.append(
-            f"federated top-1 {e['federated']['top1']:.3f} is "
+    if fed and maj is not None:
+        above = fed["top1"] > maj
+        lines.append(
+            f"federated top-1 {fed['top1']:.3f} is "
             + ("above" if above else "NOT above")
             + f" the majority-class rate {maj:.3f}"
         )
@@ -722,31 +1004,36 @@ def _verdicts(folder: RunFolder, rows: Sequence[Mapping[str, Any]]) -> list[str]
         key=lambda s: e[s]["top1"],  # type: ignore[index]
         default=None,
     )
-    if best and e["baseline"]:
-        diff = (e[best]["top1"] - e["baseline"]["top1"]) * 100  # type: ignore[index]
-        out.append(
-            f"best fine-tuned LLM ({best}) vs logistic regression: {diff:+.1f} points top-1"
+    best_entry = e[best] if best else None
+    if best_entry and e["baseline"]:
+        c = _compare(folder, best_entry["predictions"], e["baseline"]["predictions"], seed)
+        comparisons["best_llm_vs_baseline"] = {**c.to_dict(), "llm": best}
+        behind = c.interval.high < 0
+        lines.append(
+            f"best fine-tuned LLM ({best}) vs logistic regression: {c.describe()}"
             + (
                 ""
-                if diff >= 0
+                if not behind
                 else " - the LLM is behind: UCI Heart is 13 numeric findings, where a linear "
                 "model over the raw values is strong and the LLM reads the numbers as text"
                 if source == "uci-heart"
                 else " - the LLM is behind"
             )
         )
-    if e["personalized"] and e["federated"] and len(rows) > 1:
+    if e["personalized"] and len(rows) > 1:
         parent = e["personalized"].get("parent", "federated")
+        c = _compare(folder, e["personalized"]["predictions"], e[parent]["predictions"], seed)  # type: ignore[index]
+        comparisons["personalized_vs_parent"] = c.to_dict()
         changes = [
             f"{r['hospital']} {(r['personalized'] - r[parent]) * 100:+.1f}"
             for r in rows[1:]
             if r.get("personalized") is not None and r.get(parent) is not None
         ]
-        if changes:
-            out.append(
-                f"personalized vs {parent}, per hospital (points top-1): " + ", ".join(changes)
-            )
-    return out
+        lines.append(
+            f"personalized (gated on validation) vs {parent}: {c.describe()}; per hospital "
+            "(points top-1, test split): " + ", ".join(changes)
+        )
+    return {"lines": lines, "comparisons": comparisons}
 
 
 def _progress(console: Console) -> Progress:
@@ -761,15 +1048,19 @@ def _progress(console: Console) -> Progress:
     )
 
 
-def run_demo(opts: DemoOptions, console: Console) -> dict[str, Any]:
+def run_demo(
+    opts: DemoOptions, console: Console, train_progress: ProgressFactory | None = None
+) -> dict[str, Any]:
     """Run the chosen stages in order over ``opts.out_dir``, skipping finished ones unless
-    ``opts.force``; returns the results object (``results.json``'s content)."""
+    ``opts.force``; returns the results object (``results.json``'s content).
+    ``train_progress`` makes the training loop's progress display on the demo's bar (the CLI
+    passes its rich one; the demo draws none of its own, so it needs nothing of the CLI)."""
     start = time.perf_counter()
     console.rule("[bold]feddx demo")
     folder = RunFolder(opts.out_dir)
     folder.check_config(opts.fingerprint(), force=opts.force)
     with _progress(console) as bar:
-        run = DemoRun(opts, console, bar, folder)
+        run = DemoRun(opts, console, bar, folder, train_progress)
         steps: dict[str, StageFn] = {
             "data": run.data,
             "zero-shot": run.zero_shot,
