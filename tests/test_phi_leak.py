@@ -5,7 +5,9 @@ record numbers (as free-text CSV, and the FHIR Bundle of ``tests/fixtures/fhir``
 ``feddx data prepare``, ``feddx data partition``, a federated simulation on the tiny model (the
 real ServerApp loop and ClientApp handlers, in process, over the raw records, with one node
 that fails on purpose with an error quoting a patient's name and record number), ``feddx
-evaluate --predictions`` and the loopback deployment's data preparation. Then every file
+evaluate --predictions``, the loopback deployment's data preparation, ``feddx demo`` (its
+predictions files, report, registry and serve command), ``feddx train`` and ``feddx
+personalize`` on the raw records. Then every file
 written under the output folder, every message of the federation and every captured log line
 and console output is searched for each identifier, case-insensitively, and for numbers also
 as bare digits: none may appear.
@@ -184,6 +186,19 @@ def stage_bypassed(active: bool) -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def demo_ids_bypassed(active: bool) -> Iterator[None]:
+    """While active, the demo's predictions keep the raw case ids (its keyed pseudonyms off)."""
+    if not active:
+        yield
+        return
+    from feddx.data.deid import Pseudonymizer
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Pseudonymizer, "pseudonym", lambda self, value, kind="id": value)
+        yield
+
+
 def run_prepare(records: Records, out: Path, model_dir: Path) -> None:
     for source, path, name in (("csv", records.csv, "csv"), ("fhir", records.fhir, "fhir")):
         assert (
@@ -215,12 +230,48 @@ def run_predictions(records: Records, out: Path, model_dir: Path) -> None:
     assert len(rows) == 6  # the stratified 20% test split of 24 cases
 
 
+def run_demo_path(records: Records, out: Path, model_dir: Path) -> None:
+    argv = ["demo", "--model", str(model_dir), "--dataset", f"csv:{records.csv}"]
+    argv += ["--stages", "data,zero-shot,baseline,centralized,personalized,evaluation,report,serve"]
+    argv += ["--epochs", "1", "--max-epochs", "1", "--validation-fraction", "0.3"]
+    assert main([*argv, "--out", str(out / "run"), "--test-fraction", "0.25"]) == 0
+    rows = json.loads((out / "run" / "centralized" / "predictions.json").read_text())
+    assert len(rows) == 6
+
+
+def run_train(records: Records, out: Path, model_dir: Path) -> None:
+    argv = ["train", "--data", f"csv:{records.csv}", "--model", str(model_dir)]
+    argv += ["--out", str(out / "run"), "--epochs", "1", "--top-layers", "1"]
+    assert main(argv) == 0
+
+
+def run_personalize(records: Records, out: Path, model_dir: Path) -> None:
+    config = out / "personalize.yaml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(
+        f"data: csv:{records.csv}\nmodel: {model_dir}\nmin_institution_cases: 5\n"
+        "methods: [finetune]\nregional: [finetune]\nrounds: 1\nlocal_epochs: 1\n"
+        "personal_epochs: 1\nmax_prompt_tokens: 96\nindividual: false\n"
+        "lora: {rank: 2, alpha: 4.0, top_layers: 1}\n"
+        f"registry: {out / 'registry'}\n"
+    )
+    assert main(["personalize", "--config", str(config), "--out", str(out / "run")]) == 0
+
+
 PATHS: dict[str, Callable[[Records, Path, Path], None]] = {
     "prepare": run_prepare,
     "partition": run_partition,
     "loopback": run_loopback_data,
     "predictions": run_predictions,
+    "demo": run_demo_path,
+    "train": run_train,
+    "personalize": run_personalize,
 }
+# Paths that write case ids but no case text: the negative control finds ids only.
+IDS_ONLY = {"predictions", "demo"}
+# Paths that write neither ids nor text (an adapter, figures): the negative control has
+# nothing to find, and the positive test is what guards them.
+NOTHING_TO_FIND = {"train", "personalize"}
 
 
 def run_federation(records: Records, out: Path, model_dir: Path) -> list[str]:
@@ -330,6 +381,12 @@ def test_no_identifier_leaves_any_path(
         texts
     )
     assert any(k.startswith("federation/run/") for k in texts)
+    assert {"demo/run/results.json", "demo/run/report.html"} <= set(texts)
+    demo_rows = json.loads(texts["demo/run/centralized/predictions.json"])
+    assert all(row["case_id"].startswith("case-") for row in demo_rows)
+    assert "demo/run/centralized/predictions.json.deid.json" in texts
+    assert any(k.startswith("train/run/") for k in texts)
+    assert any(k.startswith("personalize/run/") for k in texts)
     predictions = texts["predictions/predictions.jsonl"].splitlines()
     assert all(json.loads(row)["case_id"].startswith("case-") for row in predictions)
     manifest = json.loads(texts["partition/csv/manifest.json"])
@@ -338,17 +395,17 @@ def test_no_identifier_leaves_any_path(
     assert any("feddx data:" in m for m in messages)  # the failing node's fixed reply
 
 
-@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("path", [p for p in PATHS if p not in NOTHING_TO_FIND])
 def test_the_search_finds_identifiers_when_the_stage_is_bypassed(
     path: str, env: Path, model_dir: Path
 ) -> None:
     """The negative control: the same search on one path with de-identification turned off."""
     records = write_records(env / "input")
     out = env / "out" / path
-    with stage_bypassed(True):
+    with stage_bypassed(True), demo_ids_bypassed(path == "demo"):
         PATHS[path](records, out, model_dir)
     leaks = find_leaks(files_under(out), records.secrets)
     assert leaks, f"{path}: nothing found with the stage bypassed: the search is broken"
     assert any("HC-2024-" in leak for leak in leaks)  # a raw case id
-    if path != "predictions":  # ids only there: the file holds no text
+    if path not in IDS_ONLY:  # ids only there: the file holds no text
         assert any(_cpf(0) in leak for leak in leaks)
