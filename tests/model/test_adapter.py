@@ -144,7 +144,7 @@ def test_a_failed_save_leaves_the_previous_adapter_intact(
 
 
 def test_attach_errors(make_model: Callable[..., Any], tokenizer: Any) -> None:
-    from train_fixtures import make_tiny_llama  # type: ignore[import-not-found]
+    from tiny_llama import make_tiny_llama
 
     with pytest.raises(ModelError, match="already has LoRA"):
         attach_lora(make_model(), LoraSpec())
