@@ -113,3 +113,25 @@ def server(
 
 def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
+
+
+CDS_BASE = "https://cds.example.org"
+CDS_URL = f"{CDS_BASE}/cds-services/feddx-differential"
+
+
+@pytest.fixture()
+def ehr(world: World, make_client: Callable[..., Any]) -> tuple[Any, Callable[..., dict[str, str]]]:
+    """A client of a service with an EHR registered for cleveland (public URL ``CDS_BASE``),
+    and ``auth(url)``: headers with a fresh JWT that EHR signed for ``url``."""
+    from feddx.serve.security import KeyStore
+
+    from .test_security import ec_keypair, make_jwt
+
+    private, public = ec_keypair()
+    KeyStore(world.keys_file).add_ehr("https://ehr.example.org", "cleveland", "usa", public)
+    client = make_client(public_url=CDS_BASE)
+
+    def auth(url: str = CDS_URL) -> dict[str, str]:
+        return bearer(make_jwt(private, aud=url))
+
+    return client, auth

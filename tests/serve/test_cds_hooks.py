@@ -4,20 +4,14 @@ no cards when there is nothing to say, 412 without the prefetch, feedback in the
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 from typing import Any
 
-import pytest
-
 from feddx.serve.audit import read_audit
-from feddx.serve.security import KeyStore
 
+from .conftest import CDS_BASE as BASE
+from .conftest import CDS_URL as URL
 from .conftest import bearer
-from .test_security import ec_keypair, make_jwt
 from .world import World
-
-BASE = "https://cds.example.org"
-URL = f"{BASE}/cds-services/feddx-differential"
 
 
 def searchset(*resources: dict[str, Any]) -> dict[str, Any]:
@@ -67,18 +61,6 @@ REQUEST: dict[str, Any] = {
         "encounters": searchset(ENCOUNTER),
     },
 }
-
-
-@pytest.fixture()
-def ehr(world: World, make_client: Callable[..., Any]) -> tuple[Any, Callable[..., dict[str, str]]]:
-    private, public = ec_keypair()
-    KeyStore(world.keys_file).add_ehr("https://ehr.example.org", "cleveland", "usa", public)
-    client = make_client(public_url=BASE)
-
-    def auth(url: str = URL) -> dict[str, str]:
-        return bearer(make_jwt(private, aud=url))
-
-    return client, auth
 
 
 def test_discovery_follows_the_specification(ehr: Any) -> None:

@@ -23,6 +23,7 @@ apart, or leave out ones the caller expects.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -90,6 +91,8 @@ class Registry(Protocol):
         institution: str | None = None,
     ) -> Sequence[RegistryEntry]: ...
     def generation(self) -> int: ...
+    @property
+    def db_path(self) -> Path: ...
 
 
 def open_registry(root: Path) -> Registry:
@@ -110,6 +113,30 @@ class AdapterForbidden(FeddxError):
 
 class NoCandidates(FeddxError):
     """The answering adapter records no candidate list and the service has none (HTTP 503)."""
+
+
+class NoVerifiedAdapter(FeddxError):
+    """No adapter of the caller's chain verifies and the base model may not answer alone
+    (HTTP 503; the ``base_model_fallback`` setting allows it)."""
+
+
+class RegistryUnavailable(FeddxError):
+    """The adapter registry cannot be read (its folder or database is gone; HTTP 503)."""
+
+
+def registry_problem(registry: Registry | None) -> str | None:
+    """``None`` while ``registry``'s database file is on disk, else why not (one line, no
+    path). Checked on disk, not through the open SQLite connection: a connection keeps
+    reading a database whose file was deleted, which is how a removed registry kept
+    answering with adapters it could no longer verify."""
+    if registry is None:
+        return None
+    try:
+        if registry.db_path.is_file() and os.access(registry.db_path, os.R_OK):
+            return None
+    except OSError:
+        pass
+    return "the adapter registry is unreadable (its database file is missing)"
 
 
 class CandidatesMismatch(FeddxError):
@@ -146,6 +173,11 @@ class ChainAnswer:
     @property
     def answering(self) -> RegistryEntry | None:
         return self.entries[-1] if self.entries else None
+
+    @property
+    def base_model_only(self) -> bool:
+        """The untuned base model answers (only with ``base_model_fallback`` set)."""
+        return not self.entries
 
     @property
     def adapter_name(self) -> str | None:
@@ -231,6 +263,12 @@ class AdapterPool:
     resolve_ttl_s
         A resolved chain is reused until the registry's generation changes or this many
         seconds pass (so an adapter whose files were damaged on disk is noticed).
+    base_model_fallback
+        When no adapter of a caller's chain verifies (or the registry is unreadable), answer
+        with the untuned base model, marked as such. Off (the default): refuse with
+        :class:`NoVerifiedAdapter` or :class:`RegistryUnavailable` (HTTP 503), because the
+        base model ranks diagnoses confidently and badly (it answered "No coronary artery
+        disease" at 97-99% for every caller when a registry was removed under a service).
     """
 
     def __init__(
@@ -242,6 +280,7 @@ class AdapterPool:
         candidates: CandidateList | None = None,
         metrics: ServiceMetrics | None = None,
         resolve_ttl_s: float = 30.0,
+        base_model_fallback: bool = False,
     ) -> None:
         self.diagnoser = diagnoser
         self.registry = registry
@@ -252,12 +291,25 @@ class AdapterPool:
         self._held: OrderedDict[str, CandidateList | None] = OrderedDict()
         self._resolved: dict[tuple[str, str | None], tuple[ResolvedChainLike, float]] = {}
         self._generation: int | None = None
+        self.base_model_fallback = base_model_fallback
+        self.unavailable: str | None = None  # why the registry cannot be read, if it cannot
 
     def refresh(self) -> None:
-        """Forget resolved chains if the registry changed (called once per batch)."""
+        """Check the registry is readable (else every chain is refused until it is again) and
+        forget resolved chains if it changed. Called once per batch; never raises."""
         if self.registry is None:
             return
-        gen = self.registry.generation()
+        self.unavailable = registry_problem(self.registry)
+        if self.unavailable is not None:
+            self._resolved.clear()
+            return
+        try:
+            gen = self.registry.generation()
+        except (ModelError, OSError) as e:
+            log.warning("adapter registry unreadable: %s", (str(e).splitlines() or ["?"])[0])
+            self.unavailable = "the adapter registry is unreadable (database error)"
+            self._resolved.clear()
+            return
         if gen != self._generation:
             if self._generation is not None:
                 log.info("adapter registry changed (generation %s -> %s)", self._generation, gen)
@@ -269,9 +321,14 @@ class AdapterPool:
     ) -> ChainAnswer:
         """The chain answering ``institution`` (optionally pinned to adapter ``pinned``), its
         answering adapter held and ready. Raises :class:`AdapterNotFound`,
-        :class:`AdapterForbidden` or :class:`NoCandidates`."""
+        :class:`AdapterForbidden`, :class:`NoCandidates`, and (unless ``base_model_fallback``)
+        :class:`RegistryUnavailable` or :class:`NoVerifiedAdapter`."""
         if self.registry is None:
             return ChainAnswer((), (), self._candidates_for(None))
+        if self.unavailable is not None:
+            if not self.base_model_fallback:
+                raise RegistryUnavailable(self.unavailable)
+            return ChainAnswer((), (self.unavailable,), self._candidates_for(None))
         if pinned is not None:
             entries, fallbacks = self._pinned_chain(pinned, institution, region)
         else:
@@ -291,6 +348,8 @@ class AdapterPool:
                 entries.pop()
         else:
             candidates = None
+            if not self.base_model_fallback:
+                raise NoVerifiedAdapter(_no_adapter_reason(fallbacks))
         if self.metrics:
             self.metrics.adapters_held.set(len(self._held))
         chain = tuple(entries)
@@ -407,3 +466,11 @@ class AdapterPool:
         raise NoCandidates(
             f"{who} records no candidate list and the service has none (set 'candidates')"
         )
+
+
+def _no_adapter_reason(fallbacks: Sequence[str]) -> str:
+    """One line: no adapter of the chain verifies, and the first reasons why."""
+    if not fallbacks:
+        return "no adapter is registered for this institution, its region or globally"
+    shown = "; ".join(fallbacks[:3]) + (" ..." if len(fallbacks) > 3 else "")
+    return f"no adapter of this institution's chain verifies ({shown})"

@@ -31,7 +31,9 @@ from feddx.serve.adapters import (
     AdapterNotFound,
     CandidatesMismatch,
     NoCandidates,
+    NoVerifiedAdapter,
     Registry,
+    RegistryUnavailable,
 )
 from feddx.serve.batching import Overloaded
 from feddx.serve.fhir_input import FhirInputError
@@ -145,6 +147,8 @@ def _install_error_handlers(app: FastAPI) -> None:
         AdapterForbidden: (403, None),
         NoCandidates: (503, None),
         CandidatesMismatch: (503, None),
+        NoVerifiedAdapter: (503, {"Retry-After": "30"}),
+        RegistryUnavailable: (503, {"Retry-After": "30"}),
         Overloaded: (503, {"Retry-After": "1"}),
         NotReady: (503, {"Retry-After": "5"}),
     }

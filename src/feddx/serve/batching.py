@@ -169,10 +169,7 @@ class MicroBatcher:
         jobs = [j for j in batch if j.future.set_running_or_notify_cancel()]
         if not jobs:
             return
-        try:
-            self.pool.refresh()
-        except Exception as e:
-            log.warning("adapter registry unreadable (%s): using the chains resolved before", e)
+        self.pool.refresh()  # an unreadable registry makes chain_for refuse (fail closed)
         groups: dict[tuple[Any, ...], list[tuple[ScoreJob, ChainAnswer]]] = {}
         for job in jobs:
             try:

@@ -146,6 +146,11 @@ class Chain(_Strict):
     adapters: list[AdapterRef]
     answering: str | None = Field(description="None: the base model alone answered.")
     fallbacks: list[str]
+    base_model_only: bool = Field(
+        default=False,
+        description="True: no adapter verified and the untuned base model answered (only "
+        "with the base_model_fallback setting; otherwise such a request gets 503).",
+    )
 
 
 class Timing(_Strict):
@@ -246,7 +251,7 @@ class ErrorResponse(_Strict):
 
 
 class Health(_Strict):
-    status: Literal["ok", "loading", "failed"]
+    status: Literal["ok", "loading", "failed", "unavailable"]
     detail: str | None = None
 
 

@@ -17,7 +17,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, TypeVar
 
 from feddx.data.schema import Case
-from feddx.serve.adapters import AdapterPool, Registry, default_candidates, open_registry
+from feddx.serve.adapters import (
+    AdapterPool,
+    Registry,
+    default_candidates,
+    open_registry,
+    registry_problem,
+)
 from feddx.serve.audit import AuditLog
 from feddx.serve.batching import MicroBatcher, ScoreJob, ScoreResult, SerialScheduler
 from feddx.serve.history import HistoryStore, merge_history
@@ -114,9 +120,11 @@ class DiagnosisService:
             registry = self._registry = open_registry(self.settings.registry)
         if not registry.entries():
             log.warning(
-                "adapter registry %s holds no adapters: every institution is answered by the "
-                "base model alone",
+                "adapter registry %s holds no adapters: every request is %s",
                 self.settings.registry,
+                "answered by the base model alone"
+                if self.settings.base_model_fallback
+                else "refused (503) until one is registered",
             )
         pool = AdapterPool(
             diagnoser,
@@ -124,6 +132,7 @@ class DiagnosisService:
             capacity=self.settings.adapter_cache,
             candidates=self.candidates,
             metrics=self.metrics,
+            base_model_fallback=self.settings.base_model_fallback,
         )
         if self.settings.scheduler == "serial":
             self.scheduler = SerialScheduler(
@@ -142,6 +151,16 @@ class DiagnosisService:
         self.status = "ok"
         self.metrics.ready.set(1)
         log.info("ready: model %s, scheduler %s", self.model_name, self.settings.scheduler)
+
+    def readiness(self) -> tuple[str, str | None]:
+        """``("ok", None)`` when requests can be answered; else the status and why: the model
+        is loading or failed, or the registry is unreadable (unless ``base_model_fallback``)."""
+        if self.status != "ok":
+            return self.status, self.error
+        problem = registry_problem(self._registry)
+        if problem is not None and not self.settings.base_model_fallback:
+            return "unavailable", problem
+        return "ok", None
 
     def remember_card(self, uuid: str, institution: str, limit: int = 10_000) -> None:
         self.cds_cards[uuid] = institution

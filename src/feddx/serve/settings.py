@@ -101,6 +101,11 @@ class ServeSettings(Settings):
     fhir_deidentify
         De-identify free text of FHIR input before scoring. Off by default: request data is
         never stored, and the prompt is what the model was trained on.
+    base_model_fallback
+        Answer with the untuned base model when no adapter of the caller's chain verifies or
+        the registry is unreadable; the answer then says so (``chain.base_model_only``, the
+        card's summary). Off by default: such requests get 503 with the reason, and
+        ``/readyz`` is 503 while the registry is unreadable.
     top_k
         Diagnoses returned by default (the request may ask for up to all candidates).
     cors_origins
@@ -134,6 +139,7 @@ class ServeSettings(Settings):
     jwt_max_lifetime_s: int = Field(default=300, ge=1)
     public_url: str | None = None
     fhir_deidentify: bool = False
+    base_model_fallback: bool = False
     top_k: int = Field(default=5, ge=1)
     cors_origins: Names = ()
 

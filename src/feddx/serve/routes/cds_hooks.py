@@ -150,7 +150,8 @@ def _card(result: ScoreResult, model: str) -> CdsCard:
     ranked = result.prediction.ranked
     top = ranked[0]
     code = f" ({top.icd10})" if top.icd10 else ""
-    summary = f"Most likely: {top.name}{code}, {top.probability:.0%}"
+    untuned = "Untuned base model (no adapter verified). " if result.chain.base_model_only else ""
+    summary = f"{untuned}Most likely: {top.name}{code}, {top.probability:.0%}"
     if len(summary) > 140:
         summary = summary[:139] + "…"
     rows = "\n".join(

@@ -34,7 +34,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         413: "request body too large",
         422: "a field is invalid (its location is given, never its value)",
         429: "rate limit exceeded (see Retry-After)",
-        503: "model loading, queue full, or no candidate list",
+        503: "model loading, queue full, no candidate list, registry unreadable, or no "
+        "adapter of the caller's chain verifies (the reason is given)",
         504: "the scorer did not answer in time",
     }.items()
 }
@@ -86,6 +87,7 @@ def chain_of(result: ScoreResult) -> Chain:
         ],
         answering=chain.adapter_name,
         fallbacks=list(chain.fallbacks),
+        base_model_only=chain.base_model_only,
     )
 
 

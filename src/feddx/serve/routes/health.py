@@ -22,6 +22,9 @@ def healthz(service: Service) -> JSONResponse:
 
 @router.get("/readyz", response_model=Health, responses={503: {"model": Health}})
 def readyz(service: Service) -> JSONResponse:
-    """Readiness: 200 once the base model is loaded and the scorer runs, 503 before."""
-    code = 200 if service.status == "ok" else 503
-    return JSONResponse({"status": service.status, "detail": service.error}, status_code=code)
+    """Readiness: 200 once the base model is loaded and the scorer runs, 503 before, and 503
+    while the adapter registry is unreadable (requests would be refused then; see the
+    ``base_model_fallback`` setting)."""
+    status, detail = service.readiness()
+    code = 200 if status == "ok" else 503
+    return JSONResponse({"status": status, "detail": detail}, status_code=code)
