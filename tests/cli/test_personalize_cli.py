@@ -88,11 +88,12 @@ def test_writes_table_plot_and_json(
     assert (out / "table.md").read_text().count("| **") == 3  # all + 2 regions
     assert (out / "per_group.png").stat().st_size > 1000
     assert json.loads((out / "table.json").read_text())["rows"] == printed["rows"]
-    ids = sorted(a.get("registry_id", "") for a in printed["adapters"])
-    assert ids == [
-        "global/v1", "institutional/alpha/v1", "institutional/beta/v1",
-        "regional/east/v1", "regional/west/v1",
-    ]  # fmt: skip
+    # registered: the global adapter, and the others only where they passed the gate
+    registered = {a["key"] for a in printed["adapters"] if a.get("registry_id")}
+    passed = {k for k, d in printed["gate"]["decisions"].items() if d["accepted"]}
+    assert registered == {"global", *passed}
+    assert len(printed["gate"]["decisions"]) == 2 + 2  # 2 regions, 2 institutions
+    assert "gate:" in (out / "table.md").read_text()
 
 
 def test_bad_config_is_one_line_naming_the_key(
