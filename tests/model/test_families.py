@@ -297,3 +297,19 @@ def test_a_bfloat16_model_trains_with_float32_losses(family: str, tokenizer: Any
     result = train_adapter(model, tokenizer, _cases(8), config)
     assert result.stats["split_layer"] == (1.0 if family == "llama" else 0.0)
     assert all(math.isfinite(x) for x in result.loss_history)
+
+
+def test_hugging_face_checkpointing_left_on_does_not_stop_training(tokenizer: Any) -> None:
+    """Its reentrant checkpoint gives no gradient above the cached trunk: off while training,
+    restored afterwards."""
+    base = make_tiny_model("llama", len(tokenizer), layers=3, initializer_range=0.2)
+    base.gradient_checkpointing_enable({"use_reentrant": True})  # as older peft recipes do
+    model = attach_lora(base, LoraSpec(rank=4, top_layers=2))
+    before = adapter_state(model)
+    config = TrainConfig(epochs=1, batch_size=4, learning_rate=2e-2, max_prompt_tokens=64)
+    result = train_adapter(model, tokenizer, _cases(8), config)
+    assert result.stats["split_layer"] == 1.0
+    after = adapter_state(model)
+    # Layer 1 too (the first above the cached trunk, not the pruned last layer).
+    assert all(not torch.equal(before[k], after[k]) for k in before)
+    assert all(layer.gradient_checkpointing for layer in decoder_layers(model))

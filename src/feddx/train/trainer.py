@@ -587,11 +587,30 @@ class _Run:
 @contextmanager
 def _training_session(trainer: _Trainer) -> Iterator[None]:
     """Leave the model as it was found, however training ends: module modes restored, the
-    DP wrapper removed, gradients dropped."""
+    DP wrapper removed, gradients dropped.
+
+    Hugging Face's own activation checkpointing (``model.gradient_checkpointing_enable()``)
+    is switched off meanwhile: its reentrant form gives no gradient to a layer whose input
+    needs none (the cached frozen trunk), so adapters would silently not train. The trainer
+    checkpoints layers itself (``config.gradient_checkpointing``).
+    """
     modes = {m: m.training for m in trainer.model.modules()}
+    hf_flags = {
+        m: m.gradient_checkpointing
+        for m in trainer.model.modules()
+        if isinstance(getattr(m, "gradient_checkpointing", None), bool)
+    }
+    if any(hf_flags.values()):
+        log.info(
+            "Hugging Face gradient checkpointing is off during training (the trainer's own applies)"
+        )
+    for module in hf_flags:
+        module.gradient_checkpointing = False
     try:
         yield
     finally:
+        for module, flag in hf_flags.items():
+            module.gradient_checkpointing = flag
         if trainer.dp is not None:
             trainer.dp.close()
         for module, mode in modes.items():
