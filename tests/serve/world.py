@@ -121,14 +121,22 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(app: Any, *, timeout: float = 30.0) -> Iterator[str]:
-    """``app`` served by a real uvicorn on 127.0.0.1 (a free port) in a thread; yields its
-    base URL and stops the server on exit."""
+def running_server(app: Any, *, timeout: float = 30.0, **options: Any) -> Iterator[str]:
+    """``app`` served by a real uvicorn on 127.0.0.1 (a free port) in a thread, with the
+    proxy options ``feddx serve`` passes (``options`` override them); yields its base URL and
+    stops the server on exit."""
     import uvicorn
 
     port = free_port()
+    options = {**app.state.service.settings.proxy_options(), **options}
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="on"
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+        **options,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)

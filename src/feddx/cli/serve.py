@@ -114,6 +114,7 @@ def serve(
         log_level=log_level,
         access_log=False,
         server_header=False,
+        **settings.proxy_options(),
     )
 
 

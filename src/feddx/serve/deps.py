@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -45,8 +45,11 @@ def _credential(request: Request) -> str | None:
 
 def _audiences(request: Request, service: DiagnosisService) -> list[str]:
     """The URLs a CDS Hooks JWT's ``aud`` may name: the endpoint called and, for a service's
-    feedback endpoint, the service's own URL."""
-    base = (service.settings.public_url or str(request.base_url)).rstrip("/")
+    feedback endpoint, the service's own URL, both under ``public_url`` (never the request's
+    ``Host``, which the caller chooses). :class:`AuthError` when ``public_url`` is unset."""
+    if service.settings.public_url is None:
+        raise AuthError("this service has no public_url: it cannot check a JWT's aud")
+    base = service.settings.public_url.rstrip("/")
     path = request.url.path
     found = [base + path]
     if path.endswith("/feedback"):
@@ -65,6 +68,11 @@ async def authenticate(
     for failed sign-ins, past the client address's)."""
     token = _credential(request)
     client = request.client.host if request.client else "?"
+    # A throttled address is refused before the key derivation (scrypt, ~40-70 ms of CPU),
+    # so guessing at the limit costs the guesser, not the server.
+    throttled = service.auth_limiter.wait(f"failed-auth:{client}")
+    if throttled > 0:
+        _too_many_failures(service, ctx, throttled)
     try:
         if token is None:
             raise AuthError("missing credentials: send 'Authorization: Bearer <API key>'")
@@ -83,13 +91,7 @@ async def authenticate(
         service.metrics.auth_failures.inc()
         wait = service.auth_limiter.acquire(f"failed-auth:{client}")
         if wait > 0:
-            service.metrics.rate_limited.inc()
-            ctx.outcome = "refused: too many failed sign-ins"
-            raise HTTPException(
-                429,
-                "too many failed sign-ins from this address",
-                headers={"Retry-After": str(math.ceil(wait))},
-            ) from None
+            _too_many_failures(service, ctx, wait)
         ctx.outcome = f"refused: {e}"
         raise HTTPException(401, str(e), headers=_CHALLENGE) from None
     ctx.identity = identity
@@ -101,6 +103,16 @@ async def authenticate(
             429, "rate limit exceeded", headers={"Retry-After": str(math.ceil(wait))}
         )
     return identity
+
+
+def _too_many_failures(service: DiagnosisService, ctx: RequestContext, wait: float) -> NoReturn:
+    service.metrics.rate_limited.inc()
+    ctx.outcome = "refused: too many failed sign-ins"
+    raise HTTPException(
+        429,
+        "too many failed sign-ins from this address",
+        headers={"Retry-After": str(math.ceil(wait))},
+    )
 
 
 Caller = Annotated[Identity, Depends(authenticate)]

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, TypeVar
 
 from feddx.data.schema import Case
+from feddx.errors import ConfigError
 from feddx.serve.adapters import (
     AdapterPool,
     Registry,
@@ -70,6 +71,11 @@ class DiagnosisService:
         self.settings = settings
         self.metrics = ServiceMetrics()
         self.keys = KeyStore(settings.keys_file)
+        if settings.public_url is None and self.keys.ehr_issuers():
+            raise ConfigError(
+                f"{settings.keys_file} registers EHR issuers but public_url is not set: set it "
+                "to the URL the EHR calls (JWTs' aud is checked against it)"
+            )
         key = os.environ.get("FEDDX_AUDIT_KEY")
         self.audit = AuditLog(settings.audit_log, patient_key=key.encode() if key else None)
         self.limiter = RateLimiter(settings.rate_per_minute, settings.rate_burst)

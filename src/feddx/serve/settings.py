@@ -96,8 +96,16 @@ class ServeSettings(Settings):
         CDS Hooks JWTs: accepted signature algorithms (the specification names ES384 and
         RS384), clock skew tolerated, and the longest ``exp - iat`` accepted.
     public_url
-        The URL the EHR calls (``https://cds.hospital.org``), used to check a CDS Hooks JWT's
-        ``aud``; ``None`` takes it from the request (behind a proxy, set it).
+        The URL the EHR calls (``https://cds.hospital.org``): a CDS Hooks JWT's ``aud`` must
+        name this URL plus the endpoint called. Required whenever EHR issuers are registered
+        (the service refuses to start otherwise, and refuses JWTs while it is unset): taking
+        the URL from the request's ``Host`` header let a token issued for another CDS service
+        be replayed here with a spoofed ``Host``.
+    trusted_proxies
+        Addresses (IPs or CIDR networks) of the reverse proxies whose ``X-Forwarded-For`` and
+        ``X-Forwarded-Proto`` are believed. Empty (the default): no forwarded header is
+        trusted, not even from loopback (uvicorn's own default trusts 127.0.0.1), so a caller
+        cannot pick the client address that failed sign-ins are throttled by.
     fhir_deidentify
         De-identify free text of FHIR input before scoring. Off by default: request data is
         never stored, and the prompt is what the model was trained on.
@@ -138,6 +146,7 @@ class ServeSettings(Settings):
     jwt_leeway_s: int = Field(default=30, ge=0)
     jwt_max_lifetime_s: int = Field(default=300, ge=1)
     public_url: str | None = None
+    trusted_proxies: Names = ()
     fhir_deidentify: bool = False
     base_model_fallback: bool = False
     top_k: int = Field(default=5, ge=1)
@@ -151,6 +160,41 @@ class ServeSettings(Settings):
         if bad or not v:
             raise ValueError(f"must be asymmetric JWS algorithms from {sorted(allowed)}")
         return v
+
+    @field_validator("public_url")
+    @classmethod
+    def _absolute_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query:
+            raise ValueError("must be an absolute http(s) URL without a query")
+        return v.rstrip("/")
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        import ipaddress
+
+        out = []
+        for item in v:
+            try:
+                if "/" in item:
+                    out.append(str(ipaddress.ip_network(item, strict=False)))
+                else:
+                    out.append(str(ipaddress.ip_address(item)))
+            except ValueError:
+                raise ValueError("must be IP addresses or CIDR networks") from None
+        return tuple(out)
+
+    def proxy_options(self) -> dict[str, Any]:
+        """uvicorn's ``proxy_headers`` and ``forwarded_allow_ips`` for ``trusted_proxies``:
+        forwarded headers are read only from those addresses, and not at all without any."""
+        if not self.trusted_proxies:
+            return {"proxy_headers": False, "forwarded_allow_ips": []}
+        return {"proxy_headers": True, "forwarded_allow_ips": list(self.trusted_proxies)}
 
     def hardware_spec(self) -> HardwareSpec:
         """The device, dtype and quantization the base model loads with."""
