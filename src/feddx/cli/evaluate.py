@@ -35,6 +35,11 @@ class ScoringOption(StrEnum):
     constrained = "constrained"
 
 
+class ProtocolOption(StrEnum):
+    likelihood = "likelihood"
+    flowertune = "flowertune"
+
+
 def _results_table(result: Any) -> Table:
     table = Table(title=f"Evaluation ({result.n} cases, {len(result.candidates)} candidates)")
     table.add_column("metric")
@@ -231,6 +236,14 @@ def evaluate(
             "de-identified; recorded as 'assumed', with a warning) instead of keyed pseudonyms.",
         ),
     ] = False,
+    protocol: Annotated[
+        list[ProtocolOption] | None,
+        typer.Option(
+            help="With --data mcq:FILE (multiple-choice questions): likelihood (each option's "
+            "text scored, length-normalised) or flowertune (FlowerTune's generation and answer "
+            "parsing). Repeat it to run both on the same questions. Default: likelihood.",
+        ),
+    ] = None,
 ) -> None:
     """Evaluate a model (and adapter) on a dataset: accuracy, differential, calibration,
     per-group results and the classical baseline.
@@ -239,8 +252,26 @@ def evaluate(
     --seed and --test-fraction): --data, --seed and --test-fraction may be left out. Another
     split of its data needs --allow-other-split, other data or another candidate list
     --allow-other-data; the output then says so. --compare A B compares two systems (adapter
-    folders, 'base', or --predictions files) on the same cases."""
+    folders, 'base', or --predictions files) on the same cases. --data mcq:FILE evaluates
+    multiple-choice questions (MedQA, MedMCQA, PubMedQA JSONL) under --protocol."""
     quiet_libraries()
+    from feddx.cli._mcq import is_mcq, run_mcq_evaluation
+
+    if is_mcq(data):
+        run_mcq_evaluation(
+            str(data),
+            model=model,
+            adapters=list(adapter or ()),
+            hardware=hardware_spec(device, dtype, quantize),
+            protocols=[p.value for p in protocol or [ProtocolOption.likelihood]],
+            limit=limit,
+            seed=seed or 0,
+            resamples=resamples,
+            as_json=as_json,
+            result_file=result_file,
+            predictions=predictions,
+        )
+        return
     from feddx.evaluate.dataset import DatasetEvaluation, evaluate_dataset
     from feddx.evaluate.harness import EvaluationOptions
     from feddx.evaluate.report import write_html, write_json, write_predictions

@@ -45,7 +45,13 @@ def _ensure_registered() -> None:
     # making this module import every parser eagerly at package import.
     import importlib
 
-    for mod in ("feddx.data.ddxplus", "feddx.data.text_csv", "feddx.data.fhir", "feddx.data.eicu"):
+    for mod in (
+        "feddx.data.ddxplus",
+        "feddx.data.text_csv",
+        "feddx.data.fhir",
+        "feddx.data.eicu",
+        "feddx.data.mcq",
+    ):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as e:
