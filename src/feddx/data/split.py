@@ -71,7 +71,8 @@ def patient_units(cases: Sequence[Case]) -> list[_Unit]:
 
 def split_grouping(cases: Sequence[Case]) -> str:
     """How :func:`stratified_split` splits these cases, for every output that reports a split:
-    ``"grouped by patient (N patients with several cases)"`` or ``"one case per patient"``."""
+    ``"stratified by diagnosis, grouped by patient (N patients with several cases)"``, or
+    ``"stratified by diagnosis, one case per patient"`` where grouping changes nothing."""
     shared = sum(len(u) > 1 for u in patient_units(cases))
     if not shared:
         return "stratified by diagnosis, one case per patient"
