@@ -221,11 +221,15 @@ def cns_recognizer() -> RegexRecognizer:
 
 
 def rg_recognizer() -> RegexRecognizer:
-    """RG: no national check digit, so found behind its cue or in the usual 2.3.3-1 layout."""
+    """RG: no national check digit, so found behind its cue or in the usual 2.3.3-1 layout.
+
+    Behind the cue, the states' own layouts count too: a state prefix ("MG-14.785.236"), a
+    number without check digit ("3.456.789 SSP/GO") or with three leading digits."""
     cue = re.compile(
         r"(?i:\bR\.?G\.?\b|registro\s+geral|(?:carteira\s+de\s+)?identidade|\bC\.I\.)"
         r"\s*(?:n[º°o]\.?\s*)?[:.]?\s*"
-        r"(?P<phi>\d{1,2}\.?\d{3}\.?\d{3}-?[\dXx]|\d{5,10}(?:-[\dXx])?)"
+        r"(?P<phi>(?:[A-Z]{2}[-\s]?)?\d{1,3}\.\d{3}\.\d{3}(?:-?[\dXx])?"
+        r"|\d{1,2}\.?\d{3}\.?\d{3}-?[\dXx]|\d{5,10}(?:-[\dXx])?)"
         r"(?:[ \t]*(?:SSP|SESP|SDS|DETRAN|IFP|PC|SSPDS)[/\-]?[ \t]*[A-Z]{2})?" + _NOT_DIGIT_AFTER
     )
     layout = re.compile(
