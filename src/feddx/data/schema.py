@@ -93,6 +93,9 @@ class Case(_Frozen):
     region: str | None = None
     institution: str | None = None
     source: str | None = None
+    # The language the case is written in (a BCP 47 tag such as "pt-BR"); it picks the words of
+    # the prompt (feddx.model.prompt). None: English, what every adapter so far was trained on.
+    language: str | None = Field(default=None, pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
     label: Label | None = None
 
     def require_label(self) -> Label:

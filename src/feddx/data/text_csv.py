@@ -3,8 +3,9 @@
 The header names the columns, case-insensitively: a label column (``label``, ``diagnosis`` or
 ``disease``) and a text column (``text``, ``symptoms`` or ``description``) are required. Optional
 columns are used when present, so an export from a hospital system can carry more than the
-text: ``id``/``case_id``, ``patient_id``, ``age``, ``sex``, ``region``, ``institution`` and
-``icd10`` (an explicit code wins over the curated name lookup). Other columns are ignored.
+text: ``id``/``case_id``, ``patient_id``, ``age``, ``sex``, ``region``, ``institution``,
+``icd10`` (an explicit code wins over the curated name lookup) and ``language`` (a BCP 47 tag
+such as ``pt-BR``: the prompt's language). Other columns are ignored.
 
 Labels are normalised with :func:`feddx.data.icd10.normalize_label` (one spelling per
 case-insensitive name) and coded with :func:`feddx.data.icd10.lookup_icd10`. A row that cannot
@@ -42,6 +43,7 @@ OPTIONAL_COLUMNS: dict[str, tuple[str, ...]] = {
     "region": ("region",),
     "institution": ("institution", "hospital"),
     "icd10": ("icd10", "icd10_code", "icd_10"),
+    "language": ("language", "lang"),
 }
 _SEX: dict[str, Sex] = {
     "f": "female",
@@ -139,6 +141,7 @@ def _row_to_case(
             region=values.get("region") or None,
             institution=values.get("institution") or None,
             source=SOURCE,
+            language=values.get("language") or None,
             label=Label(diagnosis=label, icd10=icd10 or lookup_icd10(label)),
         )
     except ValidationError as e:

@@ -5,6 +5,12 @@ a model is always asked the same question in the same words. Prompts are compact
 these models are small and CPU time grows with every token, so findings are written tersely
 and pieces are added in priority order (demographics, findings, note, history) until the
 token budget is spent.
+
+A case written in Portuguese (``Case.language`` "pt", "pt-BR", ...) is asked in Portuguese: the
+system prompt, the section words, negation and demographics (:data:`PROMPT_WORDS`). The answer,
+labels and ICD-10 codes stay the same in every language, so one candidate list and one adapter
+serve both. Every other case (``language`` None or another language) keeps the English words
+every adapter so far was trained on.
 """
 
 from __future__ import annotations
@@ -18,6 +24,74 @@ from feddx.data.schema import Case, Finding, Label
 SYSTEM_PROMPT = "You are a clinical decision-support model. Reply with the most likely diagnosis."
 DEFAULT_MAX_PROMPT_TOKENS = 320
 _SEP = "; "
+
+
+@dataclass(frozen=True)
+class PromptWords:
+    """The words of one prompt language; ``age`` formats the age (a number) and ``sex`` names
+    each :data:`~feddx.data.schema.Sex` shown."""
+
+    system: str
+    patient: str
+    age: str
+    sex: dict[str, str]
+    findings: str
+    note: str
+    prior_conditions: str
+    medications: str
+    earlier_visit: str
+    undated: str
+    visit: str
+    negation: str
+    examples: str
+    this_patient: str
+    answer_cue: str
+
+
+PROMPT_WORDS: dict[str, PromptWords] = {
+    "en": PromptWords(
+        system=SYSTEM_PROMPT,
+        patient="Patient",
+        age="{age}y",
+        sex={"female": "female", "male": "male", "other": "other"},
+        findings="Findings",
+        note="Note",
+        prior_conditions="Prior conditions",
+        medications="Medications",
+        earlier_visit="Earlier visit",
+        undated="undated",
+        visit="visit",
+        negation="no",
+        examples="Similar past cases:",
+        this_patient="This patient:",
+        answer_cue="Diagnosis: ",
+    ),
+    "pt": PromptWords(
+        system="Você é um modelo de apoio à decisão clínica. Responda com o diagnóstico mais "
+        "provável.",
+        patient="Paciente",
+        age="{age} anos",
+        sex={"female": "sexo feminino", "male": "sexo masculino", "other": "outro sexo"},
+        findings="Achados",
+        note="Relato",
+        prior_conditions="Condições prévias",
+        medications="Medicamentos",
+        earlier_visit="Consulta anterior",
+        undated="sem data",
+        visit="consulta",
+        negation="sem",
+        examples="Casos anteriores semelhantes:",
+        this_patient="Este paciente:",
+        answer_cue="Diagnóstico: ",
+    ),
+}
+"""Prompt words by language (the primary subtag of ``Case.language``)."""
+
+
+def prompt_words(language: str | None) -> PromptWords:
+    """The words for ``language`` (a BCP 47 tag): Portuguese for "pt*", else English."""
+    primary = (language or "en").split("-")[0].lower()
+    return PROMPT_WORDS.get(primary, PROMPT_WORDS["en"])
 
 
 @dataclass(frozen=True)
@@ -47,10 +121,11 @@ class PromptContext:
     examples: tuple[Example, ...] = ()
 
 
-def render_finding(f: Finding) -> str:
-    """A finding as a short phrase ("no fever", "chest pain: burning", "BP 145 mmHg")."""
+def render_finding(f: Finding, words: PromptWords = PROMPT_WORDS["en"]) -> str:
+    """A finding as a short phrase ("no fever", "chest pain: burning", "BP 145 mmHg"); the
+    negation word is ``words``' ("sem febre")."""
     if f.negated or f.value is False:
-        return f"no {f.name}"
+        return f"{words.negation} {f.name}"
     if f.value is None or f.value is True:
         return f.name
     value = f"{f.value:g}" if isinstance(f.value, float) else str(f.value)
@@ -58,12 +133,14 @@ def render_finding(f: Finding) -> str:
 
 
 def _demographics(case: Case) -> str:
+    w = prompt_words(case.language)
     parts = []
     if case.age is not None:
-        parts.append(f"{case.age:g}y")
+        parts.append(w.age.format(age=f"{case.age:g}"))
     if case.sex and case.sex != "unknown":
-        parts.append(case.sex)
-    return "Patient: " + " ".join(parts) + "." if parts else ""
+        parts.append(w.sex[case.sex])
+    sep = " " if w is PROMPT_WORDS["en"] else ", "
+    return f"{w.patient}: " + sep.join(parts) + "." if parts else ""
 
 
 def history_pieces(case: Case) -> list[str]:
@@ -73,12 +150,12 @@ def history_pieces(case: Case) -> list[str]:
 
 
 def _history_pieces(case: Case) -> list[str]:
-    h = case.history
+    h, w = case.history, prompt_words(case.language)
     pieces: list[str] = []
     if h.prior_conditions:
-        pieces.append("Prior conditions: " + ", ".join(h.prior_conditions) + ".")
+        pieces.append(f"{w.prior_conditions}: " + ", ".join(h.prior_conditions) + ".")
     if h.medications:
-        pieces.append("Medications: " + ", ".join(h.medications) + ".")
+        pieces.append(f"{w.medications}: " + ", ".join(h.medications) + ".")
     # Most recent encounters first: they are the most informative and survive truncation.
     # Undated encounters keep the schema's chronological tuple order, reversed.
     order = sorted(
@@ -87,9 +164,9 @@ def _history_pieces(case: Case) -> list[str]:
         reverse=True,
     )
     for e in (h.encounters[i] for i in order):
-        what = ", ".join(e.diagnoses) or e.reason or e.kind or "visit"
-        when = e.date.isoformat() if e.date else "undated"
-        pieces.append(f"Earlier visit {when}: {what}.")
+        what = ", ".join(e.diagnoses) or e.reason or e.kind or w.visit
+        when = e.date.isoformat() if e.date else w.undated
+        pieces.append(f"{w.earlier_visit} {when}: {what}.")
     return pieces
 
 
@@ -97,19 +174,20 @@ def case_summary(case: Case, max_findings: int | None = None) -> str:
     """A one-line, identifier-free summary of a case (demographics and the first findings) as a
     few-shot example or a retrieval text: what the prompt itself would show of it."""
     findings = case.findings if max_findings is None else case.findings[:max_findings]
-    parts = [_demographics(case).removeprefix("Patient: ").removesuffix(".")]
+    w = prompt_words(case.language)
+    parts = [_demographics(case).removeprefix(f"{w.patient}: ").removesuffix(".")]
     if findings:
-        parts.append(_SEP.join(render_finding(f) for f in findings))
+        parts.append(_SEP.join(render_finding(f, w) for f in findings))
     elif case.text:
         parts.append(" ".join(case.text.split()[:48]))
     return "; ".join(p for p in parts if p)
 
 
-def _examples_block(examples: Sequence[Example]) -> str:
+def _examples_block(examples: Sequence[Example], words: PromptWords) -> str:
     if not examples:
         return ""
     rows = [f"{i}. {e.text} -> {e.diagnosis}" for i, e in enumerate(examples, start=1)]
-    return "Similar past cases:\n" + "\n".join(rows) + "\nThis patient:"
+    return f"{words.examples}\n" + "\n".join(rows) + f"\n{words.this_patient}"
 
 
 def _user_message(
@@ -120,13 +198,13 @@ def _user_message(
     history: Sequence[str] | None = None,
     examples: Sequence[Example] = (),
 ) -> str:
-    lines = [_examples_block(examples), _demographics(case)]
+    w = prompt_words(case.language)
+    lines = [_examples_block(examples, w), _demographics(case)]
     if n_findings:
-        lines.append(
-            "Findings: " + _SEP.join(render_finding(f) for f in case.findings[:n_findings]) + "."
-        )
+        shown = _SEP.join(render_finding(f, w) for f in case.findings[:n_findings])
+        lines.append(f"{w.findings}: {shown}.")
     if text:
-        lines.append("Note: " + text)
+        lines.append(f"{w.note}: {text}")
     lines.extend((_history_pieces(case) if history is None else list(history))[:n_history])
     return "\n".join(x for x in lines if x)
 
@@ -136,14 +214,14 @@ def case_to_text(case: Case) -> str:
     return _user_message(case, len(case.findings), case.text, len(_history_pieces(case)))
 
 
-def _template(tokenizer: Any, user: str) -> str:
-    messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+def _template(tokenizer: Any, user: str, words: PromptWords = PROMPT_WORDS["en"]) -> str:
+    messages = [{"role": "system", "content": words.system}, {"role": "user", "content": user}]
     if getattr(tokenizer, "chat_template", None):
         return str(
             tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         )
     # Base models without a chat template get a plain, stable layout.
-    return f"{SYSTEM_PROMPT}\n\n{user}\n\nDiagnosis: "
+    return f"{words.system}\n\n{user}\n\n{words.answer_cue}"
 
 
 def _ids(tokenizer: Any, text: str) -> list[int]:
@@ -177,14 +255,19 @@ def render_prompt(
     def message(nf: int, tx: str | None, nh: int, ne: int = 0) -> str:
         return _user_message(case, nf, tx, nh, pieces, examples[:ne])
 
+    language_words = prompt_words(case.language)
+
+    def template(user: str) -> str:
+        return _template(tokenizer, user, language_words)
+
     n_find, n_hist, n_ex = len(case.findings), len(pieces), len(examples)
     text = case.text
-    full = _template(tokenizer, message(n_find, text, n_hist, n_ex))
+    full = template(message(n_find, text, n_hist, n_ex))
     ids = _ids(tokenizer, full)
     if len(ids) <= max_tokens:
         return RenderedPrompt(full, ids, truncated=False)
 
-    base = len(_ids(tokenizer, _template(tokenizer, message(0, None, 0))))
+    base = len(_ids(tokenizer, template(message(0, None, 0))))
     if base > max_tokens:
         raise ValueError(f"max_tokens={max_tokens} is below the bare prompt size ({base} tokens)")
     # Grow greedily in priority order, measuring the real templated length each time.
@@ -192,7 +275,7 @@ def render_prompt(
     text = None
 
     def fits(nf: int, tx: str | None, nh: int, ne: int = 0) -> bool:
-        return len(_ids(tokenizer, _template(tokenizer, message(nf, tx, nh, ne)))) <= max_tokens
+        return len(_ids(tokenizer, template(message(nf, tx, nh, ne)))) <= max_tokens
 
     lo, hi = 0, len(case.findings)
     while lo < hi:  # largest number of findings that fits
@@ -210,7 +293,7 @@ def render_prompt(
         n_hist += 1
     while n_ex < len(examples) and fits(n_find, text, n_hist, n_ex + 1):
         n_ex += 1
-    final = _template(tokenizer, message(n_find, text, n_hist, n_ex))
+    final = template(message(n_find, text, n_hist, n_ex))
     return RenderedPrompt(final, _ids(tokenizer, final), truncated=True)
 
 
