@@ -160,7 +160,6 @@ def _diagnose_once(model_dir: Path, adapter_dir: Path, tmp_path: Path) -> dict[s
         registry=tmp_path / "registry",
         keys_file=tmp_path / "keys.json",
         audit_log=tmp_path / "audit.jsonl",
-        history_dir=tmp_path / "histories",
         candidates=str(names),  # the federated adapter records none
         batch_window_ms=1.0,
     )

@@ -135,3 +135,12 @@ def ehr(world: World, make_client: Callable[..., Any]) -> tuple[Any, Callable[..
         return bearer(make_jwt(private, aud=url))
 
     return client, auth
+
+
+HISTORY_KEY = "5f" * 32
+
+
+@pytest.fixture(autouse=True)
+def _history_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stored histories are encrypted with FEDDX_HISTORY_KEY: every service test has one."""
+    monkeypatch.setenv("FEDDX_HISTORY_KEY", HISTORY_KEY)

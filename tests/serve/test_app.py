@@ -136,10 +136,14 @@ def test_validation_error_names_the_field_and_never_echoes_the_value(
         headers=bearer(world.keys["cleveland"]),
     )
     assert r.status_code == 422 and "exactly one" in r.json()["detail"][0]["msg"]
+    # An unknown key is the caller's text: its place is named, the key itself never.
     r = client.post(
-        "/v1/diagnose", json={"case": CASE, "extra": 1}, headers=bearer(world.keys["cleveland"])
+        "/v1/diagnose",
+        json={"case": CASE, "Maria_SECRET_Silva": 1},
+        headers=bearer(world.keys["cleveland"]),
     )
-    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "extra"]
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "*"]
+    assert r.json()["detail"][0]["type"] == "extra_forbidden" and "SECRET" not in r.text
 
 
 def test_malformed_json_is_400(make_client: Callable[..., Any], world: World) -> None:
@@ -360,6 +364,8 @@ def test_a_request_naming_other_candidates_is_503_naming_the_adapter(
     assert r.status_code == 503
     assert r.json()["detail"].startswith(f"{world.ids['cleveland']} was trained on 5 candidates")
     assert "the request's list of 2" in r.json()["detail"]
+    assert "only the request's: 2 names" in r.json()["detail"]
+    assert "Influenza" not in r.text  # what the caller sent is counted, never quoted
     body["candidates"] = CANDIDATES[::-1]
     r = client.post("/v1/diagnose", json=body, headers=bearer(world.keys["cleveland"]))
     assert r.status_code == 200 and r.json()["candidates"] == 5

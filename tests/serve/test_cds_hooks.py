@@ -7,6 +7,7 @@ import copy
 from typing import Any
 
 from feddx.serve.audit import read_audit
+from feddx.serve.routes.cds_hooks import OVERRIDE_SYSTEM
 
 from .conftest import CDS_BASE as BASE
 from .conftest import CDS_URL as URL
@@ -23,6 +24,7 @@ def searchset(*resources: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+UNKNOWN_CARD = "7b0e1a52-30c5-4a8e-9a4c-2f1d8f0f6a11"
 PATIENT = {"resourceType": "Patient", "id": "pt-1", "gender": "male", "birthDate": "1961-03-05"}
 ENCOUNTER = {
     "resourceType": "Encounter",
@@ -84,7 +86,7 @@ def test_patient_view_answers_one_card_with_the_top_diagnoses(ehr: Any, world: W
     r = client.post("/cds-services/feddx-differential", json=REQUEST, headers=auth())
     assert r.status_code == 200, r.text
     [card] = r.json()["cards"]
-    assert set(card) <= {"uuid", "summary", "detail", "indicator", "source", "suggestions", "links"}
+    assert set(card) == {"uuid", "summary", "detail", "indicator", "source", "overrideReasons"}
     assert card["indicator"] in ("info", "warning", "critical")
     assert len(card["summary"]) <= 140 and card["summary"].startswith("Most likely: ")
     assert card["source"]["label"] == "feddx (institutional/cleveland/v1)"
@@ -185,15 +187,21 @@ def test_feedback_is_recorded_in_the_audit_log(ehr: Any, world: World) -> None:
                 "card": card["uuid"],
                 "outcome": "overridden",
                 "overrideReason": {
-                    "reason": {"code": "patient-at-risk", "system": "https://example.org/reasons"},
+                    "reason": {"code": "disagree-ranking", "system": OVERRIDE_SYSTEM},
                     "userComment": "Mr Smith SECRET disagrees",
                 },
                 "outcomeTimestamp": "2026-12-01T10:00:00Z",
             },
             {
-                "card": "unknown-card",
+                "card": UNKNOWN_CARD,
                 "outcome": "accepted",
                 "outcomeTimestamp": "2026-12-01T10:01:00Z",
+            },
+            {
+                "card": card["uuid"],
+                "outcome": "overridden",
+                "overrideReason": {"reason": {"code": "SECRET-made-up", "system": "urn:x"}},
+                "outcomeTimestamp": "2026-12-01T10:02:00Z",
             },
         ]
     }
@@ -210,14 +218,21 @@ def test_feedback_is_recorded_in_the_audit_log(ehr: Any, world: World) -> None:
             "card": card["uuid"],
             "outcome": "overridden",
             "known_card": True,
-            "override_reason": "patient-at-risk",
+            "override_reason": "disagree-ranking",
             "accepted_suggestions": 0,
         },
         {
-            "card": "unknown-card",
+            "card": UNKNOWN_CARD,
             "outcome": "accepted",
             "known_card": False,
             "override_reason": None,
+            "accepted_suggestions": 0,
+        },
+        {
+            "card": card["uuid"],
+            "outcome": "overridden",
+            "known_card": True,
+            "override_reason": "unlisted",
             "accepted_suggestions": 0,
         },
     ]
@@ -227,4 +242,5 @@ def test_feedback_is_recorded_in_the_audit_log(ehr: Any, world: World) -> None:
         json={"feedback": [{"card": "x", "outcome": "maybe", "outcomeTimestamp": "t"}]},
         headers=auth(f"{URL}/feedback"),
     )
-    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"][-1] == "outcome"
+    locs = [e["loc"][-1] for e in bad.json()["detail"]]
+    assert bad.status_code == 422 and locs == ["card", "outcome"]  # card: not a UUID

@@ -99,7 +99,10 @@ def test_openapi_fuzzing_finds_no_server_error(server: Callable[..., str], world
         @given(case=operation.as_strategy())
         def check(case: Any) -> None:
             response = case.call(base_url=base, headers=auth, timeout=30)
-            if response.status_code >= 500:
+            # A request naming other candidates than the adapter's is refused with a
+            # documented 503 (it is not the server failing); any other 5xx is a failure.
+            refused = response.status_code == 503 and "request's list" in response.text
+            if response.status_code >= 500 and not refused:
                 failures.append(
                     f"{case.method} {case.formatted_path} -> {response.status_code}: {response.text[:200]}"
                 )

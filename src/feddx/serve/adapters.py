@@ -144,15 +144,28 @@ class CandidatesMismatch(FeddxError):
     request's (HTTP 503)."""
 
 
-def check_candidates(who: str, own: Sequence[str], expected: Sequence[str], whose: str) -> None:
+def check_candidates(
+    who: str, own: Sequence[str], expected: Sequence[str], whose: str, *, quote: bool = True
+) -> None:
     """Raise :class:`CandidatesMismatch` (one line naming ``who``) unless ``own`` and
-    ``expected`` hold the same names (order aside)."""
+    ``expected`` hold the same names (order aside). ``quote=False`` (a list the caller sent)
+    counts the names only ``expected`` holds instead of quoting them: a reply never echoes
+    what a caller sent."""
     extra, missing = sorted(set(own) - set(expected)), sorted(set(expected) - set(own))
     if not extra and not missing:
         return
+
+    def listed(names: list[str], quoted: bool) -> str:
+        if not quoted:
+            return f"{len(names)} name{'s' if len(names) != 1 else ''}"
+        return f"{', '.join(repr(n) for n in names[:3])}{' ...' if len(names) > 3 else ''}"
+
     differ = "; ".join(
-        f"{label} {', '.join(repr(n) for n in names[:3])}{' ...' if len(names) > 3 else ''}"
-        for label, names in (("only the adapter's:", extra), (f"only the {whose}:", missing))
+        f"{label} {listed(names, quoted)}"
+        for label, names, quoted in (
+            ("only the adapter's:", extra, True),
+            (f"only the {whose}:", missing, quote),
+        )
         if names
     )
     raise CandidatesMismatch(
@@ -415,11 +428,11 @@ class AdapterPool:
         try:
             entry = self.registry.get(pinned)
         except ModelError:
-            raise AdapterNotFound(f"no adapter {pinned!r} in the registry") from None
+            raise AdapterNotFound("the pinned adapter is not in the registry") from None
         if not may_use(entry, institution, region):
-            raise AdapterForbidden(f"adapter {pinned!r} belongs to another institution or region")
+            raise AdapterForbidden("the pinned adapter belongs to another institution or region")
         if entry.base_fingerprint != self.diagnoser.base_fingerprint:
-            raise AdapterNotFound(f"adapter {pinned!r} was trained for another base model")
+            raise AdapterNotFound("the pinned adapter was trained for another base model")
         chain = [entry]
         while chain[0].parent_id is not None and len(chain) < 16:
             try:

@@ -17,15 +17,17 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from feddx import __version__
+from feddx.data.schema import History
 from feddx.serve.adapters import (
     AdapterForbidden,
     AdapterNotFound,
@@ -40,6 +42,7 @@ from feddx.serve.fhir_input import FhirInputError
 from feddx.serve.middleware import RequestContextMiddleware, context_of
 from feddx.serve.routes import cds_hooks, diagnose, health, metrics, models, page, patients
 from feddx.serve.routes.page import STATIC_DIR
+from feddx.serve.schemas import CdsFeedback, CdsRequest, DiagnoseRequest
 from feddx.serve.service import DiagnosisService, NotReady
 from feddx.serve.settings import ServeSettings
 
@@ -87,6 +90,8 @@ def create_app(
         description=DESCRIPTION,
         lifespan=lifespan,
         responses={},
+        docs_url="/docs" if settings.api_docs else None,
+        redoc_url=None,
     )
     app.state.service = service
     for module in (health, diagnose, patients, models, cds_hooks, metrics, page):
@@ -110,6 +115,40 @@ def _body(request: Request, detail: Any) -> dict[str, Any]:
     return {"detail": detail, "request_id": context_of(request.scope).request_id}
 
 
+def _field_names(*models: type[BaseModel]) -> frozenset[str]:
+    """Every field name (and alias) of ``models`` and the models nested in them: the only
+    strings an error's ``loc`` may show (a dict key or an unknown key is the caller's text)."""
+    seen: set[type[BaseModel]] = set()
+    names = {"body", "query", "path", "header", "cookie"}
+    todo: list[Any] = list(models)
+    while todo:
+        t = todo.pop()
+        if isinstance(t, type) and issubclass(t, BaseModel):
+            if t in seen:
+                continue
+            seen.add(t)
+            for name, f in t.model_fields.items():
+                names.update(n for n in (name, f.alias) if n)
+                todo.append(f.annotation)
+        else:
+            todo.extend(get_args(t))
+    return frozenset(names)
+
+
+# Plus the FHIR input's own locations (feddx.serve.fhir_input) and the prefetch keys.
+_LOC_NAMES = _field_names(DiagnoseRequest, History, CdsRequest, CdsFeedback) | {
+    "entry",
+    "resource",
+    "resourceType",
+    *cds_hooks.PREFETCH,
+}
+
+
+def _safe_loc(loc: Any) -> list[str | int]:
+    """``loc`` with every string that is not one of our field names replaced by ``"*"``."""
+    return [p if isinstance(p, int) or p in _LOC_NAMES else "*" for p in loc]
+
+
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -123,7 +162,7 @@ def _install_error_handlers(app: FastAPI) -> None:
                 return JSONResponse(_body(request, f"malformed JSON{at}: {msg}"), status_code=400)
         items = [
             {
-                "loc": [str(p) if not isinstance(p, int) else p for p in e.get("loc", ())],
+                "loc": _safe_loc(e.get("loc", ())),
                 "msg": str(e.get("msg", "invalid")),
                 "type": str(e.get("type", "value_error")),
             }
@@ -139,7 +178,9 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(FhirInputError)
     async def fhir_error(request: Request, exc: FhirInputError) -> JSONResponse:
-        items = [{"loc": loc, "msg": msg, "type": "fhir_invalid"} for loc, msg in exc.problems]
+        items = [
+            {"loc": _safe_loc(loc), "msg": msg, "type": "fhir_invalid"} for loc, msg in exc.problems
+        ]
         return JSONResponse(_body(request, items), status_code=422)
 
     simple: dict[type[Exception], tuple[int, dict[str, str] | None]] = {

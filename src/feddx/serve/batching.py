@@ -176,7 +176,9 @@ class MicroBatcher:
                 answer = self.pool.chain_for(job.institution, job.region, job.pinned)
                 if job.candidates is not None:
                     who = answer.adapter_name or "the base model"
-                    check_candidates(who, answer.candidates.names, job.candidates, "request's")
+                    check_candidates(
+                        who, answer.candidates.names, job.candidates, "request's", quote=False
+                    )
             except Exception as e:
                 job.future.set_exception(e)
                 continue

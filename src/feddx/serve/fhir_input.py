@@ -155,6 +155,11 @@ def _describe(reason: str, detail: str) -> str:
         path, _, msg = part.partition(": ")
         if not path or " " in path:
             continue
+        if msg == "Extra inputs are not permitted":
+            # The last part is the caller's own key: name where it is, never the key itself.
+            parent = path.rpartition(".")[0]
+            fields.append(f"{parent + '.' if parent else ''}<unknown key> (not a FHIR field)")
+            continue
         fields.append(f"{path} ({msg})" if _SAFE_MSG.match(msg) else path)
     if fields:
         return f"{rtype}: invalid field {', '.join(fields[:5])}"

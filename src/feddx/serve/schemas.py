@@ -8,6 +8,7 @@ is diagnosis names, codes and numbers; errors name fields, never values.
 from __future__ import annotations
 
 from typing import Any, Literal
+from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -290,28 +291,39 @@ class CdsRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     hook: str = Field(min_length=1)
-    hookInstance: str = Field(min_length=1)
+    hookInstance: UUID = Field(description="A UUID for this hook call (CDS Hooks 2.0).")
     fhirServer: str | None = None
     fhirAuthorization: dict[str, Any] | None = None
     context: CdsContext
     prefetch: dict[str, dict[str, Any] | None] | None = None
 
 
-class CdsSource(BaseModel):
-    label: str
-    url: str | None = None
-    topic: dict[str, str] | None = None
+class CdsCoding(_Strict):
+    """A CDS Hooks Coding: ``code`` and ``system`` required, and ``display`` (required for
+    override reasons)."""
+
+    code: str = Field(min_length=1)
+    system: str = Field(min_length=1)
+    display: str = Field(min_length=1)
 
 
-class CdsCard(BaseModel):
+class CdsSource(_Strict):
+    """A card's source. Optional attributes (``url``, ``icon``, ``topic``) are omitted, never
+    null: the service has none to give."""
+
+    label: str = Field(min_length=1)
+
+
+class CdsCard(_Strict):
     uuid: str
-    summary: str = Field(max_length=140)
-    detail: str | None = None
+    summary: str = Field(min_length=1, max_length=139)
+    detail: str = Field(min_length=1)
     indicator: Literal["info", "warning", "critical"]
     source: CdsSource
+    overrideReasons: list[CdsCoding] = Field(min_length=1)
 
 
-class CdsResponse(BaseModel):
+class CdsResponse(_Strict):
     cards: list[CdsCard]
 
 
@@ -325,7 +337,7 @@ class CdsOverrideReason(BaseModel):
 class CdsFeedbackItem(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    card: str = Field(min_length=1)
+    card: UUID = Field(description="The uuid of a card this service issued.")
     outcome: Literal["accepted", "overridden"]
     acceptedSuggestions: list[dict[str, Any]] | None = None
     overrideReason: CdsOverrideReason | None = None

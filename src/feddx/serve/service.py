@@ -27,7 +27,7 @@ from feddx.serve.adapters import (
 )
 from feddx.serve.audit import AuditLog
 from feddx.serve.batching import MicroBatcher, ScoreJob, ScoreResult, SerialScheduler
-from feddx.serve.history import HistoryStore, merge_history
+from feddx.serve.history import HistoryStore, history_key_from_env, merge_history
 from feddx.serve.metrics import ServiceMetrics
 from feddx.serve.security import Identity, KeyStore, RateLimiter
 from feddx.serve.settings import ServeSettings
@@ -80,7 +80,11 @@ class DiagnosisService:
         self.audit = AuditLog(settings.audit_log, patient_key=key.encode() if key else None)
         self.limiter = RateLimiter(settings.rate_per_minute, settings.rate_burst)
         self.auth_limiter = RateLimiter(_AUTH_FAILURES_PER_MINUTE, _AUTH_FAILURE_BURST)
-        self.histories = HistoryStore(settings.history_dir) if settings.history_dir else None
+        self.histories = (
+            HistoryStore(settings.history_dir, history_key_from_env())
+            if settings.history_dir
+            else None
+        )
         self.candidates = default_candidates(settings.candidates)
         self.status: Literal["loading", "ok", "failed"] = "loading"
         self.error: str | None = None

@@ -66,8 +66,9 @@ class ServeSettings(Settings):
     audit_log
         Append-only JSON-lines audit log (one line per request; never patient text).
     history_dir
-        Where stored patient histories live (per institution, keyed by a hash of the
-        pseudonymous patient id); ``None`` disables the history endpoints.
+        Where stored patient histories live (per institution, named by keyed HMACs of the
+        pseudonymous patient id, encrypted with AES-GCM under ``FEDDX_HISTORY_KEY``, which
+        must then be set); ``None`` disables the history endpoints.
     candidates
         The candidate diagnoses when the answering adapter records none (and for the base
         model alone): a pathless data source with a fixed label space (``uci-heart``) or a
@@ -116,6 +117,11 @@ class ServeSettings(Settings):
         ``/readyz`` is 503 while the registry is unreadable.
     top_k
         Diagnoses returned by default (the request may ask for up to all candidates).
+    api_docs
+        Serve ``/docs`` (Swagger UI). Off by default: FastAPI's page loads its scripts and
+        styles from a third-party CDN (jsDelivr), which a clinical network should not have its
+        browsers fetch; ``/openapi.json`` (static, no data) is always served. ``/redoc`` is
+        never served.
     cors_origins
         Origins allowed to call the API from a browser (the clinician page is same-origin and
         needs none).
@@ -150,6 +156,7 @@ class ServeSettings(Settings):
     fhir_deidentify: bool = False
     base_model_fallback: bool = False
     top_k: int = Field(default=5, ge=1)
+    api_docs: bool = False
     cors_origins: Names = ()
 
     @field_validator("jwt_algorithms")

@@ -28,8 +28,10 @@ from feddx.serve.fhir_input import case_from_prefetch
 from feddx.serve.routes.diagnose import ERRORS, record_chain
 from feddx.serve.schemas import (
     CdsCard,
+    CdsCoding,
     CdsDiscovery,
     CdsFeedback,
+    CdsOverrideReason,
     CdsRequest,
     CdsResponse,
     CdsServiceDescription,
@@ -52,6 +54,22 @@ PREFETCH_TYPES = {
     "observations": "Observation",
     "encounters": "Encounter",
 }
+OVERRIDE_SYSTEM = "urn:feddx:cds:override-reason"
+# The override reasons every card offers; feedback records a reason's code only when it is one
+# of these (anything else is recorded as "unlisted", never as the text the client sent).
+OVERRIDE_REASONS = (
+    CdsCoding(
+        code="diagnosis-established",
+        system=OVERRIDE_SYSTEM,
+        display="Diagnosis already established",
+    ),
+    CdsCoding(code="not-relevant", system=OVERRIDE_SYSTEM, display="Not relevant to this visit"),
+    CdsCoding(code="disagree-ranking", system=OVERRIDE_SYSTEM, display="Disagree with the ranking"),
+    CdsCoding(
+        code="record-incomplete", system=OVERRIDE_SYSTEM, display="The record is too incomplete"
+    ),
+)
+_OVERRIDE_CODES = {(c.system, c.code) for c in OVERRIDE_REASONS}
 _WARNING_PROBABILITY = 0.8
 _DETAIL_ROWS = 5
 _CDS_ERRORS = {**ERRORS, 412: {"description": "required prefetch data is missing"}}
@@ -80,7 +98,7 @@ async def call_service(
 ) -> CdsResponse:
     """Answer a ``patient-view`` hook call with one card (or none)."""
     if service_id != SERVICE_ID:
-        raise HTTPException(404, f"no CDS service {service_id!r}; see GET /cds-services")
+        raise HTTPException(404, "no such CDS service; see GET /cds-services")
     if body.hook != HOOK:
         raise HTTPException(400, f"service {SERVICE_ID} answers the {HOOK} hook only")
     prefetch: dict[str, Any] = body.prefetch or {}
@@ -109,7 +127,7 @@ async def call_service(
     record_chain(ctx, result)
     card = _card(result, service.model_name)
     service.remember_card(card.uuid, identity.institution)
-    ctx.detail = {"card": card.uuid, "hook_instance": body.hookInstance[:64]}
+    ctx.detail = {"card": card.uuid, "hook_instance": str(body.hookInstance)}
     return CdsResponse(cards=[card])
 
 
@@ -120,24 +138,32 @@ async def feedback(
     """Record what the clinician did with the cards (accepted, overridden and the coded
     override reason) in the audit log; free-text comments are not recorded."""
     if service_id != SERVICE_ID:
-        raise HTTPException(404, f"no CDS service {service_id!r}; see GET /cds-services")
+        raise HTTPException(404, "no such CDS service; see GET /cds-services")
     items = []
     for item in body.feedback:
-        reason = item.overrideReason.reason if item.overrideReason else None
+        card = str(item.card)
         items.append(
             {
-                "card": item.card[:64],
+                "card": card,
                 "outcome": item.outcome,
-                "known_card": service.cds_cards.get(item.card) == identity.institution,
-                "override_reason": str(reason.get("code"))[:64]
-                if isinstance(reason, dict) and reason.get("code")
-                else None,
+                "known_card": service.cds_cards.get(card) == identity.institution,
+                "override_reason": _override_code(item.overrideReason),
                 "accepted_suggestions": len(item.acceptedSuggestions or []),
             }
         )
     ctx.outcome = "ok: feedback"
     ctx.detail = {"feedback": items}
     return {}
+
+
+def _override_code(given: CdsOverrideReason | None) -> str | None:
+    """The code of one of :data:`OVERRIDE_REASONS`, ``"unlisted"`` for any other reason, or
+    ``None`` without one: the audit log never holds a code or text the client made up."""
+    reason = given.reason if given is not None else None
+    if not isinstance(reason, dict) or not reason:
+        return None
+    key = (reason.get("system"), reason.get("code"))
+    return str(key[1]) if key in _OVERRIDE_CODES else "unlisted"
 
 
 def _has_clinical_data(case: Case) -> bool:
@@ -152,8 +178,8 @@ def _card(result: ScoreResult, model: str) -> CdsCard:
     code = f" ({top.icd10})" if top.icd10 else ""
     untuned = "Untuned base model (no adapter verified). " if result.chain.base_model_only else ""
     summary = f"{untuned}Most likely: {top.name}{code}, {top.probability:.0%}"
-    if len(summary) > 140:
-        summary = summary[:139] + "…"
+    if len(summary) > 139:  # "<140-character" (CDS Hooks 2.0, card.summary)
+        summary = summary[:138] + "…"
     rows = "\n".join(
         f"| {r.name} | {r.icd10 or '-'} | {r.probability:.1%} |" for r in ranked[:_DETAIL_ROWS]
     )
@@ -174,4 +200,5 @@ def _card(result: ScoreResult, model: str) -> CdsCard:
         detail=detail,
         indicator="warning" if warning else "info",
         source=CdsSource(label=f"feddx ({result.chain.adapter_name or 'base model'})"),
+        overrideReasons=list(OVERRIDE_REASONS),
     )
