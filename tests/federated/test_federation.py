@@ -56,6 +56,9 @@ def test_a_federation_trains_evaluates_and_writes_its_outputs(fed_config: Federa
     am = adapter_model(fed_config)
     info = load_adapter(am.model, out / GLOBAL_ADAPTER_DIR, base_fingerprint=am.fingerprint)
     assert info.metadata["federated_round"] == 2
+    # the held-out split, so `feddx evaluate --adapter` scores the server's validation cases
+    split = (info.metadata["split"], info.metadata["test_fraction"], info.metadata["seed"])
+    assert split == ("train", fed_config.validation_fraction, fed_config.seed)
     # the server records the budget it trained with and the temperature it fitted on its
     # validation cases for the saved round
     assert info.max_prompt_tokens == fed_config.max_prompt_tokens

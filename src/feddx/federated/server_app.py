@@ -261,7 +261,12 @@ def _write_outputs(
         candidates=CandidateList(list(task.candidates), dict(task.icd10)),
         temperature=float(fitted) if fitted else 1.0,
         temperature_source=source,
-        metadata={"federated_round": rnd, "strategy": cfg.strategy, "data": _safe_data(cfg)},
+        metadata={
+            "federated_round": rnd,
+            "strategy": cfg.strategy,
+            "data": _safe_data(cfg),
+            **_split_record(cfg),
+        },
     )
     import shutil
 
@@ -269,6 +274,17 @@ def _write_outputs(
     shutil.copytree(out / GLOBAL_ADAPTER_DIR, kept, dirs_exist_ok=True)
     write_history(out, history, summarize(cfg, history))
     plot_history(out, history)
+
+
+def _split_record(cfg: FederatedConfig) -> dict[str, Any]:
+    """The split the clients trained beside, as ``feddx train`` records it, so ``feddx
+    evaluate`` scores the global adapter on the server's held-out cases by default: the
+    validation split of ``data`` (:func:`feddx.federated.task.task_data`). Nothing when the
+    held-out cases are another file (``eval-data``) or a sample (``max-cases``): evaluate
+    then says it could not check the split."""
+    if cfg.eval_data or cfg.max_cases:
+        return {}
+    return {"split": "train", "test_fraction": cfg.validation_fraction, "seed": cfg.seed}
 
 
 def _safe_data(cfg: FederatedConfig) -> str:
