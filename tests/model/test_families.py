@@ -19,7 +19,7 @@ import torch
 
 from feddx.data.schema import Case, Finding, Label
 from feddx.errors import ModelError
-from feddx.model.adapter import LoraSpec, adapter_state, attach_lora, decoder_layers
+from feddx.model.adapter import LoraSpec, adapter_state, attach_lora, decoder_layers, lora_spec_of
 from feddx.model.decoder import choose_runner, split_difference
 from feddx.model.prompt import answer_ids, render_prompt
 from feddx.model.scoring import candidate_scores, prepare_candidates
@@ -312,3 +312,23 @@ def test_hugging_face_checkpointing_left_on_does_not_stop_training(tokenizer: An
     # Layer 1 too (the first above the cached trunk, not the pruned last layer).
     assert all(not torch.equal(before[k], after[k]) for k in before)
     assert all(layer.gradient_checkpointing for layer in decoder_layers(model))
+
+
+@pytest.mark.parametrize(
+    ("family", "targets"),
+    [
+        ("llama", ("q_proj", "v_proj")),
+        ("gpt2", ("c_attn",)),
+        ("bloom", ("query_key_value",)),
+        ("phi3", ("qkv_proj",)),
+    ],
+)
+def test_auto_targets_resolve_per_family_and_match_the_attached_spec(
+    family: str, targets: tuple[str, ...], tokenizer: Any
+) -> None:
+    spec = LoraSpec(rank=4, top_layers=1)
+    model = attach_lora(make_tiny_model(family, len(tokenizer)), spec)
+    assert lora_spec_of(model).target_modules == targets
+    assert spec.resolved(model) == lora_spec_of(model)
+    everything = LoraSpec(rank=4, target_modules=("all-linear",)).resolved(model)
+    assert set(targets) < set(everything.target_modules)

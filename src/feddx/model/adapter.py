@@ -97,6 +97,13 @@ class LoraSpec(Settings):
             raise ValueError(f"{words[0]!r} stands alone, not in a list of module names")
         return modules
 
+    def resolved(self, model: Any) -> LoraSpec:
+        """This spec with its target modules as :func:`attach_lora` would attach them to
+        ``model`` (sorted, as :func:`lora_spec_of` reads them back): compare a requested
+        spec with an attached one through this, since ``auto`` names no module itself."""
+        targets = tuple(sorted(resolve_target_modules(model, self.target_modules)))
+        return self.replace(target_modules=targets)
+
     def layout(self) -> tuple[Any, ...]:
         """What inference depends on: rank, alpha, targets and layers (dropout only acts in
         training, so adapters trained with different dropout still swap into one model)."""

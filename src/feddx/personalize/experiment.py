@@ -459,7 +459,8 @@ def run_experiment(
 
     if diagnoser is None:
         diagnoser = load_diagnoser(config.model)
-    if diagnoser.lora is not None and diagnoser.lora.layout() != config.lora.layout():
+    held = diagnoser.lora  # as attached; config.lora may say "auto"
+    if held is not None and held.layout() != config.lora.resolved(diagnoser.model).layout():
         raise ConfigError(f"the diagnoser holds LoRA layout {diagnoser.lora}, not {config.lora}")
     torch.manual_seed(config.seed)  # the fresh adapter every federation starts from
     if diagnoser.lora is None:
