@@ -72,11 +72,12 @@ def test_discovery_follows_the_specification(ehr: Any) -> None:
     [service] = r.json()["services"]
     assert service["hook"] == "patient-view" and service["id"] == "feddx-differential"
     assert service["title"] and service["description"]
+    # Bounded by count and sorted newest first (CDS Hooks 2.0 allows _count and _sort).
     assert service["prefetch"] == {
         "patient": "Patient/{{context.patientId}}",
-        "conditions": "Condition?patient={{context.patientId}}",
-        "observations": "Observation?patient={{context.patientId}}",
-        "encounters": "Encounter?patient={{context.patientId}}",
+        "conditions": "Condition?patient={{context.patientId}}&_sort=-recorded-date&_count=100",
+        "observations": "Observation?patient={{context.patientId}}&_sort=-date&_count=100",
+        "encounters": "Encounter?patient={{context.patientId}}&_sort=-date&_count=20",
     }
     assert client.get("/cds-services").status_code == 401
 

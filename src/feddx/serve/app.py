@@ -40,6 +40,7 @@ from feddx.serve.adapters import (
 from feddx.serve.batching import Overloaded
 from feddx.serve.fhir_input import FhirInputError
 from feddx.serve.middleware import RequestContextMiddleware, context_of
+from feddx.serve.prefetch import PREFETCH
 from feddx.serve.routes import cds_hooks, diagnose, health, metrics, models, page, patients
 from feddx.serve.routes.page import STATIC_DIR
 from feddx.serve.schemas import CdsFeedback, CdsRequest, DiagnoseRequest
@@ -140,7 +141,7 @@ _LOC_NAMES = _field_names(DiagnoseRequest, History, CdsRequest, CdsFeedback) | {
     "entry",
     "resource",
     "resourceType",
-    *cds_hooks.PREFETCH,
+    *PREFETCH,
 }
 
 

@@ -108,7 +108,12 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
-            limit = self.service.settings.max_body_bytes
+            settings = self.service.settings
+            limit = (
+                settings.cds_max_body_bytes
+                if path.startswith("/cds-services/")
+                else settings.max_body_bytes
+            )
             if scope.get("method") in _BODY_METHODS:
                 body = await self._read_body(scope, receive, limit)
                 if body is None:

@@ -20,6 +20,7 @@ from pydantic import Field, field_validator
 from feddx.errors import ConfigError
 from feddx.model.hardware import DtypeName, HardwareSpec, QuantizeName
 from feddx.paths import cache_root, registry_root
+from feddx.serve.prefetch import CDS_MAX_BODY_BYTES
 from feddx.settings import Names, SettingPath, Settings, read_config_file
 
 ENV_PREFIX = "FEDDX_SERVE_"
@@ -88,6 +89,10 @@ class ServeSettings(Settings):
         How many adapters the scorer holds at once (least recently used evicted).
     max_body_bytes
         Larger request bodies are refused with 413 before they are parsed.
+    cds_max_body_bytes
+        The same for the CDS Hooks routes, whose prefetch carries a patient's record: 4 MiB,
+        about 3x the largest patient's prefetch of the Synthea export even unbounded (an EHR
+        ignoring the templates' ``_count``; measured in ``results/cds-prefetch.txt``).
     max_cases_per_request
         Cases one ``/v1/diagnose`` call may carry.
     rate_per_minute, rate_burst
@@ -146,6 +151,7 @@ class ServeSettings(Settings):
     request_timeout_s: float = Field(default=120.0, gt=0)
     adapter_cache: int = Field(default=8, ge=1)
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
+    cds_max_body_bytes: int = Field(default=CDS_MAX_BODY_BYTES, ge=1024)
     rate_per_minute: float = Field(default=600.0, gt=0)
     rate_burst: int = Field(default=60, ge=1)
     jwt_algorithms: Names = ("ES384", "RS384")

@@ -25,6 +25,7 @@ from feddx.data.schema import Case
 from feddx.serve.batching import ScoreResult
 from feddx.serve.deps import Context, Institution, Service
 from feddx.serve.fhir_input import case_from_prefetch
+from feddx.serve.prefetch import PREFETCH, PREFETCH_TYPES
 from feddx.serve.routes.diagnose import ERRORS, record_chain
 from feddx.serve.schemas import (
     CdsCard,
@@ -42,18 +43,6 @@ router = APIRouter(prefix="/cds-services", tags=["CDS Hooks"])
 
 SERVICE_ID = "feddx-differential"
 HOOK = "patient-view"
-PREFETCH = {
-    "patient": "Patient/{{context.patientId}}",
-    "conditions": "Condition?patient={{context.patientId}}",
-    "observations": "Observation?patient={{context.patientId}}",
-    "encounters": "Encounter?patient={{context.patientId}}",
-}
-PREFETCH_TYPES = {
-    "patient": "Patient",
-    "conditions": "Condition",
-    "observations": "Observation",
-    "encounters": "Encounter",
-}
 OVERRIDE_SYSTEM = "urn:feddx:cds:override-reason"
 # The override reasons every card offers; feedback records a reason's code only when it is one
 # of these (anything else is recorded as "unlisted", never as the text the client sent).
@@ -82,7 +71,8 @@ DESCRIPTION = CdsServiceDescription(
     "personalized model; shows the top diagnoses with probabilities and ICD-10 codes.",
     prefetch=PREFETCH,
     usageRequirements="Prefetch of Patient, Conditions, Observations and Encounters is "
-    "required; the service does not query the EHR's FHIR server.",
+    "required (the most recent 100, 100 and 20); the service does not query the EHR's FHIR "
+    "server.",
 )
 
 
