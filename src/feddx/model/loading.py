@@ -143,6 +143,7 @@ def builtin_path(builtin: BuiltinModel) -> Path:
     if not path.is_file():
         assemble = importlib.import_module(builtin.package).assemble
         part = path.with_name(f".{path.name}.{os.getpid()}.part")
+        path.parent.mkdir(parents=True, exist_ok=True)
         try:
             assemble(part, overwrite=True)  # checks the package's SHA-256 of the whole file
         except (OSError, ValueError, ImportError) as e:
