@@ -10,7 +10,7 @@ import psutil  # type: ignore[import-untyped]
 import pytest
 
 from feddx.federated.config import FederatedConfig
-from feddx.federated.simulation import run_simulation, write_app_project
+from feddx.federated.simulation import federation_config, run_simulation, write_app_project
 
 
 def _processes_of(run_dir: Path) -> list[int]:
@@ -24,6 +24,18 @@ def _processes_of(run_dir: Path) -> list[int]:
         if env.get("FEDDX_SIMULATION_RUN") == str(run_dir) and proc.pid != os.getpid():
             found.append(proc.pid)
     return found
+
+
+def test_each_client_gets_its_cpus_and_a_gpu_share_only_when_asked() -> None:
+    from flwr.common.config import parse_config_args
+
+    assert federation_config(4, 1) == "num-supernodes=4 client-resources-num-cpus=1"
+    parsed = parse_config_args([federation_config(2, 2, 0.5)])
+    assert parsed == {
+        "num-supernodes": 2,
+        "client-resources-num-cpus": 2,
+        "client-resources-num-gpus": 0.5,
+    }
 
 
 def test_generated_app_project_declares_the_app_and_the_run_config(tmp_path: Path) -> None:

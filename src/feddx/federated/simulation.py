@@ -119,6 +119,15 @@ def _wait_healthy(port: int, proc: Any, timeout: float) -> None:
     raise SimulationError(f"flower-superlink did not become ready within {timeout:.0f} s")
 
 
+def federation_config(num_clients: int, client_cpus: int, client_gpus: float = 0.0) -> str:
+    """``flwr run --federation-config``: the simulated SuperNodes and each ClientApp's Ray
+    resources (GPUs only when asked for, so a CPU machine's config is what it always was)."""
+    out = f"num-supernodes={num_clients} client-resources-num-cpus={client_cpus}"
+    if client_gpus > 0:
+        out += f" client-resources-num-gpus={client_gpus}"
+    return out
+
+
 def run_simulation(
     cfg: FederatedConfig,
     *,
@@ -189,9 +198,7 @@ def run_simulation(
             )
             _wait_healthy(port, superlink, startup_timeout)
             control = FlowerControl(flwr_home, env)
-            fed_config = f"num-supernodes={cfg.num_clients} client-resources-num-cpus={client_cpus}"
-            if client_gpus > 0:
-                fed_config += f" client-resources-num-gpus={client_gpus}"
+            fed_config = federation_config(cfg.num_clients, client_cpus, client_gpus)
             # FlowerControl.submit_run has no --federation-config; the simulation needs it.
             submitted = control._call(
                 [
