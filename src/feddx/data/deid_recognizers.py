@@ -666,7 +666,10 @@ def _name_validator(score: float) -> Validator:
 
 
 def name_recognizer() -> RegexRecognizer:
-    """Person names after a field label ("Nome:", "Paciente:") or an honorific ("Sra.", "Dr.").
+    """Person names after a field label ("Nome:", "Paciente:"), an honorific ("Sra.", "Dr."), a
+    kinship word ("a esposa, Camila") or a self-introduction ("aqui é a fernanda"). A name in
+    apposition with an age ("Jefferson Souza, 42 anos,") is not taken: "Diabetes Mellitus, 10
+    anos," reads the same.
 
     Without a statistical NER model this finds only names that sit behind such cues; the
     :class:`~feddx.data.deid.Deidentifier` then propagates every name it found to the rest of
@@ -678,17 +681,28 @@ def name_recognizer() -> RegexRecognizer:
         r"(?<![\w.])(?i:paciente|patient|o\s+paciente|a\s+paciente)[ \t]+"
         rf"(?P<phi>{_NAME_SEQ})"
     )
-    # "pelo filho João", "esposa Maria": kinship words are followed by names often enough.
+    # "pelo filho João", "a esposa, Camila,", "Mãe (Daiane)": kinship words are followed by
+    # names often enough, directly, after a comma or in parentheses.
     kin = re.compile(
         r"(?<![\w])(?i:filh[oa]|espos[oa]|marido|irm[ãa]o?|net[oa]|m[ãa]e|pai|sobrinh[oa]|"
-        r"cunhad[oa]|genro|nora|t[ií]o|t[ií]a|av[óô]|companheir[oa]|cuidador[a]?|son|daughter|"
-        r"wife|husband|brother|sister|mother|father|grandson|granddaughter|caregiver)[ \t]+"
+        r"cunhad[oa]|genro|nora|t[ií]o|t[ií]a|av[óô]|companheir[oa]|cuidador[a]?|vizinh[oa]|"
+        r"namorad[oa]|entead[oa]|bisnet[oa]|beb[êe]|son|daughter|wife|husband|brother|sister|"
+        r"mother|father|grandson|granddaughter|caregiver|neighbou?r)"
+        r"(?:[ \t]+|,[ \t]+|[ \t]*\([ \t]*)"
         rf"(?P<phi>{_NAME_SEQ})"
+    )
+    # "aqui é a fernanda", "me chamo joão", "refere se chamar Edvaldo": a self-introduction
+    # names its speaker, in a message often in lower case (one word: the given name).
+    intro = re.compile(
+        r"(?<![\w])(?i:aqui\s+(?:é|e)\s+(?:o|a)|me\s+chamo|meu\s+nome\s+(?:é|e)|"
+        r"se\s+chamar|chamad[oa]\s+de|my\s+name\s+is)[ \t]+"
+        r"(?P<phi>[A-Za-zÀ-ÖØ-öø-ÿ][a-zà-öø-ÿ'’]+)(?![\w])"
     )
     return _recognizer(
         NAME,
         [
             RegexRule("kin", kin, 0.6, _name_validator(0.6), trim_name_span),
+            RegexRule("intro", intro, 0.6, _name_validator(0.6), trim_name_span),
             RegexRule("field", field, 0.85, _name_validator(0.85), trim_name_span),
             RegexRule("honorific", honorific, 0.8, _name_validator(0.8), trim_name_span),
             RegexRule("patient", patient, 0.6, _name_validator(0.6), trim_name_span),
