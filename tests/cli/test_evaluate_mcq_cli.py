@@ -97,3 +97,9 @@ def test_shared_medqa_dev_questions(
     r = _run(capsys, *argv, "--protocol", "likelihood", "--protocol", "flowertune")
     assert r["n"] == 3 and r["meta"]["n_skipped"] == 0
     assert r["protocols"]["likelihood"]["chance"] == 0.25
+
+
+def test_protocol_without_mcq_data_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["evaluate", "--data", "uci-heart", "--protocol", "flowertune"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("feddx: error:") and "mcq:FILE" in err and "\n" not in err

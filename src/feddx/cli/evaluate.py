@@ -272,6 +272,10 @@ def evaluate(
             predictions=predictions,
         )
         return
+    if protocol:
+        from feddx.errors import ConfigError
+
+        raise ConfigError("--protocol applies to multiple-choice questions (--data mcq:FILE)")
     from feddx.evaluate.dataset import DatasetEvaluation, evaluate_dataset
     from feddx.evaluate.harness import EvaluationOptions
     from feddx.evaluate.report import write_html, write_json, write_predictions
