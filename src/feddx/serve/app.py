@@ -46,6 +46,7 @@ from feddx.serve.routes.page import STATIC_DIR
 from feddx.serve.schemas import CdsFeedback, CdsRequest, DiagnoseRequest
 from feddx.serve.service import DiagnosisService, NotReady
 from feddx.serve.settings import ServeSettings
+from feddx.serve.store import StoreUnavailable
 
 if TYPE_CHECKING:
     from feddx.model.predict import Diagnoser
@@ -193,6 +194,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         RegistryUnavailable: (503, {"Retry-After": "30"}),
         Overloaded: (503, {"Retry-After": "1"}),
         NotReady: (503, {"Retry-After": "5"}),
+        StoreUnavailable: (503, {"Retry-After": "5"}),
     }
     for exc_type, (code, headers) in simple.items():
 

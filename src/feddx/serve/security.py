@@ -34,7 +34,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from feddx.errors import ConfigError, FeddxError
 from feddx.io import atomic_write_json
@@ -142,7 +142,9 @@ class KeyStore:
         self._verified: OrderedDict[bytes, str] = OrderedDict()
         self._public_keys: dict[str, Any] = {}
         self._dummy_salt = secrets.token_bytes(16)
-        self._seen_jti: dict[tuple[str, str], float] = {}
+        # Where used jtis are remembered: this process by default; the service swaps in the
+        # shared store (feddx.serve.store) when replicas must agree.
+        self.replay: ReplayCache = LocalReplayCache()
         self._load_if_changed()
 
     # ------------------------------------------------------------------ file
@@ -361,16 +363,37 @@ class KeyStore:
         exp, iat = float(claims["exp"]), float(claims["iat"])
         if exp - iat > max_lifetime_s:
             raise AuthError(f"JWT lifetime exceeds {max_lifetime_s} s")
-        now = time.time()
-        replay_key = (issuer, str(claims["jti"]))
-        with self._lock:
-            for k, until in list(self._seen_jti.items()):
-                if until < now:
-                    del self._seen_jti[k]
-            if replay_key in self._seen_jti:
-                raise AuthError("JWT jti was already used")
-            self._seen_jti[replay_key] = exp + leeway_s
+        if not self.replay.first_use(issuer, str(claims["jti"]), exp + leeway_s):
+            raise AuthError("JWT jti was already used")
         return Identity(ehr.institution, ehr.region, "institution", f"ehr:{issuer}")
+
+
+class ReplayCache(Protocol):
+    """Remembers the JWT ids (``jti``) already accepted, until they expire."""
+
+    def first_use(self, issuer: str, jti: str, until: float) -> bool:
+        """``True`` the first time ``(issuer, jti)`` is presented before ``until`` (epoch
+        seconds), ``False`` afterwards."""
+        ...
+
+
+class LocalReplayCache:
+    """The replay cache of one process (enough for one replica)."""
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[str, str], float] = {}
+        self._lock = threading.Lock()
+
+    def first_use(self, issuer: str, jti: str, until: float) -> bool:
+        now = time.time()
+        with self._lock:
+            for k, expires in list(self._seen.items()):
+                if expires < now:
+                    del self._seen[k]
+            if (issuer, jti) in self._seen:
+                return False
+            self._seen[(issuer, jti)] = until
+            return True
 
 
 def _public_key(pem: str, issuer: str) -> Any:

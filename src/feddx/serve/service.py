@@ -31,6 +31,7 @@ from feddx.serve.history import HistoryStore, history_key_from_env, merge_histor
 from feddx.serve.metrics import ServiceMetrics
 from feddx.serve.security import Identity, KeyStore, RateLimiter
 from feddx.serve.settings import ServeSettings
+from feddx.serve.store import Limiter, RedisState
 
 if TYPE_CHECKING:
     from feddx.model.predict import Diagnoser
@@ -78,8 +79,21 @@ class DiagnosisService:
             )
         key = os.environ.get("FEDDX_AUDIT_KEY")
         self.audit = AuditLog(settings.audit_log, patient_key=key.encode() if key else None)
-        self.limiter = RateLimiter(settings.rate_per_minute, settings.rate_burst)
-        self.auth_limiter = RateLimiter(_AUTH_FAILURES_PER_MINUTE, _AUTH_FAILURE_BURST)
+        self.shared: RedisState | None = None
+        self.limiter: Limiter
+        self.auth_limiter: Limiter
+        if settings.shared_store:
+            self.shared = RedisState(settings.shared_store)
+            self.keys.replay = self.shared
+            self.limiter = self.shared.limiter(
+                "rate", settings.rate_per_minute, settings.rate_burst
+            )
+            self.auth_limiter = self.shared.limiter(
+                "auth", _AUTH_FAILURES_PER_MINUTE, _AUTH_FAILURE_BURST
+            )
+        else:
+            self.limiter = RateLimiter(settings.rate_per_minute, settings.rate_burst)
+            self.auth_limiter = RateLimiter(_AUTH_FAILURES_PER_MINUTE, _AUTH_FAILURE_BURST)
         self.histories = (
             HistoryStore(settings.history_dir, history_key_from_env())
             if settings.history_dir
@@ -169,6 +183,8 @@ class DiagnosisService:
             return self.status, self.error
         problem = registry_problem(self._registry)
         if problem is not None and not self.settings.base_model_fallback:
+            return "unavailable", problem
+        if self.shared is not None and (problem := self.shared.problem()) is not None:
             return "unavailable", problem
         return "ok", None
 

@@ -35,6 +35,7 @@ _TEXT_FIELDS = frozenset(
         "candidates",
         "public_url",
         "scheduler",
+        "shared_store",
     }
 )
 
@@ -95,6 +96,11 @@ class ServeSettings(Settings):
         ignoring the templates' ``_count``; measured in ``results/cds-prefetch.txt``).
     max_cases_per_request
         Cases one ``/v1/diagnose`` call may carry.
+    shared_store
+        ``None`` (default): rate limits and the JWT replay cache live in this process (right
+        for one replica). ``redis://host:6379/0``: in that Redis, shared by every replica, so a
+        JWT used at one is refused at the others and the rates hold across them
+        (:mod:`feddx.serve.store`).
     rate_per_minute, rate_burst
         Token bucket per identity (and per client address for failed sign-ins): refill rate
         and bucket size; excess requests get 429 with ``Retry-After``.
@@ -152,6 +158,7 @@ class ServeSettings(Settings):
     adapter_cache: int = Field(default=8, ge=1)
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
     cds_max_body_bytes: int = Field(default=CDS_MAX_BODY_BYTES, ge=1024)
+    shared_store: str | None = None
     rate_per_minute: float = Field(default=600.0, gt=0)
     rate_burst: int = Field(default=60, ge=1)
     jwt_algorithms: Names = ("ES384", "RS384")
@@ -185,6 +192,13 @@ class ServeSettings(Settings):
         if parts.scheme not in ("http", "https") or not parts.netloc or parts.query:
             raise ValueError("must be an absolute http(s) URL without a query")
         return v.rstrip("/")
+
+    @field_validator("shared_store")
+    @classmethod
+    def _redis_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return v
 
     @field_validator("trusted_proxies")
     @classmethod
