@@ -30,8 +30,8 @@ def docs() -> list[dict[str, Any]]:
     ]
 
 
-def one(kind: str) -> dict[str, Any]:
-    [found] = [d for d in docs() if d["kind"] == kind]
+def one(kind: str, name: str | None = None) -> dict[str, Any]:
+    [found] = [d for d in docs() if d["kind"] == kind and name in (None, d["metadata"]["name"])]
     return found
 
 
@@ -63,18 +63,24 @@ def test_deployment_probes_ports_and_secret_wiring() -> None:
     )
     env = {e["name"]: e.get("value") for e in c["env"]}
     mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    init_mounts = {m["name"] for i in pod["initContainers"] for m in i["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
-    secret = one("Secret")
+    secret = one("Secret", "feddx-serve-keys")
     assert volumes["keys"]["secret"]["secretName"] == secret["metadata"]["name"]
     assert env["FEDDX_SERVE_KEYS_FILE"] == f"{mounts['keys']}/{next(iter(secret['stringData']))}"
     assert env["FEDDX_SERVE_AUDIT_LOG"].startswith(mounts["audit"] + "/$(POD_NAME)")
+    [key_ref] = [
+        e["valueFrom"]["secretKeyRef"] for e in c["env"] if e["name"] == "FEDDX_HISTORY_KEY"
+    ]
+    assert key_ref["key"] in one("Secret", key_ref["name"])["stringData"]
     claims = {d["metadata"]["name"] for d in docs() if d["kind"] == "PersistentVolumeClaim"}
+    job = one("Job")["spec"]["template"]["spec"]
     assert {
         v["persistentVolumeClaim"]["claimName"]
-        for v in volumes.values()
+        for v in [*volumes.values(), *job["volumes"]]
         if "persistentVolumeClaim" in v
     } == claims
-    assert set(mounts) == set(volumes)
+    assert set(mounts) | init_mounts == set(volumes)
     svc = one("Service")
     assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
     assert svc["spec"]["ports"][0]["targetPort"] == "http"
@@ -105,7 +111,7 @@ def test_configmap_and_env_are_valid_service_settings(tmp_path: Path) -> None:
     assert settings.scheduler == "batched" and settings.adapter_cache == 8
     assert str(settings.keys_file) == "/etc/feddx/keys/keys.json"
     assert str(settings.audit_log) == "/var/log/feddx/pod-0.jsonl"
-    keys = yaml.safe_load(one("Secret")["stringData"]["keys.json"])
+    keys = yaml.safe_load(one("Secret", "feddx-serve-keys")["stringData"]["keys.json"])
     assert keys == {"format": 1, "keys": [], "ehrs": []}
 
 
@@ -135,3 +141,49 @@ def test_compose_runs_the_image_with_its_volumes_and_secret() -> None:
     ServeSettings.from_mapping(
         environment_settings({k: str(v) for k, v in svc["environment"].items()})
     )
+
+
+def test_the_registry_has_one_writer_and_pods_read_their_own_copy() -> None:
+    """SQLite's locking does not hold over network filesystems: only the registration Job
+    (parallelism 1) mounts the registry volume writable; the service pods mount it read-only,
+    copy it to an emptyDir at start and point FEDDX_SERVE_REGISTRY at the copy."""
+    pod = one("Deployment")["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    [source] = [
+        n
+        for n, v in volumes.items()
+        if "persistentVolumeClaim" in v
+        and v["persistentVolumeClaim"]["claimName"] == "feddx-registry"
+    ]
+    assert volumes[source]["persistentVolumeClaim"]["readOnly"] is True
+    every_mount = [m for c in pod["initContainers"] + pod["containers"] for m in c["volumeMounts"]]
+    assert all(m.get("readOnly") is True for m in every_mount if m["name"] == source)
+    [serve] = pod["containers"]
+    env = {e["name"]: e.get("value") for e in serve["env"]}
+    [local] = [m for m in serve["volumeMounts"] if m["mountPath"] == env["FEDDX_SERVE_REGISTRY"]]
+    assert "emptyDir" in volumes[local["name"]]
+    [copy] = pod["initContainers"]
+    [src] = [m["mountPath"] for m in copy["volumeMounts"] if m["name"] == source]
+    assert f"cp -a {src}/. {env['FEDDX_SERVE_REGISTRY']}/" in " ".join(copy["command"])
+    job = one("Job")
+    spec = job["spec"]["template"]["spec"]
+    assert job["spec"]["parallelism"] == 1 and spec["restartPolicy"] == "Never"
+    [writer] = [
+        v["name"]
+        for v in spec["volumes"]
+        if v.get("persistentVolumeClaim", {}).get("claimName") == "feddx-registry"
+    ]
+    [mount] = [m for m in spec["containers"][0]["volumeMounts"] if m["name"] == writer]
+    assert not mount.get("readOnly") and "--root" in spec["containers"][0]["args"]
+    pvc = one("PersistentVolumeClaim", "feddx-registry")
+    assert "ReadWriteMany" not in pvc["spec"]["accessModes"]
+
+
+def test_replicas_share_a_store() -> None:
+    """More than one replica (the autoscaler's minimum) needs the shared store, and the
+    NetworkPolicy lets the pods reach it (and nothing else but DNS)."""
+    assert one("HorizontalPodAutoscaler")["spec"]["minReplicas"] > 1
+    url = one("ConfigMap")["data"]["FEDDX_SERVE_SHARED_STORE"]
+    assert ServeSettings(shared_store=url).shared_store == url
+    ports = {p["port"] for rule in one("NetworkPolicy")["spec"]["egress"] for p in rule["ports"]}
+    assert ports == {6379, 53}
