@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,9 @@ def _extra_cases(n: int, offset: int) -> list[Any]:
 
 
 def _one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
-    err = capsys.readouterr().err.strip()
+    """The error line, after any timestamped progress lines (stderr is no terminal here)."""
+    lines = capsys.readouterr().err.strip().splitlines()
+    err = "\n".join(x for x in lines if not re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ ", x))
     assert err.startswith("feddx: error:") and "\n" not in err and "Traceback" not in err
     return err
 
@@ -149,6 +152,7 @@ def test_extra_data_trains_on_more_cases_and_must_share_the_labels(
     base = ["train", "--data", f"jsonl:{data_file}", "--model", str(model_dir), "--out", str(out)]
     argv = [*base, "--extra-data", f"jsonl:{extra}", "--max-steps", "1", "--top-layers", "1"]
     assert main(argv) == 0
+    capsys.readouterr()  # the run's progress lines (stderr is no terminal here)
     meta = json.loads((out / "train_result.json").read_text())
     assert meta["extra_data"] == {f"jsonl:{extra}": 6}
     assert meta["n_train"] == 24 + 6  # the 80% training split of 30, plus every extra case

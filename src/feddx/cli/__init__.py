@@ -7,10 +7,13 @@ non-zero exit code; only bugs show a traceback.
 
 from __future__ import annotations
 
+import inspect
+import re
 import sys
 
 import click
 import typer
+from rich.markup import escape
 
 from feddx.cli._app import app, console_err
 from feddx.errors import FeddxError
@@ -19,9 +22,69 @@ from feddx.errors import FeddxError
 from feddx.cli import core, data, deploy, evaluate, federate, personalize, registry, serve, train  # noqa: F401  # isort: skip
 
 
+# Options of the root command that a user may also write after the subcommand
+# (``feddx train ... --quiet``): they are moved in front of it.
+_ROOT_FLAGS = ("--quiet", "-q")
+_ROOT_VALUED = ("--log-format",)
+
+
+def _hoist_root_options(argv: list[str]) -> list[str]:
+    """``argv`` with ``--quiet`` and ``--log-format X`` moved before the subcommand, wherever
+    they were written (no command defines options of those names; ``--`` ends the search)."""
+    front: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            rest.extend(argv[i:])
+            break
+        if arg in _ROOT_FLAGS or any(arg.startswith(f"{o}=") for o in _ROOT_VALUED):
+            front.append(arg)
+        elif arg in _ROOT_VALUED and i + 1 < len(argv):
+            front.extend(argv[i : i + 2])
+            i += 1
+        else:
+            rest.append(arg)
+        i += 1
+    return front + rest
+
+
+def _readable_help(text: str | None) -> str | None:
+    """Help text as written, shown literally: rich markup escaped (so ``[tool.flwr.app]`` and
+    ``feddx[gpu]`` are not taken for style tags and deleted) and a paragraph's single line
+    breaks joined (rich keeps them, breaking lines mid-sentence at 80 columns) unless the
+    paragraph starts with ``\\b``."""
+    if not text:
+        return text
+    body, sep, tail = text.partition("\f")
+    paragraphs = []
+    for para in re.split(r"\n\s*\n", inspect.cleandoc(body)):
+        lines = para.strip("\n").splitlines()
+        if lines and lines[0].strip() == "\b":
+            paragraphs.append("\n".join(lines[1:]))  # kept as written
+        else:
+            paragraphs.append(" ".join(line.strip() for line in lines))
+    return escape("\n\n".join(paragraphs)) + sep + tail
+
+
+def _prepare_help(command: click.Command) -> None:
+    """Apply :func:`_readable_help` to ``command``, its parameters and subcommands."""
+    command.help = _readable_help(command.help)
+    command.short_help = _readable_help(command.short_help)
+    for param in command.params:
+        if isinstance(param, click.Option) or hasattr(param, "help"):  # typer's arguments
+            param.help = _readable_help(param.help)
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            _prepare_help(sub)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns (and, as a script, exits with) the process exit code."""
     command = typer.main.get_command(app)
+    _prepare_help(command)
+    argv = _hoist_root_options(list(sys.argv[1:] if argv is None else argv))
     try:
         result = command.main(args=argv, prog_name="feddx", standalone_mode=False)
     except click.UsageError as e:

@@ -124,6 +124,14 @@ def train(
             "and text) instead of refusing to train; the count goes into train_result.json.",
         ),
     ] = False,
+    limit: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Train on at most this many cases (the first of the training split): a quick "
+            "run on a slice. The held-out split is unchanged.",
+        ),
+    ] = None,
 ) -> None:
     """Fine-tune a LoRA adapter on a dataset's training split and save it to --out.
 
@@ -160,6 +168,7 @@ def train(
         extra_per_label=extra_per_label,
         candidates_file=candidates,
         drop_overlapping_extra=drop_overlapping_extra,
+        limit=limit,
     )
     tdata = training_cases(spec, need_candidates=True)
     record = {
@@ -170,11 +179,15 @@ def train(
         "n_train": len(tdata.cases),
         "n_held_out": tdata.n_held_out,
         "extra_data": tdata.extra_info,
+        "limit": limit,
         "config": cfg.to_dict(),
     }
-    from feddx.cli.progress import train_progress
+    from feddx.cli.progress import progress_for
 
-    with train_progress(console_err, enabled=console_err.is_terminal) as progress:
+    # Bars on a terminal, timestamped lines in a log (the activation cache alone can take
+    # minutes before step 1), nothing with --quiet.
+    with progress_for("train", console_err) as progress:
+        progress.note(f"loading {model} ({len(tdata.cases)} training cases)")
         done = train_and_save(
             model,
             tdata.cases,

@@ -96,6 +96,9 @@ class TrainingData(Settings):
     candidates_file: SettingPath | None = None
     # Leave out extra cases identical to held-out ones instead of refusing the whole run.
     drop_overlapping_extra: bool = False
+    # At most this many training cases (a slice for a quick run): the split's own cases
+    # first, then extra ones. The held-out split and the candidate list are not affected.
+    limit: int | None = Field(default=None, ge=1)
 
 
 @dataclass(frozen=True)
@@ -119,7 +122,8 @@ def training_cases(spec: TrainingData, *, need_candidates: bool = False) -> Trai
     Raises :class:`DataError` naming the spec for empty data, an empty training split,
     extra-data labels unknown to ``spec.data`` or extra-data cases identical to held-out ones
     (:func:`refuse_overlap`; with ``spec.drop_overlapping_extra`` those are left out instead,
-    and counted in ``extra_info``).
+    and counted in ``extra_info``). ``spec.limit`` keeps the first that many training cases
+    (the split's own before extra ones; the count left out goes into ``extra_info``).
     """
     loaded = load_cases(spec.data, purpose="train on")
     cases = loaded.cases
@@ -155,6 +159,9 @@ def training_cases(spec: TrainingData, *, need_candidates: bool = False) -> Trai
             extra = cap_per_label(extra, spec.extra_per_label, seed=spec.seed)
             extra_info["kept_after_per_label_cap"] = len(extra)
         cases = cases + extra
+    if spec.limit is not None and len(cases) > spec.limit:
+        extra_info["dropped_by_limit"] = len(cases) - spec.limit
+        cases = cases[: spec.limit]
     candidates = None
     if need_candidates:
         # the dataset's label space, as feddx evaluate builds it (a patient-grouped split can
