@@ -100,6 +100,23 @@ def test_update_form_starts_and_ends_stages() -> None:
     assert len(text.splitlines()) == 4
 
 
+def test_only_slow_stages_are_shown_when_asked() -> None:
+    stream, clock = _Stream(), _Clock()
+    p = LineProgress("data", stream, interval=5.0, clock=clock, only_slow=True)
+    p.started("loading csv", 0)
+    clock.now = 1.0
+    p.advanced(100)
+    p.finished()
+    assert stream.getvalue() == ""  # a quick read: silent
+    p.started("loading ddxplus", 0)
+    clock.now = 7.0
+    p.advanced(5000)
+    p.finished()
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2 and "loading ddxplus: 5,000 cases" in lines[0]
+    assert "ETA" not in lines[0]  # no size known in advance: no ETA
+
+
 def test_style_follows_quiet_and_log_format() -> None:
     try:
         configure_output(quiet=True, log_format=LogFormat.json)

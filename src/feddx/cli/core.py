@@ -104,7 +104,7 @@ def demo(
     quiet_libraries()
     import json
 
-    from feddx.cli.progress import RichTrainProgress
+    from feddx.cli.progress import train_progress_factory
     from feddx.demo import DemoOptions
     from feddx.demo.stages import run_demo
 
@@ -125,7 +125,8 @@ def demo(
         round_eval_cases=round_eval_cases,
     )
     shown = console_err if json_out else console
-    results = run_demo(opts, shown, train_progress=RichTrainProgress)
+    # The training loops' progress: bars on a terminal, timestamped lines in a log.
+    results = run_demo(opts, shown, train_progress=train_progress_factory("demo"))
     if json_out:
         typer.echo(json.dumps(results, indent=1, allow_nan=False))
 

@@ -40,18 +40,29 @@ class PartitionKindOption(StrEnum):
 
 
 def _load(source: str, path: Path | None, report: LoadReport) -> Iterator[Case]:
-    """The cases of ``source``, with a live count on stderr (hidden when not a terminal)."""
+    """The cases of ``source``, with a live count on stderr: a spinner on a terminal,
+    timestamped lines in a log (a large dataset takes minutes to read), nothing with
+    --quiet."""
+    from feddx.cli.progress import LineProgress, progress_style
     from feddx.data.sources import load_source
 
     cases = load_source(source, path, report)
+    style = progress_style(console_err)
+    if style in ("plain", "json"):
+        lines = LineProgress("data", as_json=style == "json", only_slow=True)
+        lines.started(f"loading {source}", 0)
+        for case in cases:
+            lines.advanced(1)
+            yield case
+        lines.finished()
+        return
     with Progress(
         SpinnerColumn(),
         TextColumn("loading {task.description}: {task.completed:,} cases"),
         TimeElapsedColumn(),
         console=console_err,
         transient=True,
-        # Off when stderr is a file or pipe: no live display, and no stray blank line.
-        disable=not console_err.is_terminal,
+        disable=style == "off",
     ) as progress:
         task = progress.add_task(source, total=None)
         for case in cases:

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from feddx.cli._app import app, console, console_err, quiet_libraries
@@ -81,9 +80,17 @@ def _compare(
     as_json: bool,
     result_file: Path | None,
 ) -> None:
+    from feddx.cli.progress import progress_for
     from feddx.evaluate.comparison import compare_systems
 
-    done = compare_systems(*systems, request, resamples=resamples, seed=request.seed or 0)
+    with progress_for("evaluate", console_err, transient=True) as progress:
+        done = compare_systems(
+            *systems,
+            request,
+            resamples=resamples,
+            seed=request.seed or 0,
+            on_progress=progress.update,
+        )
     body = done.to_dict()
     if result_file:
         from feddx.io import atomic_write_json
@@ -306,23 +313,11 @@ def evaluate(
     if compare is not None:
         _compare(compare, request, resamples=resamples, as_json=as_json, result_file=result_file)
         return
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console_err,
-        transient=True,
-        disable=not console_err.is_terminal,
-    ) as progress:
-        tasks: dict[str, Any] = {}
+    from feddx.cli.progress import progress_for
 
-        def on_progress(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = progress.add_task(stage, total=total)
-            progress.update(tasks[stage], completed=done)
-
-        result = evaluate_dataset(request, on_progress=on_progress)
+    # Bars on a terminal, timestamped lines in a log, nothing with --quiet.
+    with progress_for("evaluate", console_err, transient=True) as progress:
+        result = evaluate_dataset(request, on_progress=progress.update)
     if result_file:
         write_json(result, result_file)
     if predictions:

@@ -7,7 +7,6 @@ progress goes to stderr."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -40,13 +39,11 @@ def personalize(
     out_dir = out or Path("runs") / f"personalize-{config.stem}"
     quiet_libraries()
 
-    started = time.perf_counter()
+    from feddx.cli.progress import progress_for
 
-    def progress(message: str) -> None:
-        elapsed = time.perf_counter() - started
-        console_err.print(f"[dim]{elapsed:7.0f} s  {message}[/]", highlight=False, markup=True)
-
-    result = run_experiment(cfg, out_dir, progress=progress)
+    # Each step as a timestamped line (in a log too); nothing with --quiet.
+    with progress_for("personalize", console_err) as shown:
+        result = run_experiment(cfg, out_dir, progress=shown.note)
     if as_json:
         typer.echo(json.dumps(result, default=str, allow_nan=False))
         return

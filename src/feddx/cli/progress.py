@@ -123,7 +123,8 @@ def _clock(seconds: float) -> str:
 class LineProgress:
     """Timestamped lines (or JSON objects) on ``stream``, flushed as written: readable in a
     log file while the command still runs. ``interval`` seconds at least between two lines
-    of one stage, apart from its first and last."""
+    of one stage, apart from its first and last; with ``only_slow``, a stage that ends within
+    ``interval`` writes nothing (reading a small file is not worth two lines)."""
 
     def __init__(
         self,
@@ -133,8 +134,11 @@ class LineProgress:
         as_json: bool = False,
         interval: float = LINE_INTERVAL_S,
         clock: Callable[[], float] = time.monotonic,
+        only_slow: bool = False,
     ) -> None:
         self.command = command
+        self.only_slow = only_slow
+        self._shown = False
         self.stream = stream
         self.as_json = as_json
         self.interval = interval
@@ -154,7 +158,9 @@ class LineProgress:
         self._stage, self._total, self._done, self._start_done = stage, total, done, done
         self._t0 = self._last = self.clock()
         self._info = ""
-        self._write("started")
+        self._shown = not self.only_slow
+        if self._shown:
+            self._write("started")
 
     def advanced(self, n: int = 1, info: str = "") -> None:
         if self._stage is None:
@@ -165,12 +171,14 @@ class LineProgress:
         now = self.clock()
         if now - self._last >= self.interval:
             self._last = now
+            self._shown = True
             self._write("progress")
 
     def finished(self) -> None:
         if self._stage is None:
             return
-        self._write("finished")
+        if self._shown:
+            self._write("finished")
         self._stage = None
 
     # --- StageProgress -----------------------------------------------------------------
@@ -188,9 +196,9 @@ class LineProgress:
     def _write(self, event: str) -> None:
         stage, done, total = self._stage or "", self._done, self._total
         elapsed = self.clock() - self._t0
-        rate = (done - self._start_done) / elapsed if elapsed > 0 else None
+        rate = (done - self._start_done) / elapsed if elapsed > 0 and done else None
         left = total - done
-        eta = left / rate if rate and left > 0 else (0.0 if left <= 0 else None)
+        eta: float | None = left / rate if rate and left > 0 else (0.0 if left <= 0 else None)
         unit = _UNITS.get(stage, "cases")
         record: dict[str, Any] = {
             "event": event,
@@ -202,17 +210,21 @@ class LineProgress:
             "rate_per_s": round(rate, 3) if rate is not None else None,
             "eta_s": round(eta, 1) if eta is not None and event != "finished" else None,
         }
+        if total <= 0:
+            record["total"] = record["eta_s"] = None
         if self._info:
             record["info"] = self._info
-        share = f" ({done / total:.0%})" if total else ""
-        parts = [f"{stage} {done:,}/{total:,} {unit}{share}"]
+        if total > 0:
+            parts = [f"{stage} {done:,}/{total:,} {unit} ({done / total:.0%})"]
+        else:  # a size not known in advance (cases read from a file): the count so far
+            parts = [f"{stage}: {done:,} {unit}"]
         if event == "finished":
             parts.append(f"done in {_clock(elapsed)}")
         else:
             parts.append(f"elapsed {_clock(elapsed)}")
         if rate is not None and done > self._start_done:
             parts.append(f"{rate:.2f} {unit}/s")
-        if event != "finished":
+        if event != "finished" and total > 0:
             parts.append(f"ETA {_clock(eta)}" if eta is not None else "ETA -")
         if self._info:
             parts.append(self._info)
