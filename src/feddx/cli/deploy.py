@@ -262,3 +262,76 @@ def k8s_secrets(
         markup=False,
         highlight=False,
     )
+
+
+superlink_app = typer.Typer(
+    help="The local SuperLink 'flwr run . local' uses: start it so that it installs nothing at "
+    "run time, see it, stop it.",
+    no_args_is_help=True,
+)
+deploy_app.add_typer(superlink_app, name="superlink")
+
+
+@superlink_app.command("start")
+def superlink_start() -> None:
+    """Start the local SuperLink that 'flwr run . local' uses, with runtime dependency
+    installation off (Flower's own would run 'uv sync' and download the app's dependencies
+    for every run). It keeps running: 'flwr run . local --stream' then uses it; stop it with
+    'feddx deploy superlink stop'."""
+    from feddx.federated.deploy.flwr_local import start_local_superlink
+
+    link = start_local_superlink()
+    console.print(
+        f"local SuperLink running (pid {link.pid}, installs nothing at run time; log "
+        f"{link.log_file}); run: flwr run . local --stream; stop: feddx deploy superlink stop",
+        markup=False,
+        highlight=False,
+    )
+
+
+@superlink_app.command("status")
+def superlink_status(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Whether the local SuperLink of $FLWR_HOME runs, its processes, and whether it installs
+    app dependencies at run time."""
+    from feddx.federated.deploy.flwr_local import find_local_superlink
+
+    link = find_local_superlink()
+    body = {
+        "running": link is not None,
+        "pid": link.pid if link else None,
+        "helper_pids": list(link.helper_pids) if link else [],
+        "installs_dependencies": link.installs_dependencies if link else None,
+        "log_file": str(link.log_file) if link else None,
+    }
+    if as_json:
+        typer.echo(json.dumps(body))
+        return
+    if link is None:
+        console.print("no local SuperLink running", markup=False)
+        return
+    installs = (
+        "installs app dependencies at run time (stop it, then feddx deploy superlink start)"
+        if link.installs_dependencies
+        else "installs nothing at run time"
+    )
+    console.print(
+        f"local SuperLink running: pid {link.pid}, helpers {list(link.helper_pids)}; "
+        f"{installs}; log {link.log_file}",
+        markup=False,
+        highlight=False,
+    )
+
+
+@superlink_app.command("stop")
+def superlink_stop() -> None:
+    """Stop the local SuperLink (started by 'flwr run . local' or by 'feddx deploy superlink
+    start') and the executor and apps it spawned; nothing else is touched."""
+    from feddx.federated.deploy.flwr_local import stop_local_superlink
+
+    stopped = stop_local_superlink()
+    if not stopped:
+        console.print("no local SuperLink running", markup=False)
+        return
+    console.print(f"stopped the local SuperLink (pids {stopped})", markup=False)
