@@ -191,6 +191,7 @@ def test_resolve_prints_the_chain_and_the_fallbacks(
         "chain": ["global/v1", "regional/europe/v1", "institutional/cleveland/v1"],
         "answering": "institutional/cleveland/v1",
         "fallbacks": [],
+        "unknown": [],
         "base_fingerprint": BASE,
     }
     flip_byte(AdapterRegistry(root).get("institutional/cleveland/v1"))
@@ -223,6 +224,32 @@ def test_resolve_prints_the_chain_and_the_fallbacks(
         capsys,
     )
     assert json.loads(out)["answering"] is None
+
+
+def test_resolve_says_when_the_institution_is_unknown(
+    root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An institution without any adapter gets the global one, and is told so (issue 26)."""
+    base = ["--root", str(root), "--base-fingerprint", BASE]
+    code, out, _ = run(["registry", "resolve", "--institution", "nobody", *base], capsys)
+    assert code == 0
+    assert "answering   global/v1" in out
+    lines = [x for x in out.splitlines() if x.startswith("unknown")]
+    assert lines == [
+        "unknown     institution nobody is unknown to this registry: answering with global/v1"
+    ]
+    code, out, _ = run(
+        ["registry", "resolve", "--institution", "Nobody", "--region", "mars", *base, "--json"],
+        capsys,
+    )
+    assert json.loads(out)["unknown"] == [
+        "institution nobody is unknown to this registry",
+        "region mars is unknown to this registry",
+    ]
+    code, out, _ = run(
+        ["registry", "resolve", "--institution", "Cleveland", *base, "--json"], capsys
+    )
+    assert json.loads(out)["unknown"] == []  # registered (as cleveland): known
 
 
 def test_delete_asks_unless_yes(

@@ -36,6 +36,9 @@ def test_the_most_specific_lineage_answers(
     assert resolve(registry, region=None).ids() == CHAIN
     # An institution without its own adapter gets its region's; no region: the global one.
     assert resolve(registry, institution="zurich").ids() == CHAIN[:2]
+    assert resolve(registry, institution="zurich").unknown == (
+        "institution zurich is unknown to this registry",
+    )  # said, not silently answered for (issue 26)
     assert resolve(registry, institution="zurich", region=None).ids() == CHAIN[:1]
     assert resolve(registry, institution=None, region=None).ids() == CHAIN[:1]
     assert resolve(registry, institution="Cleveland", region="Europe").ids() == CHAIN
@@ -43,6 +46,7 @@ def test_the_most_specific_lineage_answers(
         "chain": CHAIN,
         "answering": "institutional/cleveland/v1",
         "fallbacks": [],
+        "unknown": [],
     }
 
 

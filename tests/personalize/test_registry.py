@@ -295,7 +295,7 @@ def test_register_validates_levels_names_and_numbers(
         ({"level": "global", "parent_id": "global/v1"}, "a global adapter has no parent"),
         ({"level": "regional"}, "a regional adapter needs a region"),
         ({"level": "institutional", "region": "europe"}, "needs an institution"),
-        ({"level": "regional", "region": "../etc"}, "region '../etc' is not a valid registry name"),
+        ({"level": "regional", "region": "../.."}, "region '../..' is not a valid registry name"),
         ({"level": "global", "training_round": -1}, "training_round must be an integer >= 0"),
         ({"level": "global", "data_fingerprint": "case-17 Jane Doe"}, "must be a hex hash"),
         ({"level": "global", "metrics": {"top1": float("nan")}}, "metric top1 must be a finite"),
@@ -314,8 +314,14 @@ def test_register_validates_levels_names_and_numbers(
 def test_scope_names_and_ids() -> None:
     assert normalize_scope("  Hospital  A ") == "hospital-a"
     assert normalize_scope("Basel_Stadt") == "basel-stadt"
-    assert normalize_scope("us-west.2") == "us-west.2"
-    for bad in ("", "..", ".hidden", "a/b", "Zürich", "x" * 65):
+    assert normalize_scope("us-west.2") == "us-west-2"
+    # One slug everywhere (feddx.data.slug): Hungary's hospital as deploy and the demo name it.
+    assert normalize_scope("Hungarian Inst. of Cardiology") == "hungarian-inst-of-cardiology"
+    assert normalize_scope("Zürich") == "zurich"
+    # Path-like names become plain slugs: nothing typed can leave the registry's folder.
+    assert normalize_scope("../etc") == "etc" and normalize_scope("a/b") == "a-b"
+    assert len(normalize_scope("x" * 80)) == 63
+    for bad in ("", "..", "///", " - "):
         with pytest.raises(ConfigError, match="not a valid registry name"):
             normalize_scope(bad, "institution")
     assert parse_adapter_id("global/v12") == ("global", None, 12)

@@ -299,3 +299,6 @@ def resolve(
     _plain(f"answering   {answering.adapter_id if answering else 'none: no usable adapter'}")
     for line in chain.fallbacks:
         _plain(f"fallback    {line}")
+    for line in chain.unknown:  # an answer from a less specific level, not its own adapter
+        shown = answering.adapter_id if answering else "no adapter"
+        _plain(f"unknown     {line}: answering with {shown}")

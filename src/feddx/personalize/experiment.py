@@ -884,13 +884,13 @@ def gate_deployment(
 
 
 def registry_scope(name: str) -> str:
-    """A region or institution name as a registry scope: lower case, every run of characters
-    outside ``a-z 0-9 . _ -`` as one ``-`` ("Univ. Hospitals Zurich/Basel" ->
-    ``univ.-hospitals-zurich-basel``), at most 64 characters."""
-    import re
+    """A region or institution name as a registry scope: its one slug
+    (:func:`feddx.data.slug.slug`: "Univ. Hospitals Zurich/Basel" ->
+    ``univ-hospitals-zurich-basel``, as ``feddx deploy`` and the service name it), or
+    ``unnamed`` for a name without a letter or digit."""
+    from feddx.data.slug import slug
 
-    slug = re.sub(r"[^a-z0-9._-]+", "-", name.strip().lower()).strip("-._")
-    return (slug or "unnamed")[:64].rstrip("-._")
+    return slug(name) or "unnamed"
 
 
 def _summary(

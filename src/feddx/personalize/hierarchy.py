@@ -42,6 +42,10 @@ class ResolvedChain:
 
     entries: tuple[AdapterEntry, ...]
     fallbacks: tuple[str, ...]
+    # Names asked for that no adapter of the registry is registered under ("institution
+    # nobody is unknown to this registry"): the answer then comes from a less specific level,
+    # which a caller must be told rather than take for the institution's own.
+    unknown: tuple[str, ...] = ()
 
     @property
     def answering(self) -> AdapterEntry | None:
@@ -59,6 +63,7 @@ class ResolvedChain:
             "chain": self.ids(),
             "answering": answering.adapter_id if answering else None,
             "fallbacks": list(self.fallbacks),
+            "unknown": list(self.unknown),
         }
 
 
@@ -77,6 +82,9 @@ def resolve_chain(
     the region's (the one given, else the one the institution is registered under), then the
     global ones. The first candidate that is intact, for this base model and whose whole
     lineage is too, answers. Never raises for a damaged adapter: it is skipped and reported.
+
+    ``unknown`` names an institution (or a region given) under which no adapter is registered
+    at all: the answer then comes from a less specific level.
 
     ``logged`` (adapter id -> last warning) keeps a service that resolves per request from
     repeating the same warning: a skip is logged again only when its message changes.
@@ -106,11 +114,21 @@ def resolve_chain(
 
     own = registry.entries(level="institutional", institution=institution) if institution else []
     registered_region = next((e.region for e in reversed(own) if e.region), None)
+    asked_region = region
     region = region or registered_region
     candidates = list(reversed(own))
-    if region:
-        candidates += reversed(registry.entries(level="regional", region=region))
+    regional = registry.entries(level="regional", region=region) if region else []
+    candidates += reversed(regional)
     candidates += reversed(registry.entries(level="global"))
+    unknown: list[str] = []
+    if institution and not own:
+        unknown.append(f"institution {institution} is unknown to this registry")
+    if (
+        asked_region
+        and not regional
+        and not any(e.region == asked_region for e in registry.entries(level="institutional"))
+    ):
+        unknown.append(f"region {asked_region} is unknown to this registry")
 
     skipped: list[tuple[str, str]] = []
     chosen: list[AdapterEntry] = []
@@ -138,6 +156,7 @@ def resolve_chain(
     return ResolvedChain(
         entries=tuple(chosen),
         fallbacks=tuple(f"{adapter_id} skipped: {why}" for adapter_id, why in skipped),
+        unknown=tuple(unknown),
     )
 
 

@@ -31,7 +31,8 @@ Why it is built this way:
   (:func:`data_fingerprint`), never cases, text or patient identifiers.
 
 Scope names (regions, institutions) become folder names, so they are normalised once
-(:func:`normalize_scope`: lower case, spaces to ``-``) and checked against a safe alphabet.
+(:func:`normalize_scope`: the one slug of :mod:`feddx.data.slug`) and checked for path-like
+names.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 from feddx.data.schema import Case
+from feddx.data.slug import slug
 from feddx.errors import ConfigError, ModelError
 from feddx.io import building_dir, file_sha256
 from feddx.model.adapter import (
@@ -80,7 +82,6 @@ ADAPTER_FILES = (META_FILE, PEFT_CONFIG_FILE, WEIGHTS_FILE)
 RACY_SECONDS = 2.0
 """A cached verification is trusted only for files last modified this long before it."""
 
-_SCOPE_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _HASH_RE = re.compile(r"^(sha256:)?[0-9a-f]{16,128}$")
 _ID_RE = re.compile(
     r"^(global/v(?P<gv>\d+)|(?P<level>regional|institutional)/(?P<scope>[^/]+)/v(?P<v>\d+))$"
@@ -186,15 +187,16 @@ class _Verdict:
 
 
 def normalize_scope(name: str, what: str = "scope") -> str:
-    """A region or institution name as the registry stores it: stripped, lower case, runs of
-    spaces and underscores as one ``-`` ("Hospital A" -> ``hospital-a``). Raises
-    :class:`ConfigError` naming ``what`` unless the result is 1-64 characters of ``a-z 0-9 . _ -``
-    starting with a letter or digit (it becomes a folder name and part of an adapter id)."""
-    value = re.sub(r"[\s_]+", "-", str(name).strip().lower())
-    if not _SCOPE_RE.match(value):
+    """A region or institution name as the registry stores it: its one slug
+    (:func:`feddx.data.slug.slug`, the name deploy, personalize, the demo and the service use:
+    "Hungarian Inst. of Cardiology" -> ``hungarian-inst-of-cardiology``, "Univ. Hospitals
+    Zurich/Basel" -> ``univ-hospitals-zurich-basel``): only ``a-z 0-9 -``, so it is safe as a
+    folder name and part of an adapter id whatever was typed. Raises :class:`ConfigError`
+    naming ``what`` for a name without a letter or digit."""
+    value = slug(str(name))
+    if not value:
         raise ConfigError(
-            f"{what} {name!r} is not a valid registry name: use 1-64 letters, digits, '.', '_' "
-            "or '-', starting with a letter or digit"
+            f"{what} {name!r} is not a valid registry name: it needs a letter or digit"
         )
     return value
 

@@ -92,9 +92,12 @@ class NodeSpec(Settings):
 
 
 def node_name_for(value: str) -> str:
-    """A node name (DNS label) for a partition client: ``"VA Long Beach"`` -> ``va-long-beach``."""
-    slug = re.sub(r"[^a-z0-9]+", "-", value.lower()).strip("-")[:63].strip("-")
-    return slug or "node"
+    """A node name (DNS label) for a partition client: its one slug
+    (:func:`feddx.data.slug.slug`, as the registry and personalize name it):
+    ``"VA Long Beach"`` -> ``va-long-beach``."""
+    from feddx.data.slug import slug
+
+    return slug(value) or "node"
 
 
 def nodes_from_partition(partition_dir: Path) -> list[NodeSpec]:
