@@ -202,6 +202,7 @@ def prepare(
         "n_cases": n_written,
         # Ids and dates may be pseudonymised in every case; count the texts that held PHI.
         "n_text_redacted": stage.n_text_redacted,
+        "placeholders": dict(stage.placeholders.most_common()),
         "n_skipped": report.n_skipped,
         "skipped_reasons": report.skipped_reasons(),
         "deidentification": marker.as_dict(),
@@ -210,9 +211,11 @@ def prepare(
         typer.echo(json.dumps(result, ensure_ascii=False))
         return
     what = "de-identified" if not stage.assumed else "(assumed de-identified)"
+    counts = ", ".join(f"{n:,} {p}" for p, n in stage.placeholders.most_common())
     console.print(
         f"wrote {n_written:,} {what} cases to {out} ({stage.n_text_redacted:,} texts had "
-        f"identifiers removed); skipped {report.n_skipped:,} records",
+        f"identifiers removed{': ' + counts if counts else ''}); skipped "
+        f"{report.n_skipped:,} records",
         markup=False,
         highlight=False,
     )

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,7 +110,11 @@ class DeidStage:
 
         self.assumed = assume_deidentified
         self.n_cases = 0
+        # Texts of the output holding a placeholder, whoever put it there: this stage, or a
+        # loader that redacts while it reads (the FHIR loader replaces the patient's names
+        # before a case reaches the stage, so "texts this stage changed" would say 0).
         self.n_text_redacted = 0
+        self.placeholders: Counter[str] = Counter()
         self._deid = deidentifier
         self.config = deidentifier.config if deidentifier is not None else config or DeidConfig()
         if assume_deidentified:
@@ -158,7 +164,9 @@ class DeidStage:
         deid = self.deidentifier
         assert deid is not None
         clean = deid.deidentify_case(case)
-        self.n_text_redacted += clean.text != case.text
+        found = _placeholders_in(clean.text)
+        self.placeholders.update(found)
+        self.n_text_redacted += bool(found) or clean.text != case.text
         return clean
 
     def cases(self, cases: Iterable[Case]) -> Iterator[Case]:
@@ -190,6 +198,22 @@ class DeidStage:
             key="random" if self.pseudonymizer.key_is_random else "configured",
             ner=ner,
         )
+
+
+def _placeholders_in(text: str | None) -> Counter[str]:
+    """How often each de-identification placeholder (``[NAME]``, ``[DATE]`` ...) occurs in
+    ``text``."""
+    if not text or "[" not in text:
+        return Counter()
+    from feddx.data.deid import PLACEHOLDERS
+
+    global _PLACEHOLDER_RE
+    if _PLACEHOLDER_RE is None:
+        _PLACEHOLDER_RE = re.compile("|".join(re.escape(p) for p in set(PLACEHOLDERS.values())))
+    return Counter(m.group(0) for m in _PLACEHOLDER_RE.finditer(text))
+
+
+_PLACEHOLDER_RE: re.Pattern[str] | None = None
 
 
 def _check_installed(config: DeidConfig) -> None:
