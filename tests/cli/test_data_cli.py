@@ -21,7 +21,7 @@ def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, 
 def test_stats_json_is_exactly_one_object_with_the_contract_fields(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    code, out, _ = run(["data", "stats", "csv", str(FIXTURES / "malformed.csv"), "--json"], capsys)
+    code, out, _ = run(["data", "stats", f"csv:{FIXTURES / 'malformed.csv'}", "--json"], capsys)
     assert code == 0
     stats = json.loads(out)  # the whole of stdout is one JSON document
     assert isinstance(stats, dict)
@@ -39,9 +39,7 @@ def test_stats_json_is_exactly_one_object_with_the_contract_fields(
 
 
 def test_stats_json_extras(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(
-        ["data", "stats", "csv", str(FIXTURES / "extra_columns.csv"), "--json"], capsys
-    )
+    code, out, _ = run(["data", "stats", f"csv:{FIXTURES / 'extra_columns.csv'}", "--json"], capsys)
     assert code == 0
     stats = json.loads(out)
     assert stats["n_cases"] == 3 and stats["n_labeled"] == 3
@@ -55,11 +53,23 @@ def test_stats_json_extras(capsys: pytest.CaptureFixture[str]) -> None:
 def test_stats_table_shows_counts_and_first_skipped_records(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    code, out, _ = run(["data", "stats", "csv", str(FIXTURES / "malformed.csv")], capsys)
+    code, out, _ = run(["data", "stats", f"csv:{FIXTURES / 'malformed.csv'}"], capsys)
     assert code == 0
     assert "Migraine" in out and "G43.909" in out
     assert "malformed.csv:5: too many columns (expected 2, got 4)" in out
     assert "chills" not in out  # never the patient text of a skipped row
+
+
+def test_the_older_source_path_form_still_works_with_a_one_line_note(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """DATA is SOURCE:PATH, as --data everywhere; 'SOURCE PATH' is deprecated (issue 26)."""
+    data = FIXTURES / "malformed.csv"
+    code, new, err = run(["data", "stats", f"csv:{data}", "--json"], capsys)
+    assert code == 0 and err == ""
+    code, old, err = run(["data", "stats", "csv", str(data), "--json"], capsys)
+    assert code == 0 and json.loads(old) == json.loads(new)
+    assert err == f"feddx: note: 'SOURCE PATH' is deprecated; write csv:{data}\n"
 
 
 def test_stats_uci_heart_needs_no_path(capsys: pytest.CaptureFixture[str]) -> None:
@@ -71,7 +81,7 @@ def test_stats_uci_heart_needs_no_path(capsys: pytest.CaptureFixture[str]) -> No
     assert set(stats["regions"]) == {"USA", "Hungary", "Switzerland"}
     # A path is accepted and ignored.
     assert (
-        json.loads(run(["data", "stats", "uci-heart", "ignored", "--json"], capsys)[1])["n_cases"]
+        json.loads(run(["data", "stats", "uci-heart:ignored", "--json"], capsys)[1])["n_cases"]
         == 920
     )
 
@@ -79,11 +89,11 @@ def test_stats_uci_heart_needs_no_path(capsys: pytest.CaptureFixture[str]) -> No
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["data", "stats", "nosuch", "x"], "unknown data source 'nosuch'"),
-        (["data", "stats", "csv", "/nonexistent/file.csv"], "path not found"),
+        (["data", "stats", "nosuch:x"], "unknown data source 'nosuch'"),
+        (["data", "stats", "csv:/nonexistent/file.csv"], "path not found"),
         (["data", "stats", "csv"], "needs a PATH"),
-        (["data", "stats", "csv", str(FIXTURES / "no_header.csv")], "no label column"),
-        (["data", "stats", "csv", str(FIXTURES / "no_header.csv"), "--json"], "no label column"),
+        (["data", "stats", f"csv:{FIXTURES / 'no_header.csv'}"], "no label column"),
+        (["data", "stats", f"csv:{FIXTURES / 'no_header.csv'}", "--json"], "no label column"),
     ],
 )
 def test_stats_errors_are_one_line_and_exit_2(
@@ -103,7 +113,7 @@ def test_partition_writes_shards_and_prints_histograms(
     out_dir, plot = tmp_path / "clients", tmp_path / "partition.png"
     code, out, _ = run(
         [
-            "data", "partition", "csv", str(FIXTURES / "symptoms_small.csv"),
+            "data", "partition", f"csv:{FIXTURES / 'symptoms_small.csv'}",
             "--out", str(out_dir), "--kind", "iid", "--num-clients", "2", "--seed", "3",
             "--plot", str(plot),
         ],
@@ -150,7 +160,7 @@ def test_partition_by_attribute_defaults_to_institution(
 def test_partition_errors_are_one_line_and_exit_2(
     extra: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    argv = ["data", "partition", "csv", str(FIXTURES / "symptoms_small.csv")]
+    argv = ["data", "partition", f"csv:{FIXTURES / 'symptoms_small.csv'}"]
     code, _, err = run([*argv, "--out", str(tmp_path / "p"), *extra], capsys)
     assert code == 2
     assert message in err and err.count("\n") == 1
@@ -159,7 +169,7 @@ def test_partition_errors_are_one_line_and_exit_2(
 
 def test_stats_symptom2disease(shared_data: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(
-        ["data", "stats", "csv", str(shared_data / "symptom2disease"), "--json"], capsys
+        ["data", "stats", f"csv:{shared_data / 'symptom2disease'}", "--json"], capsys
     )
     assert code == 0
     stats = json.loads(out)
@@ -172,9 +182,7 @@ def test_prepare_writes_deidentified_jsonl(
 ) -> None:
     out = tmp_path / "prepared" / "cases.jsonl"
     source = FIXTURES / "with_identifiers.csv"
-    code, stdout, _ = run(
-        ["data", "prepare", "csv", str(source), "--out", str(out), "--json"], capsys
-    )
+    code, stdout, _ = run(["data", "prepare", f"csv:{source}", "--out", str(out), "--json"], capsys)
     assert code == 0
     result = json.loads(stdout)
     assert result["n_cases"] == 3 and result["n_skipped"] == 0
@@ -190,7 +198,7 @@ def test_prepare_writes_deidentified_jsonl(
         assert identifier not in written
     assert "Sneezing and a runny nose since yesterday." in written
     # The prepared file is the jsonl source: it loads back into the same labels.
-    code, stdout, _ = run(["data", "stats", "jsonl", str(out), "--json"], capsys)
+    code, stdout, _ = run(["data", "stats", f"jsonl:{out}", "--json"], capsys)
     assert code == 0
     assert json.loads(stdout)["labels"] == {
         "Migraine": 1,
@@ -202,7 +210,7 @@ def test_prepare_writes_deidentified_jsonl(
 def test_prepare_rejects_a_directory_as_out(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    argv = ["data", "prepare", "csv", str(FIXTURES / "symptoms_small.csv"), "--out", str(tmp_path)]
+    argv = ["data", "prepare", f"csv:{FIXTURES / 'symptoms_small.csv'}", "--out", str(tmp_path)]
     code, _, err = run(argv, capsys)
     assert code == 2 and "must be a file" in err
 

@@ -48,7 +48,16 @@ def root(tmp_path: Path, sources: dict[str, Path], capsys: pytest.CaptureFixture
     ]
     for level, *rest in steps:
         code, out, err = run(
-            ["registry", "add", str(sources[level]), "--level", level, "--root", str(root), *rest],
+            [
+                "registry",
+                "add",
+                str(sources[level]),
+                "--level",
+                level,
+                "--registry",
+                str(root),
+                *rest,
+            ],
             capsys,
         )
         assert code == 0, err
@@ -57,7 +66,7 @@ def root(tmp_path: Path, sources: dict[str, Path], capsys: pytest.CaptureFixture
 
 
 def test_add_list_and_show_with_json(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(["registry", "list", "--root", str(root), "--json"], capsys)
+    code, out, _ = run(["registry", "list", "--registry", str(root), "--json"], capsys)
     assert code == 0
     listed = json.loads(out)
     assert [e["adapter_id"] for e in listed] == [
@@ -71,21 +80,32 @@ def test_add_list_and_show_with_json(root: Path, capsys: pytest.CaptureFixture[s
     assert all(e["base_fingerprint"] == BASE and e["max_prompt_tokens"] == 64 for e in listed)
 
     code, out, _ = run(
-        ["registry", "list", "--root", str(root), "--level", "regional", "--json"], capsys
+        ["registry", "list", "--registry", str(root), "--level", "regional", "--json"], capsys
     )
     assert [e["adapter_id"] for e in json.loads(out)] == ["regional/europe/v1"]
 
     code, out, _ = run(
-        ["registry", "show", "regional/europe/v1", "--root", str(root), "--json"], capsys
+        ["registry", "show", "regional/europe/v1", "--registry", str(root), "--json"], capsys
     )
     shown = json.loads(out)
     assert shown["status"] == "ok" and shown["children"] == ["institutional/cleveland/v1"]
     assert shown["path"] == str(root / "adapters" / "regional" / "europe" / "v1")
 
-    code, out, _ = run(["registry", "list", "--root", str(root)], capsys)
+    code, out, _ = run(["registry", "list", "--registry", str(root)], capsys)
     assert code == 0 and "institutional/cleveland/v1" in out and "top1 0.533" in out
-    code, out, _ = run(["registry", "show", "global/v1", "--root", str(root)], capsys)
+    code, out, _ = run(["registry", "show", "global/v1", "--registry", str(root)], capsys)
     assert code == 0 and "status             ok" in out
+
+
+def test_root_is_a_deprecated_name_of_registry(
+    root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--registry names the folder on every command (issue 26); --root still works."""
+    code, new, err = run(["registry", "list", "--registry", str(root), "--json"], capsys)
+    assert code == 0 and err == ""
+    code, old, err = run(["registry", "list", "--root", str(root), "--json"], capsys)
+    assert code == 0 and old == new
+    assert err == "feddx: note: --root is deprecated; use --registry\n"
 
 
 def test_add_json_and_bad_input_is_one_line(
@@ -98,7 +118,7 @@ def test_add_json_and_bad_input_is_one_line(
             str(sources["global"]),
             "--level",
             "global",
-            "--root",
+            "--registry",
             str(root),
             "--json",
         ],
@@ -123,14 +143,14 @@ def test_add_json_and_bad_input_is_one_line(
     ]
     for extra, exit_code, message in cases:
         code, _, err = run(
-            ["registry", "add", str(sources["global"]), "--root", str(root), *extra], capsys
+            ["registry", "add", str(sources["global"]), "--registry", str(root), *extra], capsys
         )
         assert code == exit_code, err
         assert err.startswith("feddx: error:") and message in err and err.count("\n") == 1
     empty = tmp_path / "empty"
     empty.mkdir()
     code, _, err = run(
-        ["registry", "add", str(empty), "--level", "global", "--root", str(root)], capsys
+        ["registry", "add", str(empty), "--level", "global", "--registry", str(root)], capsys
     )
     assert (
         code == 1
@@ -141,7 +161,7 @@ def test_add_json_and_bad_input_is_one_line(
 def test_verify_exits_1_with_one_line_per_refused_adapter(
     root: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, err = run(["registry", "verify", "--root", str(root), "--json"], capsys)
+    code, out, err = run(["registry", "verify", "--registry", str(root), "--json"], capsys)
     assert code == 0, err
     assert json.loads(out) == {
         "root": str(root),
@@ -153,7 +173,7 @@ def test_verify_exits_1_with_one_line_per_refused_adapter(
     flip_byte(registry.get("global/v1"))
     (registry.get("institutional/cleveland/v1").path / "adapter_config.json").unlink()
 
-    code, out, err = run(["registry", "verify", "--root", str(root)], capsys)
+    code, out, err = run(["registry", "verify", "--registry", str(root)], capsys)
     assert code == 1
     assert err.splitlines() == [
         "feddx: error: adapter global/v1 refused: corrupt (content hash mismatch: a file changed "
@@ -163,7 +183,7 @@ def test_verify_exits_1_with_one_line_per_refused_adapter(
     ]
     assert "ok       regional/europe/v1" in out and "3 adapter(s): 1 ok, 2 refused" in out
 
-    code, out, err = run(["registry", "verify", "--root", str(root), "--json"], capsys)
+    code, out, err = run(["registry", "verify", "--registry", str(root), "--json"], capsys)
     assert code == 1 and err == ""
     report = json.loads(out)
     assert report["ok"] == ["regional/europe/v1"]
@@ -172,17 +192,19 @@ def test_verify_exits_1_with_one_line_per_refused_adapter(
         "institutional/cleveland/v1",
     ]
 
-    code, out, err = run(["registry", "verify", "global/v1", "--root", str(root)], capsys)
+    code, out, err = run(["registry", "verify", "global/v1", "--registry", str(root)], capsys)
     assert code == 1 and err.count("\n") == 1
     assert err.startswith("feddx: error: adapter global/v1 refused: corrupt")
-    code, _, err = run(["registry", "verify", "regional/europe/v1", "--root", str(root)], capsys)
+    code, _, err = run(
+        ["registry", "verify", "regional/europe/v1", "--registry", str(root)], capsys
+    )
     assert code == 0
 
 
 def test_resolve_prints_the_chain_and_the_fallbacks(
     root: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    base = ["--root", str(root), "--base-fingerprint", BASE]
+    base = ["--registry", str(root), "--base-fingerprint", BASE]
     code, out, err = run(
         ["registry", "resolve", "--institution", "cleveland", *base, "--json"], capsys
     )
@@ -220,7 +242,7 @@ def test_resolve_prints_the_chain_and_the_fallbacks(
     assert "answering   regional/europe/v1" in out
     assert "fallback    institutional/cleveland/v1 skipped: corrupt" in out
     code, out, _ = run(
-        ["registry", "resolve", "--root", str(root), "--base-fingerprint", "other:1", "--json"],
+        ["registry", "resolve", "--registry", str(root), "--base-fingerprint", "other:1", "--json"],
         capsys,
     )
     assert json.loads(out)["answering"] is None
@@ -230,7 +252,7 @@ def test_resolve_says_when_the_institution_is_unknown(
     root: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """An institution without any adapter gets the global one, and is told so (issue 26)."""
-    base = ["--root", str(root), "--base-fingerprint", BASE]
+    base = ["--registry", str(root), "--base-fingerprint", BASE]
     code, out, _ = run(["registry", "resolve", "--institution", "nobody", *base], capsys)
     assert code == 0
     assert "answering   global/v1" in out
@@ -256,16 +278,18 @@ def test_delete_asks_unless_yes(
     root: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(sys, "stdin", io.StringIO("n\n"))
-    code, out, err = run(["registry", "delete", "regional/europe/v1", "--root", str(root)], capsys)
+    code, out, err = run(
+        ["registry", "delete", "regional/europe/v1", "--registry", str(root)], capsys
+    )
     assert code == 130 and "institutional/cleveland/v1" in out  # the question names the child
     assert AdapterRegistry(root).get("regional/europe/v1")
     code, out, _ = run(
-        ["registry", "delete", "regional/europe/v1", "--root", str(root), "--yes"], capsys
+        ["registry", "delete", "regional/europe/v1", "--registry", str(root), "--yes"], capsys
     )
     assert code == 0 and out.strip() == "Deleted regional/europe/v1"
     assert not (root / "adapters" / "regional").exists()
     code, _, err = run(
-        ["registry", "delete", "regional/europe/v1", "--root", str(root), "--yes"], capsys
+        ["registry", "delete", "regional/europe/v1", "--registry", str(root), "--yes"], capsys
     )
     assert code == 1
     assert err == f"feddx: error: adapter regional/europe/v1 is not in the registry {root}\n"
@@ -280,7 +304,7 @@ def test_read_commands_refuse_a_missing_registry(
         ["verify"],
         ["resolve", "--base-fingerprint", "x"],
     ):
-        code, _, err = run(["registry", *argv, "--root", str(tmp_path / "typo")], capsys)
+        code, _, err = run(["registry", *argv, "--registry", str(tmp_path / "typo")], capsys)
         assert code == 1
         assert (
             err
@@ -324,7 +348,8 @@ def test_model_fingerprint_matches_the_loaded_model_without_loading_it(
     adapter = save_tiny_adapter(make_model, tmp_path / "a", base=fingerprint)
     AdapterRegistry(root).register(adapter, level="global")
     code, out, err = run(
-        ["registry", "resolve", "--root", str(root), "--model", str(model_dir), "--json"], capsys
+        ["registry", "resolve", "--registry", str(root), "--model", str(model_dir), "--json"],
+        capsys,
     )
     assert code == 0, err
     assert json.loads(out)["answering"] == "global/v1"

@@ -174,7 +174,7 @@ def test_the_registry_has_one_writer_and_pods_read_their_own_copy() -> None:
         if v.get("persistentVolumeClaim", {}).get("claimName") == "feddx-registry"
     ]
     [mount] = [m for m in spec["containers"][0]["volumeMounts"] if m["name"] == writer]
-    assert not mount.get("readOnly") and "--root" in spec["containers"][0]["args"]
+    assert not mount.get("readOnly") and "--registry" in spec["containers"][0]["args"]
     pvc = one("PersistentVolumeClaim", "feddx-registry")
     assert "ReadWriteMany" not in pvc["spec"]["accessModes"]
 

@@ -50,6 +50,34 @@ def _hoist_root_options(argv: list[str]) -> list[str]:
     return front + rest
 
 
+# Option names that now have one name across commands (issue 26 item 1): the old spelling
+# still works, with a one-line note, and is rewritten before parsing.
+DEPRECATED_OPTIONS = {
+    "--root": "--registry",
+    "--lr": "--learning-rate",
+    "--dataset": "--data",
+    "--max-cases": "--limit",
+}
+
+
+def _rename_deprecated(argv: list[str]) -> list[str]:
+    """``argv`` with each deprecated option name (:data:`DEPRECATED_OPTIONS`) replaced by
+    its current one, saying so once per name on stderr; ``--`` ends the search."""
+    out: list[str] = []
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            return out + argv[i:]
+        name, eq, value = arg.partition("=")
+        new = DEPRECATED_OPTIONS.get(name)
+        if new is not None:
+            console_err.print(
+                f"feddx: note: {name} is deprecated; use {new}", markup=False, highlight=False
+            )
+            arg = new + eq + value
+        out.append(arg)
+    return out
+
+
 def _readable_help(text: str | None) -> str | None:
     """Help text as written, shown literally: rich markup escaped (so ``[tool.flwr.app]`` and
     ``feddx[gpu]`` are not taken for style tags and deleted) and a paragraph's single line
@@ -84,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns (and, as a script, exits with) the process exit code."""
     command = typer.main.get_command(app)
     _prepare_help(command)
-    argv = _hoist_root_options(list(sys.argv[1:] if argv is None else argv))
+    argv = _rename_deprecated(_hoist_root_options(list(sys.argv[1:] if argv is None else argv)))
     try:
         result = command.main(args=argv, prog_name="feddx", standalone_mode=False)
     except click.UsageError as e:

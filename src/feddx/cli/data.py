@@ -28,8 +28,25 @@ from feddx.errors import DataError
 data_app = typer.Typer(help="Inspect, prepare and partition datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
-SOURCE_HELP = "Data source: ddxplus, ddxplus-v0, csv, jsonl, uci-heart, fhir or eicu."
-PATH_HELP = "File or directory of the data (not needed for uci-heart)."
+SOURCE_HELP = (
+    "The data as SOURCE:PATH (as --data everywhere), e.g. ddxplus:../shared/data/ddxplus; "
+    "SOURCE is ddxplus, ddxplus-v0, csv, jsonl, uci-heart (no PATH), fhir or eicu."
+)
+PATH_HELP = "Deprecated: the PATH of 'SOURCE PATH'; write SOURCE:PATH."
+
+
+def _data_spec(data: str, path: Path | None) -> tuple[str, Path | None]:
+    """``(source, path)`` of a ``SOURCE:PATH`` argument, or of the older two-argument form
+    ``SOURCE PATH`` (still accepted, with a one-line note on stderr)."""
+    if path is not None:
+        console_err.print(
+            f"feddx: note: 'SOURCE PATH' is deprecated; write {data}:{path}",
+            markup=False,
+            highlight=False,
+        )
+        return data, path
+    source, sep, rest = data.partition(":")
+    return source, (Path(rest) if sep and rest else None)
 
 
 class PartitionKindOption(StrEnum):
@@ -141,17 +158,19 @@ def _print_stats(stats: dict[str, Any]) -> None:
 
 @data_app.command()
 def stats(
-    source: Annotated[str, typer.Argument(help=SOURCE_HELP)],
-    path: Annotated[Path | None, typer.Argument(help=PATH_HELP)] = None,
+    source: Annotated[str, typer.Argument(metavar="DATA", help=SOURCE_HELP)],
+    path: Annotated[Path | None, typer.Argument(help=PATH_HELP, hidden=True)] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON object instead of tables.")
     ] = False,
 ) -> None:
     """Count a dataset's cases, labels, skipped records and demographics.
 
-    SOURCE is one of ddxplus, ddxplus-v0, csv, jsonl, uci-heart, fhir, eicu; PATH is its file or
-    directory (not needed for uci-heart). With --json, print one JSON object (n_cases, labels, n_skipped, skipped_reasons, ...).
+    DATA is SOURCE:PATH, e.g. ddxplus:../shared/data/ddxplus (SOURCE one of ddxplus,
+    ddxplus-v0, csv, jsonl, uci-heart, fhir, eicu; uci-heart needs no PATH). With --json, print
+    one JSON object (n_cases, labels, n_skipped, skipped_reasons, ...).
     """
+    source, path = _data_spec(source, path)
     report = LoadReport(source)
     result = dataset_stats(source, path, _load(source, path, report), report)
     if as_json:
@@ -168,8 +187,8 @@ ASSUME_HELP = (
 
 @data_app.command()
 def prepare(
-    source: Annotated[str, typer.Argument(help=SOURCE_HELP)],
-    path: Annotated[Path | None, typer.Argument(help=PATH_HELP)] = None,
+    source: Annotated[str, typer.Argument(metavar="DATA", help=SOURCE_HELP)],
+    path: Annotated[Path | None, typer.Argument(help=PATH_HELP, hidden=True)] = None,
     *,
     out: Annotated[Path, typer.Option("--out", help="JSONL file to write (the case schema).")],
     as_json: Annotated[
@@ -181,7 +200,7 @@ def prepare(
 ) -> None:
     """De-identify a dataset and write it as JSONL of the case schema.
 
-    SOURCE and PATH as in 'feddx data stats'.
+    DATA is SOURCE:PATH as in 'feddx data stats'.
     Names, dates, phones, e-mails, addresses, record numbers and CPF/CNS/RG/CEP are replaced by
     typed placeholders; case and patient ids become keyed pseudonyms. OUT.deid.json records
     how (and the key's fingerprint, never the key). Set FEDDX_DEID_KEY to get the same
@@ -190,6 +209,7 @@ def prepare(
     from feddx.data.jsonl import write_jsonl
     from feddx.data.stage import DeidStage, write_marker
 
+    source, path = _data_spec(source, path)
     if out.is_dir():
         raise DataError(f"--out must be a file, not a directory: {out}")
     report = LoadReport(source)
@@ -225,8 +245,8 @@ def prepare(
 
 @data_app.command()
 def partition(
-    source: Annotated[str, typer.Argument(help=SOURCE_HELP)],
-    path: Annotated[Path | None, typer.Argument(help=PATH_HELP)] = None,
+    source: Annotated[str, typer.Argument(metavar="DATA", help=SOURCE_HELP)],
+    path: Annotated[Path | None, typer.Argument(help=PATH_HELP, hidden=True)] = None,
     *,
     out: Annotated[
         Path, typer.Option("--out", help="Directory for client_<i>.jsonl and manifest.json.")
@@ -260,7 +280,7 @@ def partition(
 ) -> None:
     """Split a dataset into federated clients: JSONL shards plus a manifest.
 
-    SOURCE and PATH as in 'feddx data stats'.
+    DATA is SOURCE:PATH as in 'feddx data stats'.
     Kinds: attribute (one client per institution/region/...), iid, dirichlet (label skew,
     --alpha) and size-skew (log-normal client sizes, --sigma); seeded and reproducible.
     Cases are de-identified as by 'feddx data prepare' before they are split (data prepared
@@ -276,6 +296,7 @@ def partition(
     )
     from feddx.data.stage import DeidStage
 
+    source, path = _data_spec(source, path)
     if kind is PartitionKindOption.attribute and attribute is None:
         attribute = "institution"
     spec = PartitionSpec(

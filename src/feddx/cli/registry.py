@@ -34,7 +34,7 @@ class LevelOption(StrEnum):
 RootOption = Annotated[
     Path | None,
     typer.Option(
-        "--root",
+        "--registry",
         help="Registry folder (default: $FEDDX_REGISTRY, else ~/.local/share/feddx/registry).",
     ),
 ]

@@ -228,7 +228,7 @@ class AdapterRegistry:
     """The registry at ``root`` (``root/registry.sqlite3`` and ``root/adapters/<id>/``).
 
     ``create=False`` refuses a root that holds no registry yet (the CLI's read commands use it
-    so a mistyped ``--root`` is an error, not a new empty registry). Safe to share between
+    so a mistyped ``--registry`` is an error, not a new empty registry). Safe to share between
     threads: each thread uses its own SQLite connection. Raises :class:`ModelError` naming the
     database when it is not a feddx registry or was written by a newer feddx.
     """
