@@ -86,7 +86,7 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-"$feddx" deploy prepare --data "$data" --out "$run_dir/data" --max-cases "$max_cases"
+"$feddx" deploy prepare --data "$data" --out "$run_dir/data" --limit "$max_cases"
 "$feddx" deploy certs --out "$run_dir/certs" --partition "$run_dir/data/shards"
 n_nodes=$(find "$run_dir/data/shards" -name 'client_*.jsonl' | wc -l | tr -d ' ')
 

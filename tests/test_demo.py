@@ -287,7 +287,7 @@ def test_a_csv_demo_serves_its_own_candidates(tiny_dir: Path, tmp_path: Path) ->
     data = tmp_path / "cases.csv"
     data.write_text("\n".join(rows) + "\n")
     run = tmp_path / "run"
-    argv = _argv(tiny_dir, run, "data,centralized,serve", "--dataset", f"csv:{data}")
+    argv = _argv(tiny_dir, run, "data,centralized,serve", "--data", f"csv:{data}")
     assert main([*argv, "--max-epochs", "1"]) == 0
     r = _results(run)
     command = r["stages"]["serve"]["command"]

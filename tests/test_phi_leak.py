@@ -231,7 +231,7 @@ def run_predictions(records: Records, out: Path, model_dir: Path) -> None:
 
 
 def run_demo_path(records: Records, out: Path, model_dir: Path) -> None:
-    argv = ["demo", "--model", str(model_dir), "--dataset", f"csv:{records.csv}"]
+    argv = ["demo", "--model", str(model_dir), "--data", f"csv:{records.csv}"]
     argv += ["--stages", "data,zero-shot,baseline,centralized,personalized,evaluation,report,serve"]
     argv += ["--epochs", "1", "--max-epochs", "1", "--validation-fraction", "0.3"]
     assert main([*argv, "--out", str(out / "run"), "--test-fraction", "0.25"]) == 0

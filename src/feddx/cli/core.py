@@ -59,6 +59,7 @@ def demo(
     ),
     dataset: str = typer.Option(
         "uci-heart",
+        "--data",
         help="Cases as SOURCE[:PATH] (uci-heart, ddxplus:DIR, csv:FILE, fhir:DIR, ...); "
         "institutions become the federation's clients.",
     ),
@@ -92,7 +93,7 @@ def demo(
         False, "--json", help="Print the results object as JSON at the end."
     ),
 ) -> None:
-    """The whole story on 4-hospital UCI Heart data (or --dataset): zero-shot, logistic
+    """The whole story on 4-hospital UCI Heart data (or --data): zero-shot, logistic
     regression, centralized, federated (Flower) and personalized LoRA, a report, a service."""
     chosen = tuple(s.strip() for s in stages.split(",") if s.strip())
     unknown = [s for s in chosen if s not in STAGES]

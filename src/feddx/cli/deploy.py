@@ -109,7 +109,10 @@ def prepare(
     ] = 0.2,
     seed: Annotated[int, typer.Option(help="Seed of the split.")] = 0,
     max_cases: Annotated[
-        int, typer.Option(min=0, help="Stratified sample of this many cases first (0: all).")
+        int,
+        typer.Option(
+            "--limit", min=0, help="At most this many cases, a stratified sample (0: all)."
+        ),
     ] = 0,
 ) -> None:
     """Split a dataset for a loopback federation: the server's validation set (eval.jsonl) and

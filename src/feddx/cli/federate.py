@@ -217,15 +217,20 @@ def experiments(
     ] = 4,
     local_epochs: Annotated[int, typer.Option(min=1, help="Local epochs per round.")] = 1,
     max_cases: Annotated[
-        int, typer.Option(min=0, help="DDXPlus: use a stratified sample of N cases (0: all).")
+        int,
+        typer.Option(
+            "--limit", min=0, help="DDXPlus: at most N cases, a stratified sample (0: all)."
+        ),
     ] = 0,
     max_eval_cases: Annotated[
         int, typer.Option(min=0, help="Validation cases scored per run (0: all).")
     ] = 150,
     top_layers: Annotated[int, typer.Option(min=1, help="LoRA on the top N layers.")] = 2,
     rank: Annotated[int, typer.Option(min=1, help="LoRA rank.")] = 8,
-    targets: Annotated[str, typer.Option(help="LoRA target modules.")] = "q_proj,v_proj",
-    lr: Annotated[float, typer.Option(min=0.0, help="Client learning rate.")] = 1e-3,
+    targets: Annotated[str, typer.Option(help="LoRA target modules (auto: per architecture).")] = "auto",
+    lr: Annotated[
+        float, typer.Option("--learning-rate", min=0.0, help="Client learning rate.")
+    ] = 1e-3,
     batch_size: Annotated[int, typer.Option(min=1, help="Client batch size.")] = 8,
     strategies: Annotated[
         str, typer.Option(help="Comma-separated strategy names, or 'all'.")
@@ -296,12 +301,12 @@ def experiments(
     parts += [
         f"--rounds {rounds}",
         f"--local-epochs {local_epochs}",
-        f"--max-cases {max_cases}",
+        f"--limit {max_cases}",
         f"--max-eval-cases {max_eval_cases}",
         f"--top-layers {top_layers}",
         f"--rank {rank}",
         f"--targets {targets}",
-        f"--lr {lr:g}",
+        f"--learning-rate {lr:g}",
         f"--batch-size {batch_size}",
         f"--strategies {strategies}",
         f"--groups {groups}",
