@@ -197,7 +197,7 @@ class FederatedConfig(Settings):
     lora_rank: int = Field(default=8, ge=1)
     lora_alpha: float = Field(default=16.0, gt=0.0)
     lora_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
-    lora_targets: str = "q_proj,v_proj"
+    lora_targets: str = "auto"
     lora_top_layers: int = Field(default=2, ge=0)
     # hardware
     device: str = "auto"

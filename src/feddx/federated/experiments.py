@@ -63,7 +63,7 @@ class PlanSettings:
     max_eval_cases: int = 150
     lora_top_layers: int = 2
     lora_rank: int = 8
-    lora_targets: str = "q_proj,v_proj"
+    lora_targets: str = "auto"
     learning_rate: float = 1e-3
     batch_size: int = 8
     max_prompt_tokens: int = (
