@@ -122,9 +122,33 @@ class Settings(BaseModel, metaclass=_SettingsMeta):
                 f"{where}: expected a table of settings, got {type(data).__name__}"
             )
         try:
-            return cls.model_validate(dict(data))
+            return cls.model_validate(cls._key_style(data))
         except ValidationError as e:
             raise cls.settings_error(f"{where}: {describe_validation_error(e, cls)}") from None
+
+    @classmethod
+    def _key_style(cls, data: Mapping[str, Any]) -> dict[str, Any]:
+        """``data`` with each key in the spelling this model declares: files may write
+        ``learning-rate`` (kebab-case, as Flower's run config) or ``learning_rate`` for any
+        model, at any depth (``lora.top-layers``). A key unknown in both spellings is kept
+        as written, so the error names it as the user wrote it."""
+        fields = cls.model_fields
+        by_name = {name: name for name in fields}
+        by_name.update({f.alias: name for name, f in fields.items() if f.alias})
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            written = key
+            if isinstance(key, str) and key not in by_name:
+                for other in (key.replace("-", "_"), key.replace("_", "-")):
+                    if other in by_name:
+                        key = other
+                        break
+            name = by_name.get(key) if isinstance(key, str) else None
+            nested = _settings_class(fields[name].annotation) if name else None
+            if nested is not None and isinstance(value, Mapping):
+                value = nested._key_style(value)
+            out[key if name else written] = value
+        return out
 
     @classmethod
     def from_file(cls, path: Path) -> Self:
@@ -148,6 +172,17 @@ class Settings(BaseModel, metaclass=_SettingsMeta):
         """Plain JSON/TOML-friendly data (tuples as lists, paths as strings);
         ``from_mapping(to_dict())`` gives an equal config."""
         return self.model_dump(mode="json")
+
+
+def _settings_class(annotation: Any) -> type[Settings] | None:
+    """The :class:`Settings` model a field holds (``LoraSpec``, ``LoraSpec | None``), if any."""
+    if isinstance(annotation, type) and issubclass(annotation, Settings):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _settings_class(arg)
+        if found is not None:
+            return found
+    return None
 
 
 # -------------------------------------------------------------------- files

@@ -135,7 +135,7 @@ def test_sigterm_stops_the_whole_federation(tmp_path: Path) -> None:
         "--node", f"hospital-a=jsonl:{shard}", "--node", f"hospital-b=jsonl:{shard}",
         "--app", str(TOY_APP), "--run-dir", str(run_dir),
         # A third node is required but never comes: the run waits until we stop it.
-        "--run-config", f"min-nodes=3 out-dir='{tmp_path / 'out'}'",
+        "--set", f"min-nodes=3 out-dir='{tmp_path / 'out'}'",
     ]  # fmt: skip
     runner = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

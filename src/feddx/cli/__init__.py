@@ -57,6 +57,7 @@ DEPRECATED_OPTIONS = {
     "--lr": "--learning-rate",
     "--dataset": "--data",
     "--max-cases": "--limit",
+    "--run-config": "--set",
 }
 
 

@@ -168,9 +168,9 @@ def local(
     run_config: Annotated[
         list[str] | None,
         typer.Option(
-            "--run-config",
-            "-c",
-            help="App config overrides as for 'flwr run', e.g. \"num-rounds=1 out-dir='runs/x'\".",
+            "--set",
+            help="Override one app setting: KEY=VALUE (repeatable; several space-separated "
+            "pairs in one value as for 'flwr run'), e.g. num-rounds=1.",
         ),
     ] = None,
     isolation: Annotated[
