@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from feddx.cli._app import app, console, console_err, quiet_libraries
+from feddx.cli._overrides import SetOption, with_overrides
 
 
 @app.command()
@@ -31,11 +32,13 @@ def personalize(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the result as one JSON object.")
     ] = False,
+    set_: SetOption = None,
 ) -> None:
     """Train global, regional and institutional adapters and compare them per group."""
     from feddx.personalize.experiment import TABLE_MD, PersonalizeConfig, run_experiment
 
-    cfg = PersonalizeConfig.from_file(config)  # ConfigError names the file and the key
+    # ConfigError names the file (or --set) and the key
+    cfg = with_overrides(PersonalizeConfig.from_file(config), set_)
     out_dir = out or Path("runs") / f"personalize-{config.stem}"
     quiet_libraries()
 
