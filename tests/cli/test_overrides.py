@@ -46,3 +46,18 @@ def test_personalize_takes_set(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["personalize", "--config", str(config), "--set", "roundz=1"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("feddx: error: --set: unknown setting 'roundz'") and "\n" not in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "--data", "uci-heart", "--out", "unused", "--set", "epoch=2"],
+        ["demo", "--stages", "data", "--set", "epoch=2"],
+    ],
+    ids=["train", "demo"],
+)
+def test_train_and_the_demo_take_set(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """Both validate --set like a config file, and fail in one line before any work."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("feddx: error: --set: unknown setting 'epoch'") and "\n" not in err

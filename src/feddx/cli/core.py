@@ -10,6 +10,7 @@ from rich.table import Table
 
 from feddx import __version__
 from feddx.cli._app import app, console, console_err, quiet_libraries
+from feddx.cli._overrides import SetOption, with_overrides
 from feddx.demo import DEFAULT_OUT, STAGES
 from feddx.model.loading import (
     BUILTIN_MODELS,
@@ -92,6 +93,7 @@ def demo(
     json_out: bool = typer.Option(
         False, "--json", help="Print the results object as JSON at the end."
     ),
+    set_: SetOption = None,
 ) -> None:
     """The whole story on 4-hospital UCI Heart data (or --data): zero-shot, logistic
     regression, centralized, federated (Flower) and personalized LoRA, a report, a service."""
@@ -125,6 +127,7 @@ def demo(
         personal_epochs=personal_epochs,
         round_eval_cases=round_eval_cases,
     )
+    opts = with_overrides(opts, set_)  # --set KEY=VALUE over any DemoOptions field
     shown = console_err if json_out else console
     # The training loops' progress: bars on a terminal, timestamped lines in a log.
     results = run_demo(opts, shown, train_progress=train_progress_factory("demo"))

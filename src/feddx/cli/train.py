@@ -21,6 +21,7 @@ from rich.table import Table
 
 from feddx.cli._app import app, console, console_err, quiet_libraries
 from feddx.cli._hardware import Device, Dtype, Quantize, hardware_overrides
+from feddx.cli._overrides import SetOption, with_overrides
 from feddx.io import atomic_write_json
 from feddx.model.loading import DEFAULT_MODEL
 
@@ -132,6 +133,7 @@ def train(
             "run on a slice. The held-out split is unchanged.",
         ),
     ] = None,
+    set_: SetOption = None,
 ) -> None:
     """Fine-tune a LoRA adapter on a dataset's training split and save it to --out.
 
@@ -154,6 +156,7 @@ def train(
         top_layers=top_layers,
         hardware=hardware_overrides(device, dtype, quantize),
     )
+    cfg = with_overrides(cfg, set_)  # --set KEY=VALUE, after the options above
     hardware = resolve_hardware(cfg.hardware)
     if extra_per_label is not None and not extra_data:
         raise typer.BadParameter(
