@@ -4,6 +4,7 @@ exit code 2."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -50,6 +51,8 @@ def test_federate_runs_a_config_file(
     history = json.loads((out / "history.json").read_text())
     assert history["summary"]["strategy"] == "fedmedian"
     assert history["summary"]["rounds_completed"] == 1
+    # stderr is no terminal here: the rounds, read from the run's checkpoints, as lines
+    assert re.search(r"Z federate: federation 1/1 rounds \(100%\), done in", err), err
 
 
 @pytest.mark.parametrize(

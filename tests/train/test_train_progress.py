@@ -117,6 +117,23 @@ def test_only_slow_stages_are_shown_when_asked() -> None:
     assert "ETA" not in lines[0]  # no size known in advance: no ETA
 
 
+def test_watching_reports_work_done_elsewhere_until_the_block_ends() -> None:
+    """A federation's rounds run in Flower's processes; the CLI polls their checkpoints."""
+    from feddx.cli.progress import watching
+
+    stream = _Stream()
+    p = LineProgress("federate", stream, interval=0.0)
+    done = iter([0, 1, 2, 2, 2])
+    with watching(p, "federation", 3, lambda: next(done, 2), every=0.01):
+        import time
+
+        time.sleep(0.2)
+    lines = stream.getvalue().splitlines()
+    assert any("federation 1/3 rounds" in x for x in lines)
+    assert "federation 2/3 rounds" in lines[-1]
+    assert "done in" in lines[-1]  # ended short of 3: the last count is still reported
+
+
 def test_style_follows_quiet_and_log_format() -> None:
     try:
         configure_output(quiet=True, log_format=LogFormat.json)

@@ -10,7 +10,7 @@ from typing import Annotated, Any, cast
 import typer
 from rich.table import Table
 
-from feddx.cli._app import app, console, quiet_libraries
+from feddx.cli._app import app, console, console_err, quiet_libraries
 from feddx.errors import ConfigError
 
 federate_app = typer.Typer(
@@ -52,6 +52,16 @@ def _absolute(cfg: Any) -> Any:
     if Path(cfg.model).expanduser().exists():
         changes["model"] = str(Path(cfg.model).expanduser().resolve())
     return cfg.replace(**changes)
+
+
+def _rounds_done(out_dir: Path) -> int:
+    """Rounds the federation in ``out_dir`` has checkpointed (0 before the first)."""
+    from feddx.federated.checkpoint import LATEST
+
+    latest = out_dir / "checkpoints" / LATEST
+    if not latest.is_file():
+        return 0
+    return int(latest.read_text().strip().rpartition("-")[2] or 0)
 
 
 @federate_app.callback()
@@ -133,10 +143,20 @@ def federate(
         f"[bold]feddx federate[/]: {cfg.strategy}, {cfg.num_clients} clients "
         f"({cfg.partition}), {cfg.num_rounds} rounds on {cfg.data.split(':')[0]} -> {cfg.out_dir}"
     )
-    if engine == "flower":
-        from feddx.federated.simulation import run_simulation
+    from feddx.cli.progress import progress_for, watching
 
-        outcome = run_simulation(cfg, client_cpus=client_cpus, client_gpus=client_gpus)
+    # The rounds run in Flower's processes: their checkpoints are the progress to show.
+    with (
+        progress_for("federate", console_err) as progress,
+        watching(progress, "federation", cfg.num_rounds, lambda: _rounds_done(cfg.out_path())),
+    ):
+        if engine == "flower":
+            from feddx.federated.simulation import run_simulation
+
+            outcome = run_simulation(cfg, client_cpus=client_cpus, client_gpus=client_gpus)
+        else:
+            run_federated(cfg, "inprocess")
+    if engine == "flower":
         history = outcome.history
         console.print(
             f"Flower run {outcome.run_id}: {outcome.status} in {outcome.seconds:.0f} s "
@@ -145,7 +165,6 @@ def federate(
     else:
         import json
 
-        run_federated(cfg, "inprocess")
         history = json.loads((cfg.out_path() / "history.json").read_text())
     _print_history(history)
     if store is not None:
@@ -227,7 +246,9 @@ def experiments(
     ] = 150,
     top_layers: Annotated[int, typer.Option(min=1, help="LoRA on the top N layers.")] = 2,
     rank: Annotated[int, typer.Option(min=1, help="LoRA rank.")] = 8,
-    targets: Annotated[str, typer.Option(help="LoRA target modules (auto: per architecture).")] = "auto",
+    targets: Annotated[
+        str, typer.Option(help="LoRA target modules (auto: per architecture).")
+    ] = "auto",
     lr: Annotated[
         float, typer.Option("--learning-rate", min=0.0, help="Client learning rate.")
     ] = 1e-3,

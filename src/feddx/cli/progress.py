@@ -25,7 +25,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Protocol, TextIO
@@ -53,7 +53,7 @@ class LogFormat(StrEnum):
 
 
 # Units of the stages whose library name does not say what is counted.
-_UNITS = {"training": "steps"}
+_UNITS = {"training": "steps", "federation": "rounds"}
 # Seconds between two lines of one stage (its start and end are always written).
 LINE_INTERVAL_S = 5.0
 
@@ -309,6 +309,50 @@ def progress_for(
             yield RichTrainProgress(bar)
     else:
         yield LineProgress(command, as_json=style == "json")
+
+
+@contextmanager
+def watching(
+    progress: StageProgress,
+    stage: str,
+    total: int,
+    read: Callable[[], int],
+    *,
+    every: float = 2.0,
+) -> Iterator[None]:
+    """Report ``read()`` (work done so far, e.g. rounds a federation has checkpointed) as
+    ``stage`` of ``total`` every ``every`` seconds while the block runs, from a background
+    thread: for work done in other processes, which report nothing to this one."""
+    import threading
+
+    stop = threading.Event()
+    complete = threading.Event()  # the thread saw (and reported) the whole of it
+
+    def poll() -> None:
+        while True:
+            try:
+                done = min(total, max(0, read()))
+            except (OSError, ValueError):
+                done = -1
+            if done >= 0:
+                progress.update(stage, done, total)
+            if done >= total:
+                complete.set()
+                return
+            if stop.wait(every):
+                return
+
+    thread = threading.Thread(target=poll, name=f"progress-{stage}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=every + 1.0)
+        if not complete.is_set():
+            with suppress(OSError, ValueError):  # the count the work ended at
+                progress.update(stage, min(total, max(0, read())), total)
+            progress.finished()  # also when the work stopped short
 
 
 def train_progress_factory(command: str) -> Callable[[Progress], StageProgress]:
