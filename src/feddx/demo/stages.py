@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import shlex
 import time
 from collections import Counter
@@ -912,11 +911,12 @@ class DemoRun:
 
 
 def _slug(name: str) -> str:
-    """A folder and registry name for a region or institution ("Univ. Hospitals Zurich/Basel"
-    -> ``univ.-hospitals-zurich-basel``: what :func:`~feddx.personalize.registry.normalize_scope`
-    accepts)."""
-    out = re.sub(r"[^a-z0-9._-]+", "-", name.lower()).strip("-._")
-    return re.sub(r"-{2,}", "-", out)[:64] or "group"
+    """A folder and registry name for a region or institution: its one slug
+    (:func:`feddx.data.slug.slug`, as deploy, personalize, the registry and the service name
+    it: "Univ. Hospitals Zurich/Basel" -> ``univ-hospitals-zurich-basel``)."""
+    from feddx.data.slug import slug
+
+    return slug(name) or "group"
 
 
 def _absolute_spec(spec: str) -> str:
