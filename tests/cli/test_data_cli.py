@@ -72,6 +72,11 @@ def test_the_older_source_path_form_still_works_with_a_one_line_note(
     assert err == f"feddx: note: 'SOURCE PATH' is deprecated; write csv:{data}\n"
 
 
+def test_limit_reads_at_most_n_cases(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["data", "stats", "uci-heart", "--limit", "25", "--json"], capsys)
+    assert code == 0 and json.loads(out)["n_cases"] == 25
+
+
 def test_stats_uci_heart_needs_no_path(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(["data", "stats", "uci-heart", "--json"], capsys)
     assert code == 0

@@ -61,6 +61,15 @@ def test_a_parameter_has_one_option_name_across_commands() -> None:
     assert not split, f"the same setting under different names: {split}"
 
 
+def test_commands_that_read_cases_take_limit() -> None:
+    takes = {path for path, p in _options() if "--limit" in p.opts}
+    readers = {
+        "data stats", "data prepare", "data partition", "train", "evaluate", "demo",
+        "deploy prepare", "federate experiments",
+    }  # fmt: skip
+    assert readers <= takes, sorted(readers - takes)
+
+
 def test_every_option_reading_cases_takes_source_path() -> None:
     """Options that name data say SOURCE:PATH in their help (or NAME=SOURCE:PATH)."""
     for path, p in _options():

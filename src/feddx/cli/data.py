@@ -7,6 +7,7 @@ works the same way; an unknown source or unreadable path is a :class:`~feddx.err
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections import Counter
 from collections.abc import Iterator
@@ -56,14 +57,18 @@ class PartitionKindOption(StrEnum):
     size_skew = "size-skew"
 
 
-def _load(source: str, path: Path | None, report: LoadReport) -> Iterator[Case]:
+def _load(
+    source: str, path: Path | None, report: LoadReport, limit: int | None = None
+) -> Iterator[Case]:
     """The cases of ``source``, with a live count on stderr: a spinner on a terminal,
     timestamped lines in a log (a large dataset takes minutes to read), nothing with
     --quiet."""
     from feddx.cli.progress import LineProgress, progress_style
     from feddx.data.sources import load_source
 
-    cases = load_source(source, path, report)
+    cases: Iterator[Case] = iter(load_source(source, path, report))
+    if limit is not None:
+        cases = itertools.islice(cases, limit)
     style = progress_style(console_err)
     if style in ("plain", "json"):
         lines = LineProgress("data", as_json=style == "json", only_slow=True)
@@ -163,6 +168,7 @@ def stats(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON object instead of tables.")
     ] = False,
+    limit: LimitOption = None,
 ) -> None:
     """Count a dataset's cases, labels, skipped records and demographics.
 
@@ -172,12 +178,17 @@ def stats(
     """
     source, path = _data_spec(source, path)
     report = LoadReport(source)
-    result = dataset_stats(source, path, _load(source, path, report), report)
+    result = dataset_stats(source, path, _load(source, path, report, limit), report)
     if as_json:
         typer.echo(json.dumps(result, ensure_ascii=False))
     else:
         _print_stats(result)
 
+
+LimitOption = Annotated[
+    int | None,
+    typer.Option(min=1, help="Read at most this many cases (the first ones): a quick look."),
+]
 
 ASSUME_HELP = (
     "The data is already de-identified: write the cases as they are read (recorded as "
@@ -197,6 +208,7 @@ def prepare(
     assume_deidentified: Annotated[
         bool, typer.Option("--assume-deidentified", help=ASSUME_HELP)
     ] = False,
+    limit: LimitOption = None,
 ) -> None:
     """De-identify a dataset and write it as JSONL of the case schema.
 
@@ -214,7 +226,7 @@ def prepare(
         raise DataError(f"--out must be a file, not a directory: {out}")
     report = LoadReport(source)
     stage = DeidStage(assume_deidentified=assume_deidentified)  # warns when assumed
-    n_written = write_jsonl(stage.cases(_load(source, path, report)), out)
+    n_written = write_jsonl(stage.cases(_load(source, path, report, limit)), out)
     marker = stage.marker()
     write_marker(out, marker, extra={"n_cases": n_written, "source": source})
     result = {
@@ -277,6 +289,7 @@ def partition(
     assume_deidentified: Annotated[
         bool, typer.Option("--assume-deidentified", help=ASSUME_HELP)
     ] = False,
+    limit: LimitOption = None,
 ) -> None:
     """Split a dataset into federated clients: JSONL shards plus a manifest.
 
@@ -310,7 +323,7 @@ def partition(
     )
     report = LoadReport(source)
     stage = DeidStage(assume_deidentified=assume_deidentified)  # warns when assumed
-    cases = list(stage.cases(_load(source, path, report)))
+    cases = list(stage.cases(_load(source, path, report, limit)))
     parts = partition_cases(cases, spec)
     manifest = write_partition(
         parts,
