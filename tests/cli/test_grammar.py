@@ -49,6 +49,9 @@ def test_no_command_names_a_concept_differently() -> None:
     }
     assert not wrong, f"use one name per concept: {wrong}"
     assert not set(DEPRECATED_OPTIONS) & set(used)  # old names are rewritten, never defined
+    # root options a user may also write after the subcommand: no command may define them
+    for name in ("--quiet", "-q", "--log-format"):
+        assert used.get(name) == {"feddx"}, (name, used.get(name))
 
 
 def test_a_parameter_has_one_option_name_across_commands() -> None:
@@ -87,6 +90,15 @@ def test_deprecated_names_are_rewritten_with_one_note(
         "x", new, "1", f"{new}=2", "--", old
     ]  # fmt: skip
     assert capsys.readouterr().err.count(f"feddx: note: {old} is deprecated; use {new}") == 2
+
+
+def test_root_options_may_follow_the_subcommand() -> None:
+    from feddx.cli import _hoist_root_options
+
+    argv = ["train", "--data", "x", "--quiet", "--log-format", "json", "--", "--quiet"]
+    assert _hoist_root_options(argv) == [
+        "--quiet", "--log-format", "json", "train", "--data", "x", "--", "--quiet"
+    ]  # fmt: skip
 
 
 def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
