@@ -52,6 +52,8 @@ def _check(command_line: str, tolerant: bool) -> list[str]:
     if isinstance(cmd, click.Group):  # a table row naming several subcommands: any of theirs
         names |= _all_options(cmd)
     problems = []
+    if re.match(r"feddx data (stats|prepare|partition) [a-z0-9-]+ [^-\s]", text):
+        problems.append("data as 'SOURCE PATH' (deprecated): write SOURCE:PATH")
     for option in re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", text):
         if option in DEPRECATED_OPTIONS:
             problems.append(f"{option} is deprecated (use {DEPRECATED_OPTIONS[option]})")
