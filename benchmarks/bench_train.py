@@ -391,6 +391,11 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--skip-ours", action="store_true")
     ap.add_argument("--skip-eval", action="store_true")
     ap.add_argument(
+        "--validation-only",
+        action="store_true",
+        help="score on the validation cases only, never the test cases (choosing settings)",
+    )
+    ap.add_argument(
         "--answer-loss",
         default="vocabulary",
         choices=["vocabulary", "candidates"],
@@ -459,7 +464,8 @@ def measure(args: argparse.Namespace) -> dict[str, float]:
         else:
             val = _evaluate(diagnoser, adapter, validation, candidates)
             figures["validation_top1"] = val["top1"]
-        figures.update(_evaluate(diagnoser, adapter, test, candidates))
+        if not args.validation_only:
+            figures.update(_evaluate(diagnoser, adapter, test, candidates))
     figures["process_peak_rss_gib"] = _process_peak_rss_gib()
     return figures
 
