@@ -41,6 +41,16 @@ def tokenizer() -> Any:
     return tok
 
 
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer: Any) -> Path:
+    """The tiny random Llama (2 layers, seed 0) with SmolLM2's tokenizer, saved once per session
+    where ``feddx`` commands and Flower apps load a model by path (tests only read it)."""
+    d = tmp_path_factory.mktemp("tiny-llama")
+    make_tiny_llama(len(tokenizer)).save_pretrained(d)
+    tokenizer.save_pretrained(d)
+    return d
+
+
 @pytest.fixture()
 def tiny_model(tokenizer: Any) -> Any:
     return make_tiny_llama(len(tokenizer))

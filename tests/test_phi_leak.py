@@ -199,21 +199,21 @@ def demo_ids_bypassed(active: bool) -> Iterator[None]:
         yield
 
 
-def run_prepare(records: Records, out: Path, model_dir: Path) -> None:
+def run_prepare(records: Records, out: Path, tiny_llama_dir: Path) -> None:
     for source, path, name in (("csv", records.csv, "csv"), ("fhir", records.fhir, "fhir")):
         assert (
             main(["data", "prepare", source, str(path), "--out", str(out / f"{name}.jsonl")]) == 0
         )
 
 
-def run_partition(records: Records, out: Path, model_dir: Path) -> None:
+def run_partition(records: Records, out: Path, tiny_llama_dir: Path) -> None:
     argv = ["data", "partition", "csv", str(records.csv), "--out", str(out / "csv")]
     assert main([*argv, "--kind", "attribute", "--plot", str(out / "csv.png")]) == 0
     argv = ["data", "partition", "fhir", str(records.fhir), "--out", str(out / "fhir")]
     assert main([*argv, "--num-clients", "1"]) == 0
 
 
-def run_loopback_data(records: Records, out: Path, model_dir: Path) -> None:
+def run_loopback_data(records: Records, out: Path, tiny_llama_dir: Path) -> None:
     from feddx.federated.deploy.local import prepare_local_data
 
     prepared = prepare_local_data(f"csv:{records.csv}", out, validation_fraction=0.25)
@@ -221,8 +221,8 @@ def run_loopback_data(records: Records, out: Path, model_dir: Path) -> None:
     assert prepared.n_train + prepared.n_eval == 24
 
 
-def run_predictions(records: Records, out: Path, model_dir: Path) -> None:
-    argv = ["evaluate", "--data", f"csv:{records.csv}", "--model", str(model_dir), "--json"]
+def run_predictions(records: Records, out: Path, tiny_llama_dir: Path) -> None:
+    argv = ["evaluate", "--data", f"csv:{records.csv}", "--model", str(tiny_llama_dir), "--json"]
     argv += ["--predictions", str(out / "predictions.jsonl"), "--result", str(out / "r.json")]
     argv += ["--report", str(out / "report.html"), "--max-prompt-tokens", "96"]
     assert main(argv) == 0
@@ -230,8 +230,8 @@ def run_predictions(records: Records, out: Path, model_dir: Path) -> None:
     assert len(rows) == 6  # the stratified 20% test split of 24 cases
 
 
-def run_demo_path(records: Records, out: Path, model_dir: Path) -> None:
-    argv = ["demo", "--model", str(model_dir), "--data", f"csv:{records.csv}"]
+def run_demo_path(records: Records, out: Path, tiny_llama_dir: Path) -> None:
+    argv = ["demo", "--model", str(tiny_llama_dir), "--data", f"csv:{records.csv}"]
     argv += ["--stages", "data,zero-shot,baseline,centralized,personalized,evaluation,report,serve"]
     argv += ["--epochs", "1", "--max-epochs", "1", "--validation-fraction", "0.3"]
     assert main([*argv, "--out", str(out / "run"), "--test-fraction", "0.25"]) == 0
@@ -239,17 +239,17 @@ def run_demo_path(records: Records, out: Path, model_dir: Path) -> None:
     assert len(rows) == 6
 
 
-def run_train(records: Records, out: Path, model_dir: Path) -> None:
-    argv = ["train", "--data", f"csv:{records.csv}", "--model", str(model_dir)]
+def run_train(records: Records, out: Path, tiny_llama_dir: Path) -> None:
+    argv = ["train", "--data", f"csv:{records.csv}", "--model", str(tiny_llama_dir)]
     argv += ["--out", str(out / "run"), "--epochs", "1", "--top-layers", "1"]
     assert main(argv) == 0
 
 
-def run_personalize(records: Records, out: Path, model_dir: Path) -> None:
+def run_personalize(records: Records, out: Path, tiny_llama_dir: Path) -> None:
     config = out / "personalize.yaml"
     config.parent.mkdir(parents=True, exist_ok=True)
     config.write_text(
-        f"data: csv:{records.csv}\nmodel: {model_dir}\nmin_institution_cases: 5\n"
+        f"data: csv:{records.csv}\nmodel: {tiny_llama_dir}\nmin_institution_cases: 5\n"
         "methods: [finetune]\nregional: [finetune]\nrounds: 1\nlocal_epochs: 1\n"
         "personal_epochs: 1\nmax_prompt_tokens: 96\nindividual: false\n"
         "lora: {rank: 2, alpha: 4.0, top_layers: 1}\n"
@@ -274,7 +274,7 @@ IDS_ONLY = {"predictions", "demo"}
 NOTHING_TO_FIND = {"train", "personalize"}
 
 
-def run_federation(records: Records, out: Path, model_dir: Path) -> list[str]:
+def run_federation(records: Records, out: Path, tiny_llama_dir: Path) -> list[str]:
     """Two simulated hospitals train on the raw records; a third node fails on purpose, with a
     data error whose message quotes a patient's name and record number (its data folder is
     named after the patient). Returns every message, serialized."""
@@ -289,7 +289,7 @@ def run_federation(records: Records, out: Path, model_dir: Path) -> list[str]:
     broken.parent.mkdir(parents=True)
     broken.write_text("label,text\n,Paciente sem diagnóstico\n", encoding="utf-8")
     cfg = FederatedConfig(
-        model=str(model_dir),
+        model=str(tiny_llama_dir),
         data=f"csv:{records.csv}",
         validation_fraction=0.25,
         num_clients=2,
@@ -331,16 +331,6 @@ def run_federation(records: Records, out: Path, model_dir: Path) -> list[str]:
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer: Any) -> Path:
-    from tiny_llama import make_tiny_llama
-
-    d = tmp_path_factory.mktemp("tiny-llama")
-    make_tiny_llama(len(tokenizer)).save_pretrained(d)
-    tokenizer.save_pretrained(d)
-    return d
-
-
 @pytest.fixture()
 def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("FEDDX_CACHE", str(tmp_path / "cache"))
@@ -351,7 +341,7 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.mark.slow  # about 40 s on two idle cores (the NER model, a federation, an evaluation)
 def test_no_identifier_leaves_any_path(
     env: Path,
-    model_dir: Path,
+    tiny_llama_dir: Path,
     caplog: pytest.LogCaptureFixture,
     capfd: pytest.CaptureFixture[str],
 ) -> None:
@@ -359,8 +349,8 @@ def test_no_identifier_leaves_any_path(
     out = env / "out"
     with caplog.at_level(logging.DEBUG):
         for name, run in PATHS.items():
-            run(records, out / name, model_dir)
-        messages = run_federation(records, out / "federation", model_dir)
+            run(records, out / name, tiny_llama_dir)
+        messages = run_federation(records, out / "federation", tiny_llama_dir)
     captured = capfd.readouterr()
     texts = files_under(out)
     texts |= {f"message {i}": m for i, m in enumerate(messages)}
@@ -397,13 +387,13 @@ def test_no_identifier_leaves_any_path(
 
 @pytest.mark.parametrize("path", [p for p in PATHS if p not in NOTHING_TO_FIND])
 def test_the_search_finds_identifiers_when_the_stage_is_bypassed(
-    path: str, env: Path, model_dir: Path
+    path: str, env: Path, tiny_llama_dir: Path
 ) -> None:
     """The negative control: the same search on one path with de-identification turned off."""
     records = write_records(env / "input")
     out = env / "out" / path
     with stage_bypassed(True), demo_ids_bypassed(path == "demo"):
-        PATHS[path](records, out, model_dir)
+        PATHS[path](records, out, tiny_llama_dir)
     leaks = find_leaks(files_under(out), records.secrets)
     assert leaks, f"{path}: nothing found with the stage bypassed: the search is broken"
     assert any("HC-2024-" in leak for leak in leaks)  # a raw case id

@@ -23,16 +23,6 @@ ROWS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer: Any) -> Path:
-    from tiny_llama import make_tiny_llama
-
-    d = tmp_path_factory.mktemp("tiny-llama")
-    make_tiny_llama(len(tokenizer)).save_pretrained(d)
-    tokenizer.save_pretrained(d)
-    return d
-
-
 @pytest.fixture()
 def questions(tmp_path: Path) -> Path:
     path = tmp_path / "mcq.jsonl"
@@ -50,11 +40,11 @@ def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, Any]:
 
 
 def test_likelihood_json(
-    model_dir: Path, questions: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tiny_llama_dir: Path, questions: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     preds = tmp_path / "answers.jsonl"
     data = f"mcq:{questions}"
-    r = _run(capsys, "--data", data, "--model", str(model_dir), "--predictions", str(preds))
+    r = _run(capsys, "--data", data, "--model", str(tiny_llama_dir), "--predictions", str(preds))
     assert r["n"] == 4 and r["protocol"] == "likelihood" and 0 <= r["accuracy"] <= 1
     assert r["meta"]["skipped"] == [
         "mcq.jsonl:3: answer not among the options (answer_idx/cop/answer)"
@@ -66,18 +56,24 @@ def test_likelihood_json(
 
 
 def test_flowertune_json_reports_parse_failures(
-    model_dir: Path, questions: Path, capsys: pytest.CaptureFixture[str]
+    tiny_llama_dir: Path, questions: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     r = _run(
-        capsys, "--data", f"mcq:{questions}", "--model", str(model_dir), "--protocol", "flowertune"
+        capsys,
+        "--data",
+        f"mcq:{questions}",
+        "--model",
+        str(tiny_llama_dir),
+        "--protocol",
+        "flowertune",
     )
     assert r["n"] == 4 and "accuracy" in r and 0 <= r["parse_failures"] <= 4
 
 
 def test_both_protocols_in_one_run(
-    model_dir: Path, questions: Path, capsys: pytest.CaptureFixture[str]
+    tiny_llama_dir: Path, questions: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    argv = ["--data", f"mcq:{questions}", "--model", str(model_dir), "--limit", "2"]
+    argv = ["--data", f"mcq:{questions}", "--model", str(tiny_llama_dir), "--limit", "2"]
     r = _run(capsys, *argv, "--protocol", "likelihood", "--protocol", "flowertune")
     assert r["n"] == 2 and r["comparison"]["a"] == "likelihood"
     assert r["protocols"]["flowertune"]["n"] == 2
@@ -90,10 +86,10 @@ def test_missing_file_is_one_line(capsys: pytest.CaptureFixture[str], tmp_path: 
 
 
 def test_shared_medqa_dev_questions(
-    shared_data: Path, model_dir: Path, capsys: pytest.CaptureFixture[str]
+    shared_data: Path, tiny_llama_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     data = f"mcq:{shared_data / 'medqa' / 'medqa_usmle_4opt_dev100.jsonl'}"
-    argv = ["--data", data, "--model", str(model_dir), "--limit", "3"]
+    argv = ["--data", data, "--model", str(tiny_llama_dir), "--limit", "3"]
     r = _run(capsys, *argv, "--protocol", "likelihood", "--protocol", "flowertune")
     assert r["n"] == 3 and r["meta"]["n_skipped"] == 0
     assert r["protocols"]["likelihood"]["chance"] == 0.25

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -31,22 +30,12 @@ def _cases() -> list[Case]:
     return out
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer: Any) -> Path:
-    from tiny_llama import make_tiny_llama
-
-    d = tmp_path_factory.mktemp("tiny-llama")
-    make_tiny_llama(len(tokenizer)).save_pretrained(d)
-    tokenizer.save_pretrained(d)
-    return d
-
-
-def _config(tmp_path: Path, model_dir: Path, extra: str = "") -> Path:
+def _config(tmp_path: Path, tiny_llama_dir: Path, extra: str = "") -> Path:
     data = tmp_path / "cases.jsonl"
     write_jsonl(_cases(), data)
     path = tmp_path / "p.yaml"
     path.write_text(
-        f"data: jsonl:{data}\nmodel: {model_dir}\nmin_institution_cases: 5\n"
+        f"data: jsonl:{data}\nmodel: {tiny_llama_dir}\nmin_institution_cases: 5\n"
         "methods: [finetune]\nregional: [finetune]\nrounds: 1\nlocal_epochs: 1\n"
         "personal_epochs: 1\nmax_prompt_tokens: 128\n"
         "lora: {rank: 2, alpha: 4.0, top_layers: 1}\n"
@@ -62,11 +51,18 @@ def _one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
 
 
 def test_writes_table_plot_and_json(
-    tmp_path: Path, model_dir: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, tiny_llama_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "out"
     code = main(
-        ["personalize", "--config", str(_config(tmp_path, model_dir)), "--out", str(out), "--json"]
+        [
+            "personalize",
+            "--config",
+            str(_config(tmp_path, tiny_llama_dir)),
+            "--out",
+            str(out),
+            "--json",
+        ]
     )
     assert code == 0
     printed = json.loads(capsys.readouterr().out)
@@ -97,13 +93,13 @@ def test_writes_table_plot_and_json(
 
 
 def test_bad_config_is_one_line_naming_the_key(
-    tmp_path: Path, model_dir: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, tiny_llama_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path = _config(tmp_path, model_dir, "roundz: 3\n")
+    path = _config(tmp_path, tiny_llama_dir, "roundz: 3\n")
     assert main(["personalize", "--config", str(path)]) != 0
     err = _one_line_error(capsys)
     assert "p.yaml" in err and "roundz" in err
-    path = _config(tmp_path, model_dir, "ditto_mu: -1\n")
+    path = _config(tmp_path, tiny_llama_dir, "ditto_mu: -1\n")
     assert main(["personalize", "--config", str(path)]) != 0
     assert "ditto_mu" in _one_line_error(capsys)
     assert main(["personalize", "--config", str(tmp_path / "missing.yaml")]) != 0

@@ -37,21 +37,11 @@ from feddx.federated.deploy.local import (
     prepare_local_data,
 )
 from feddx.federated.deploy.processes import DeploymentError, pid_running
-from tiny_llama import make_tiny_llama
 
 pytestmark = [pytest.mark.deployment, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 RUN_TIMEOUT = 420.0  # seconds for one submitted run, from `flwr run` to its final state
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer: Any) -> Path:
-    """The tiny random Llama with SmolLM2's tokenizer, saved where the app loads it by path."""
-    d = tmp_path_factory.mktemp("tiny-llama")
-    make_tiny_llama(len(tokenizer)).save_pretrained(d)
-    tokenizer.save_pretrained(d)
-    return d
 
 
 @pytest.fixture(scope="module")
@@ -61,11 +51,11 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> LocalData:
 
 
 def run_config(
-    model_dir: Path, data: LocalData, tmp: Path, nodes: int, **overrides: Scalar
+    tiny_llama_dir: Path, data: LocalData, tmp: Path, nodes: int, **overrides: Scalar
 ) -> dict[str, Scalar]:
     """One local step per round, 4 validation cases, evaluated only after the last round."""
     return {
-        "model": str(model_dir),
+        "model": str(tiny_llama_dir),
         "data": "uci-heart",
         "eval-data": f"jsonl:{data.eval_path}",
         "max-eval-cases": 4,
@@ -119,11 +109,11 @@ def history(out: Path) -> dict[str, Any]:
 
 
 def test_a_supernode_killed_mid_round_leaves_the_round_to_the_others(
-    tmp_path: Path, model_dir: Path, shards: LocalData
+    tmp_path: Path, tiny_llama_dir: Path, shards: LocalData
 ) -> None:
     nodes = shards.nodes[:3]
     config = run_config(
-        model_dir, shards, tmp_path, 3, **{"min-train-clients": 2, "round-timeout": 240.0}
+        tiny_llama_dir, shards, tmp_path, 3, **{"min-train-clients": 2, "round-timeout": 240.0}
     )
     with federation(tmp_path, nodes, config) as fed:
         victim = fed.supernodes[nodes[2].name]
@@ -148,7 +138,7 @@ def test_a_supernode_killed_mid_round_leaves_the_round_to_the_others(
 
 
 def test_a_killed_server_resumes_from_its_checkpoint_to_the_uninterrupted_result(
-    tmp_path: Path, model_dir: Path, shards: LocalData
+    tmp_path: Path, tiny_llama_dir: Path, shards: LocalData
 ) -> None:
     from feddx.federated.checkpoint import load_latest
 
@@ -156,7 +146,7 @@ def test_a_killed_server_resumes_from_its_checkpoint_to_the_uninterrupted_result
     out = tmp_path / "out"
     # FedAdam keeps server state (moments) that a resumed run must restore exactly.
     config = run_config(
-        model_dir,
+        tiny_llama_dir,
         shards,
         tmp_path,
         2,
@@ -218,13 +208,13 @@ def _uninterrupted(
 
 
 def test_a_node_slower_than_the_round_timeout_is_left_out_of_the_round(
-    tmp_path: Path, model_dir: Path, shards: LocalData
+    tmp_path: Path, tiny_llama_dir: Path, shards: LocalData
 ) -> None:
     fast, slow = shards.nodes[:2]
     straggler = NodeSpec(name=slow.name, node_config={**slow.node_config, "reply-delay": 900.0})
     timeout = 60.0  # the fast node answers in 10-40 s on one busy core
     config = run_config(
-        model_dir,
+        tiny_llama_dir,
         shards,
         tmp_path,
         2,

@@ -39,14 +39,6 @@ LORA = LoraSpec(rank=4, target_modules=("q_proj", "v_proj"), top_layers=1)
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer: Any) -> Path:
-    d = tmp_path_factory.mktemp("tiny-model")
-    make_tiny_llama(len(tokenizer), layers=2).save_pretrained(d)
-    tokenizer.save_pretrained(d)
-    return d
-
-
-@pytest.fixture(scope="module")
 def data_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("data") / "cases.jsonl"
     write_jsonl(make_cases(20), path)
@@ -95,11 +87,11 @@ def test_candidate_names_without_codes_are_recorded(tokenizer: Any) -> None:
     assert record["candidates"] == ["A", "B"] and "icd10" not in record
 
 
-def test_train_and_save_trains_and_saves(model_dir: Path, tmp_path: Path) -> None:
+def test_train_and_save_trains_and_saves(tiny_llama_dir: Path, tmp_path: Path) -> None:
     config = TrainConfig(lora=LORA, batch_size=4, max_steps=2, learning_rate=0.01)
     cases = make_cases(8)
     done = train_and_save(
-        str(model_dir),
+        str(tiny_llama_dir),
         cases,
         config,
         tmp_path / "run",
@@ -108,20 +100,20 @@ def test_train_and_save_trains_and_saves(model_dir: Path, tmp_path: Path) -> Non
     )
     assert done.result.steps == 2
     assert done.adapter.directory == tmp_path / "run" / "adapter"
-    assert done.adapter.metadata["model"] == model_dir.name
+    assert done.adapter.metadata["model"] == tiny_llama_dir.name
     assert done.adapter.metadata["seed"] == 0
     assert done.adapter.base_fingerprint == done.loaded.fingerprint
 
 
 def test_the_recipe_trains_what_load_attach_train_did_before_it(
-    model_dir: Path, tmp_path: Path
+    tiny_llama_dir: Path, tmp_path: Path
 ) -> None:
     # The steps feddx train took before the recipe (load in float32, seed, attach, train):
     # on the CPU in float32 the recipe gives the same adapter, tensor for tensor.
     config = TrainConfig(lora=LORA, batch_size=4, max_steps=2, learning_rate=0.01)
     cases = make_cases(8)
-    done = train_and_save(str(model_dir), cases, config, tmp_path / "recipe")
-    loaded = load_base_model(str(model_dir))
+    done = train_and_save(str(tiny_llama_dir), cases, config, tmp_path / "recipe")
+    loaded = load_base_model(str(tiny_llama_dir))
     torch.manual_seed(config.seed)
     net = attach_lora(loaded.model, config.lora)
     train_adapter(net, loaded.tokenizer, cases, config.replace(gradient_checkpointing=False))
@@ -132,10 +124,18 @@ def test_the_recipe_trains_what_load_attach_train_did_before_it(
 
 
 def test_feddx_train_on_the_cpu_in_float32(
-    model_dir: Path, data_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tiny_llama_dir: Path, data_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "run"
-    argv = ["train", "--data", f"jsonl:{data_file}", "--model", str(model_dir), "--out", str(out)]
+    argv = [
+        "train",
+        "--data",
+        f"jsonl:{data_file}",
+        "--model",
+        str(tiny_llama_dir),
+        "--out",
+        str(out),
+    ]
     argv += ["--device", "cpu", "--dtype", "float32", "--max-steps", "1", "--top-layers", "1"]
     assert main(argv) == 0
     assert "cpu float32" in capsys.readouterr().out
