@@ -352,6 +352,15 @@ class DemoRun:
     def clients(self) -> int:
         return len(self.institutions) if self.by_institution else self.opts.clients
 
+    def _equal_work_scores(
+        self, stage: str, entry: Mapping[str, Any], is_chosen: bool, title: str, adapter: str
+    ) -> dict[str, Any]:
+        """The test scores at the equal-work point: the stage's own when its validation-chosen
+        budget is that point, else ``adapter`` scored into the equal-work predictions file."""
+        if is_chosen:
+            return {k: entry[k] for k in ("top1", "top3", "macro_f1", "predictions")}
+        return self._scored_entry(stage, title, adapter, EQUAL_WORK_PREDICTIONS)
+
     def _scored_entry(
         self, stage: str, title: str, adapter: str, name: str = PREDICTIONS
     ) -> dict[str, Any]:
@@ -426,15 +435,12 @@ class DemoRun:
             adapter=saved[chosen],
         )
         if pair is not None:
-            equal = (
-                {k: entry[k] for k in ("top1", "top3", "macro_f1", "predictions")}
-                if pair[0] == chosen
-                else self._scored_entry(
-                    "centralized",
-                    f"scoring centralized after {pair[0]} epochs",
-                    f"centralized-e{pair[0]}",
-                    EQUAL_WORK_PREDICTIONS,
-                )
+            equal = self._equal_work_scores(
+                "centralized",
+                entry,
+                pair[0] == chosen,
+                f"scoring centralized after {pair[0]} epochs",
+                f"centralized-e{pair[0]}",
             )
             entry["equal_work"] = {**equal, "epochs": pair[0], "adapter": saved[pair[0]]}
         entry["artefacts"] = [
@@ -532,15 +538,12 @@ class DemoRun:
             "federated", "scoring the federated adapter", f"federated-r{chosen}"
         )
         if pair is not None:
-            equal = (
-                {k: entry[k] for k in ("top1", "top3", "macro_f1", "predictions")}
-                if pair[1] == chosen
-                else self._scored_entry(
-                    "federated",
-                    f"scoring the federation after {pair[1]} rounds",
-                    f"federated-r{pair[1]}",
-                    EQUAL_WORK_PREDICTIONS,
-                )
+            equal = self._equal_work_scores(
+                "federated",
+                entry,
+                pair[1] == chosen,
+                f"scoring the federation after {pair[1]} rounds",
+                f"federated-r{pair[1]}",
             )
             entry["equal_work"] = {**equal, "rounds": pair[1], "adapter": where[pair[1]]}
         full = _full_model_bytes(d)
