@@ -20,18 +20,49 @@ from __future__ import annotations
 import logging
 from collections.abc import MutableMapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from feddx.errors import ModelError
 
-if TYPE_CHECKING:
-    from feddx.personalize.registry import AdapterEntry, AdapterRegistry
-
 log = logging.getLogger(__name__)
+
+ChainLevel = Literal["global", "regional", "institutional"]
+
+
+class ChainEntry(Protocol):
+    """What resolving reads of a registered adapter (an
+    :class:`~feddx.personalize.registry.AdapterEntry` is one): a protocol here, so that this
+    module needs nothing from the registry that imports it."""
+
+    @property
+    def adapter_id(self) -> str: ...
+    @property
+    def parent_id(self) -> str | None: ...
+    @property
+    def level(self) -> ChainLevel: ...
+    @property
+    def region(self) -> str | None: ...
+
+
+E = TypeVar("E", bound=ChainEntry)
+
+
+class EntrySource(Protocol[E]):
+    """The part of :class:`~feddx.personalize.registry.AdapterRegistry` resolving uses."""
+
+    def check(self, entry: E, *, base_fingerprint: str) -> str | None: ...
+    def get(self, adapter_id: str) -> E: ...
+    def entries(
+        self,
+        *,
+        level: ChainLevel | None = None,
+        region: str | None = None,
+        institution: str | None = None,
+    ) -> list[E]: ...
 
 
 @dataclass(frozen=True)
-class ResolvedChain:
+class ResolvedChain(Generic[E]):
     """The answer of :func:`resolve_chain`.
 
     ``entries`` is the answering adapter's lineage, least specific first (``global/v2``,
@@ -40,7 +71,7 @@ class ResolvedChain:
     tried: ``"<adapter id> skipped: <reason>"``.
     """
 
-    entries: tuple[AdapterEntry, ...]
+    entries: tuple[E, ...]
     fallbacks: tuple[str, ...]
     # Names asked for that no adapter of the registry is registered under ("institution
     # nobody is unknown to this registry"): the answer then comes from a less specific level,
@@ -48,7 +79,7 @@ class ResolvedChain:
     unknown: tuple[str, ...] = ()
 
     @property
-    def answering(self) -> AdapterEntry | None:
+    def answering(self) -> E | None:
         """The adapter that scores (the last entry); ``None`` when no adapter is usable."""
         return self.entries[-1] if self.entries else None
 
@@ -68,13 +99,13 @@ class ResolvedChain:
 
 
 def resolve_chain(
-    registry: AdapterRegistry,
+    registry: EntrySource[E],
     *,
     institution: str | None,
     region: str | None,
     base_fingerprint: str,
     logged: MutableMapping[str, str] | None = None,
-) -> ResolvedChain:
+) -> ResolvedChain[E]:
     """The most specific usable chain for (``institution``, ``region``) on the base model
     ``base_fingerprint``; names as normalised by the registry.
 
@@ -91,12 +122,12 @@ def resolve_chain(
     """
     verdicts: dict[str, str | None] = {}
 
-    def problem(entry: AdapterEntry) -> str | None:
+    def problem(entry: E) -> str | None:
         if entry.adapter_id not in verdicts:
             verdicts[entry.adapter_id] = registry.check(entry, base_fingerprint=base_fingerprint)
         return verdicts[entry.adapter_id]
 
-    def lineage(entry: AdapterEntry) -> tuple[list[AdapterEntry], str | None]:
+    def lineage(entry: E) -> tuple[list[E], str | None]:
         chain = [entry]
         while chain[0].parent_id is not None:
             parent_id = chain[0].parent_id
@@ -131,7 +162,7 @@ def resolve_chain(
         unknown.append(f"region {asked_region} is unknown to this registry")
 
     skipped: list[tuple[str, str]] = []
-    chosen: list[AdapterEntry] = []
+    chosen: list[E] = []
     for entry in candidates:
         why: str | None = None
         if entry.level == "institutional" and entry.region and entry.region != region:
@@ -160,4 +191,4 @@ def resolve_chain(
     )
 
 
-__all__ = ["ResolvedChain", "resolve_chain"]
+__all__ = ["ChainEntry", "EntrySource", "ResolvedChain", "resolve_chain"]

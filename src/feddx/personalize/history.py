@@ -13,7 +13,7 @@ adapter was trained on. This module offers the alternatives that were measured
   tight the items that speak to today's complaint survive rather than the oldest being cut.
 
 Similarity is lexical by default (the share of an item's content words that appear in the
-case's findings and note: no model, deterministic) or any :class:`~feddx.personalize.retrieval.
+case's findings and note: no model, deterministic) or any :class:`~feddx.personalize.embedding.
 Embedder` (cosine of sentence embeddings).
 """
 
@@ -21,13 +21,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from feddx.data.schema import Case
 from feddx.model.prompt import PromptContext, case_summary
-
-if TYPE_CHECKING:
-    from feddx.personalize.retrieval import Embedder
+from feddx.personalize.embedding import Embedder
 
 HistoryOrder = Literal["none", "recent", "relevance"]
 HISTORY_ORDERS: tuple[HistoryOrder, ...] = ("none", "recent", "relevance")

@@ -747,7 +747,7 @@ class AdapterRegistry:
     # ------------------------------------------------------------------ resolving
     def resolve(
         self, *, institution: str | None, region: str | None, base_fingerprint: str
-    ) -> ResolvedChain:
+    ) -> ResolvedChain[AdapterEntry]:
         """The most specific usable chain for (institution, region) on the base model
         ``base_fingerprint`` (see :func:`feddx.personalize.hierarchy.resolve_chain`):
         skipped adapters are listed in ``fallbacks`` every time and logged as a warning the

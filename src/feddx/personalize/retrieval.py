@@ -32,7 +32,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -42,6 +42,7 @@ from feddx.io import atomic_write_json, atomic_write_with, building_dir, file_sh
 from feddx.model.predict import AdapterChoice, Diagnoser, Prediction
 from feddx.model.prompt import Example, PromptContext, case_summary
 from feddx.model.scoring import ScoredCandidate
+from feddx.personalize.embedding import Embedder
 from feddx.personalize.history import HistoryOrder, history_lines
 
 INDEX_FORMAT = 1
@@ -52,14 +53,6 @@ DEFAULT_K = 10
 # Findings beyond these are rarely decisive and make every example longer than the question.
 EXAMPLE_FINDINGS = 8
 TEXT_FINDINGS = 24
-
-
-class Embedder(Protocol):
-    """Anything that maps texts to L2-normalised float32 vectors of one dimension."""
-
-    name: str
-
-    def encode(self, texts: Sequence[str]) -> np.ndarray: ...
 
 
 class MiniLMEmbedder:
