@@ -46,8 +46,10 @@ if TYPE_CHECKING:
 from feddx.model.scoring import (
     DEFAULT_METHOD,
     CandidateSet,
+    PrefixKV,
     ScoredCandidate,
     ScoringMethod,
+    batch_candidate_scores,
     candidate_scores,
     prepare_candidates,
     probabilities,
@@ -152,6 +154,16 @@ class Diagnoser:
     lora
         Attach empty LoRA adapters of this layout now (otherwise the first adapter added
         decides the layout). One diagnoser holds adapters of one layout.
+
+    Attributes
+    ----------
+    prefix_cache
+        Off by default. On (the service turns it on), :meth:`diagnose` keeps, per adapter and
+        prompt language, the keys and values of the prompt preamble every case shares (chat
+        template and system prompt) and starts each case's pass after it: exact, and less work
+        per case. Only for weights changed through this object (:meth:`add_adapter`,
+        :meth:`add_state`, :meth:`quantize_int8` drop the cache); whoever trains
+        :attr:`model` in place must leave it off.
     """
 
     def __init__(
@@ -172,6 +184,10 @@ class Diagnoser:
         self._adapters: dict[str, HeldAdapter] = {}
         self._active: str | None = None
         self._candidates: OrderedDict[tuple[Any, ...], CandidateSet] = OrderedDict()
+        self.prefix_cache = False
+        self.int8 = False
+        self._prefixes: dict[tuple[str | None, str | None], PrefixKV | None] = {}
+        self._preambles: dict[str | None, list[int]] = {}
         if hasattr(model, "peft_config"):
             self._lora = lora_spec_of(model)
             self.add_state(
@@ -225,6 +241,7 @@ class Diagnoser:
         if self._lora is not None:
             raise ModelError(f"LoRA layout {self._lora} is already attached")
         self._net = attach_lora(self._net, spec)  # keeps the model's train/eval mode
+        self._prefixes.clear()
         self._lora = lora_spec_of(self._net)  # as attached: "auto" resolved to module names
 
     # ------------------------------------------------------------------ adapters
@@ -294,6 +311,7 @@ class Diagnoser:
         probabilities([0.0], temperature)  # a bad temperature fails here, not per request
         held = HeldAdapter(name, state, int(budget), float(temperature), info)
         self._adapters[name] = held
+        self._drop_prefixes(name)
         if self._active == name:
             self._active = None  # its tensors changed: the next use() copies them in
         return held
@@ -301,6 +319,7 @@ class Diagnoser:
     def remove_adapter(self, name: str) -> None:
         """Stop holding ``name`` (a no-op if it is not held)."""
         self._adapters.pop(name, None)
+        self._drop_prefixes(name)
         if self._active == name:
             self._active = None
 
@@ -373,6 +392,7 @@ class Diagnoser:
         require_labels: bool = False,
         on_case: Callable[[int], None] | None = None,
         context: Callable[[Case], PromptContext] | None = None,
+        batch_size: int = 1,
     ) -> list[Prediction]:
         """Score a batch of cases into ranked differentials, in input order.
 
@@ -387,6 +407,12 @@ class Diagnoser:
         chosen order and few-shot examples (:mod:`feddx.personalize`), rendered within the
         same budget; without it every prompt is the plain one the adapters were trained on.
 
+        ``batch_size`` above 1 (one adapter or the base model) scores up to that many cases in
+        one padded forward pass with one candidate trie
+        (:func:`~feddx.model.scoring.batch_candidate_scores`; the same scores up to float
+        rounding); each case's ``latency_ms`` is then its share of its batch's time. With
+        :attr:`prefix_cache` on, the shared preamble is reused (also at ``batch_size`` 1).
+
         Raises :class:`ValueError` for bad candidates, labels or temperature and
         :class:`ModelError` for an unknown adapter.
         """
@@ -398,6 +424,21 @@ class Diagnoser:
         members, budget, fitted = self.settings(adapter, max_prompt_tokens)
         temperature = fitted if temperature is None else temperature
         probabilities([0.0], temperature)  # fail on a bad temperature before any model work
+        if len(members) <= 1 and (batch_size > 1 or self.prefix_cache):
+            if members:
+                self.use(members[0].name)
+            with torch.inference_mode(), self._base_only(not members):
+                return self._diagnose_batched(
+                    cases,
+                    cset,
+                    members[0].name if members else None,
+                    method=method,
+                    budget=budget,
+                    temperature=temperature,
+                    batch_size=max(1, batch_size),
+                    on_case=on_case,
+                    context=context,
+                )
         score: Callable[[Sequence[int]], list[float]]
         if len(members) > 1:
             from feddx.model.ensemble import EnsembleScorer
@@ -424,6 +465,110 @@ class Diagnoser:
         if len(members) > 1:
             self._active = members[0].name  # the ensemble scorer leaves the first loaded
         return out
+
+    def _diagnose_batched(
+        self,
+        cases: Sequence[Case],
+        cset: CandidateSet,
+        adapter: str | None,
+        *,
+        method: ScoringMethod,
+        budget: int,
+        temperature: float,
+        batch_size: int,
+        on_case: Callable[[int], None] | None,
+        context: Callable[[Case], PromptContext] | None,
+    ) -> list[Prediction]:
+        """:meth:`diagnose` for one adapter (already in place), ``batch_size`` cases per
+        forward pass."""
+        out: list[Prediction] = []
+        for first in range(0, len(cases), batch_size):
+            chunk = cases[first : first + batch_size]
+            start = time.perf_counter()
+            prompts = []
+            for case in chunk:
+                extra = context(case) if context else PromptContext()
+                prompts.append(
+                    render_prompt(
+                        case, self.tokenizer, budget, history=extra.history, examples=extra.examples
+                    ).input_ids
+                )
+            prefix = self._prefix(adapter, chunk[0].language) if self.prefix_cache else None
+            rows = batch_candidate_scores(
+                self._net, prompts, cset, method=method, prefix=prefix, max_rows=batch_size
+            )
+            ms = (time.perf_counter() - start) * 1000 / len(chunk)
+            for i, (case, row) in enumerate(zip(chunk, rows, strict=True)):
+                out.append(Prediction(case, rank_scores(cset, row, temperature), ms))
+                if on_case:
+                    on_case(first + i)
+        return out
+
+    def _prefix(self, adapter: str | None, language: str | None) -> PrefixKV | None:
+        """The cached preamble's keys and values under ``adapter``'s weights (in place now)."""
+        key = (adapter, language)
+        if key not in self._prefixes:
+            from feddx.model.scoring import prefix_kv
+
+            self._prefixes[key] = prefix_kv(self._net, self._preamble(language))
+        return self._prefixes[key]
+
+    def _preamble(self, language: str | None) -> list[int]:
+        """The tokens every prompt in ``language`` starts with: what two unrelated synthetic
+        cases' prompts share (the chat template, the system prompt, the opening of the
+        user turn). No patient's tokens are ever cached."""
+        if language not in self._preambles:
+            a, b = (
+                render_prompt(case, self.tokenizer).input_ids
+                for case in (
+                    Case(case_id="preamble-a", age=7, sex="female", text="x", language=language),
+                    Case(case_id="preamble-b", age=93, sex="male", text="y", language=language),
+                )
+            )
+            n = 0
+            while n < min(len(a), len(b)) - 1 and a[n] == b[n]:
+                n += 1
+            self._preambles[language] = a[:n]
+        return self._preambles[language]
+
+    def _drop_prefixes(self, adapter: str | None = None) -> None:
+        """Forget the cached preambles of ``adapter`` (``None``: of every weight state)."""
+        for key in [k for k in self._prefixes if adapter is None or k[0] == adapter]:
+            del self._prefixes[key]
+
+    def quantize_int8(self) -> int:
+        """Run the base model's linear layers in int8 on the CPU (torch dynamic quantization:
+        int8 weights, activations quantized per batch), for less work per case at some loss
+        of accuracy (``benchmarks/bench_serve.py`` measures top-1 against float32). LoRA
+        layers and the LM head stay float32, so adapters swap in as before. Sets :attr:`int8`
+        and marks :attr:`model_name` ``+int8``, so every answer says so. Returns the number of
+        layers quantized; raises :class:`ModelError` for a model not on the CPU."""
+        import warnings
+
+        import torch
+
+        weight = self._net.get_input_embeddings().weight
+        if weight.device.type != "cpu":
+            raise ModelError(
+                f"int8 dynamic quantization runs on the CPU; the model is on {weight.device}"
+            )
+        names = {
+            name
+            for name, module in self._net.named_modules()
+            if type(module) is torch.nn.Linear
+            and "lora_" not in name
+            and not name.endswith("lm_head")
+        }
+        if names and not self.int8:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch.ao's notice that torchao succeeds it
+                torch.ao.quantization.quantize_dynamic(
+                    self._net, names, dtype=torch.qint8, inplace=True
+                )
+            self.int8 = True
+            self.model_name = f"{self.model_name}+int8" if self.model_name else "+int8"
+            self._drop_prefixes()
+        return len(names)
 
     @contextmanager
     def weights(self, adapter: AdapterChoice) -> Iterator[Any]:

@@ -457,6 +457,213 @@ def candidate_scores(
     return scores_from_pair_log_probs(lps, candidates, method)
 
 
+@dataclass(frozen=True)
+class PrefixKV:
+    """The keys and values a model state computed for a prompt prefix many prompts share (the
+    chat template and system prompt), kept so that each prompt's pass starts after it.
+
+    Position ``i``'s keys and values depend on tokens ``0..i`` only, so a prompt may reuse the
+    first ``n`` of them whenever its first ``n`` tokens equal ``ids[:n]``: the reuse is exact,
+    not an approximation. Valid only for the weights it was computed with (an adapter swap
+    needs another one; :class:`~feddx.model.predict.Diagnoser` keeps one per adapter).
+    """
+
+    ids: tuple[int, ...]
+    layers: tuple[tuple[torch.Tensor, torch.Tensor], ...]  # per layer (keys, values) [1,H,P,D]
+
+    def shared_with(self, prompt_ids: Sequence[int]) -> int:
+        """How many leading tokens ``prompt_ids`` shares with this prefix."""
+        n = 0
+        for a, b in zip(self.ids, prompt_ids, strict=False):
+            if a != b:
+                break
+            n += 1
+        return n
+
+    def crop(self, n: int) -> PrefixKV:
+        """The first ``n`` positions only."""
+        return PrefixKV(self.ids[:n], tuple((k[:, :, :n], v[:, :, :n]) for k, v in self.layers))
+
+
+def prefix_kv(model: Any, prefix_ids: Sequence[int]) -> PrefixKV | None:
+    """The keys and values of ``prefix_ids`` under ``model``'s current weights, or ``None``
+    when the model's cache is not the per-layer key/value kind (then prompts run whole)."""
+    if not prefix_ids:
+        return None
+    device, _ = _model_device_dtype(model)
+    with torch.inference_mode():
+        out = model(
+            input_ids=torch.tensor([list(prefix_ids)], device=device),
+            use_cache=True,
+            logits_to_keep=1,
+        )
+    layers = getattr(getattr(out, "cache", None), "layers", None)
+    if not layers or any(getattr(layer, "keys", None) is None for layer in layers):
+        return None
+    return PrefixKV(tuple(int(t) for t in prefix_ids), tuple((x.keys, x.values) for x in layers))
+
+
+def _past_for_batch(model: Any, prefix: PrefixKV, rows: int) -> Any:
+    """A fresh cache holding ``prefix`` once per batch row (the forward appends to it)."""
+    from transformers import DynamicCache
+
+    from feddx.model.adapter import unwrap_peft
+
+    cache = DynamicCache(config=unwrap_peft(model).config)
+    for i, (k, v) in enumerate(prefix.layers):
+        cache.update(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1), i)
+    return cache
+
+
+def batch_forward_inputs(
+    suffixes: Sequence[Sequence[int]], plan: _TriePlan, dtype: torch.dtype, offset: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One forward pass scoring ``plan`` after each of several prompts: token ids ``[B, W]``,
+    position ids ``[B, W]``, the additive mask ``[B, 1, W, offset + W]`` and the columns
+    ``[R]`` whose logits are needed, the same for every row.
+
+    Each row is one prompt (after ``offset`` tokens of cached prefix, which every real token
+    sees) **left-padded** so that all prompts end in the same column, followed by the trie
+    nodes: the rows needing logits then sit in the same columns of every row and the LM head
+    runs on ``B * R`` rows only. Padding is masked out of every key axis and attends to itself
+    alone; positions are explicit (``offset + j`` for prompt token ``j``, then the trie's
+    depths), so absolute (GPT-2, GPT-Neo) and rotary (Llama, Qwen2, Mistral, Gemma 3, Phi-3)
+    positions both come out as in a one-prompt pass."""
+    if not suffixes or any(len(s) == 0 for s in suffixes):
+        raise ValueError("prompt is empty")
+    f = int(plan.node_tokens.numel())
+    m = max(len(s) for s in suffixes)
+    w, b = m + f, len(suffixes)
+    tree = torch.zeros(w, w, dtype=torch.bool)
+    tree[:m, :m] = torch.ones(m, m, dtype=torch.bool).tril_()
+    tree[m:, :m] = True
+    tree[m:, m:] = plan.ancestors
+    ids = torch.zeros(b, w, dtype=torch.long)
+    positions = torch.full((b, w), offset, dtype=torch.long)
+    allowed = torch.zeros(b, w, offset + w, dtype=torch.bool)
+    allowed[:, :, :offset] = True
+    for r, suffix in enumerate(suffixes):
+        pad, n = m - len(suffix), len(suffix)
+        ids[r, pad:m] = torch.as_tensor(list(suffix), dtype=torch.long)
+        ids[r, m:] = plan.node_tokens
+        positions[r, pad:m] = torch.arange(offset, offset + n)
+        positions[r, m:] = offset + n + plan.node_depths
+        row = tree.clone()
+        row[:, :pad] = False
+        row[:pad] = False
+        row[torch.arange(pad), torch.arange(pad)] = True
+        allowed[r, :, offset:] = row
+        allowed[r, :pad, :offset] = False
+    mask = torch.zeros(b, 1, w, offset + w, dtype=dtype)
+    mask.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
+    keep = torch.where(plan.logit_rows == 0, m - 1, m - 1 + plan.logit_rows)
+    return ids, positions, mask, keep
+
+
+def _batch_pair_log_probs(
+    model: Any,
+    prompts: Sequence[Sequence[int]],
+    plan: _TriePlan,
+    method: ScoringMethod,
+    prefix: PrefixKV | None,
+) -> list[torch.Tensor]:
+    """:func:`_trie_pair_log_probs` for several prompts in one forward pass, over the part
+    of ``prefix`` they all share (each keeping at least one token of its own)."""
+    device, dtype = _model_device_dtype(model)
+    shared = 0
+    if prefix is not None:
+        shared = min(min(prefix.shared_with(p), len(p) - 1) for p in prompts)
+    ids, positions, mask, keep = batch_forward_inputs(
+        [p[shared:] for p in prompts], plan, dtype, shared
+    )
+    past = _past_for_batch(model, prefix.crop(shared), len(prompts)) if prefix and shared else None
+    out = model(
+        input_ids=ids.to(device),
+        attention_mask=mask.to(device),
+        position_ids=positions.to(device),
+        cache=past,
+        logits_to_keep=keep.to(device),
+        use_cache=past is not None,
+    )
+    return [pair_log_probs(out.logits[r], plan, method) for r in range(len(prompts))]
+
+
+_BATCH_CHECKED = "_feddx_batch_pass_works"
+
+
+def batch_pass_works(model: Any, prompt_ids: Sequence[int]) -> bool:
+    """Whether the batched pass (left padding, explicit positions, a cached prefix) gives
+    ``model`` the one-prompt trie pass's log-probabilities, checked once per model on two
+    probes of different lengths cut from ``prompt_ids``; if not, prompts are scored one by
+    one (logged once)."""
+    from feddx.model.adapter import unwrap_peft
+    from feddx.model.decoder import split_tolerance
+
+    base = unwrap_peft(model)
+    verdict = base.__dict__.get(_BATCH_CHECKED)
+    if verdict is None:
+        probe = list(prompt_ids[:12])
+        half = max(1, len(probe) // 2)
+        probes = [probe + probe[:1], probe[:half] + probe[-1:]]
+        plan = _plan([[1, 2], [1, 3, 4], [5]], "likelihood")
+        try:
+            with torch.inference_mode():
+                one = [_trie_pair_log_probs(model, p, plan, "likelihood") for p in probes]
+                cached = _batch_pair_log_probs(
+                    model, probes, plan, "likelihood", prefix_kv(model, probe[:half])
+                )
+                plain = _batch_pair_log_probs(model, probes, plan, "likelihood", None)
+            _, dtype = _model_device_dtype(model)
+            diff = max(
+                float((x - y).abs().max()) / (float(y.abs().max()) + 1.0)
+                for got in (cached, plain)
+                for x, y in zip(got, one, strict=True)
+            )
+            verdict = diff <= split_tolerance(dtype)
+            reason = f"it differs from one prompt at a time by {diff:.1e}"
+        except (RuntimeError, ValueError, TypeError, IndexError, AttributeError) as e:
+            verdict, reason = False, f"{type(e).__name__}: {(str(e).splitlines() or ['?'])[0]}"
+        if not verdict:
+            log.info("%s: scoring prompts one at a time (%s)", type(base).__name__, reason)
+        base.__dict__[_BATCH_CHECKED] = verdict
+    return bool(verdict)
+
+
+def batch_candidate_scores(
+    model: Any,
+    prompts: Sequence[Sequence[int]],
+    candidates: CandidateSet,
+    *,
+    method: ScoringMethod = DEFAULT_METHOD,
+    prefix: PrefixKV | None = None,
+    max_rows: int = 16,
+) -> list[list[float]]:
+    """:func:`candidate_scores` for several prompts at once: up to ``max_rows`` prompts per
+    forward pass (grouped by length, so little is padded), one candidate trie for all, and
+    the keys and values of ``prefix`` reused where the prompts start with it. Equal to
+    scoring each prompt alone up to float rounding; a model on which the batched pass does
+    not reproduce that (:func:`batch_pass_works`, :func:`trie_pass_works`) is scored one
+    prompt at a time."""
+    if method not in SCORING_METHODS:
+        raise ValueError(f"unknown scoring method {method!r}; choose one of {SCORING_METHODS}")
+    if any(not p for p in prompts):
+        raise ValueError("prompt is empty")
+    if not prompts:
+        return []
+    plan = candidates.plans[method]
+    out: list[list[float]] = [[] for _ in prompts]
+    with torch.inference_mode():
+        if not (trie_pass_works(model, prompts[0]) and batch_pass_works(model, prompts[0])):
+            return [candidate_scores(model, p, candidates, method=method) for p in prompts]
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        for start in range(0, len(order), max(1, max_rows)):
+            chunk = order[start : start + max(1, max_rows)]
+            lps = _batch_pair_log_probs(model, [prompts[i] for i in chunk], plan, method, prefix)
+            for i, lp in zip(chunk, lps, strict=True):
+                out[i] = scores_from_pair_log_probs(lp, candidates, method)
+    return out
+
+
 def candidate_log_likelihoods(
     model: Any, prompt_ids: Sequence[int], candidate_ids: Sequence[Sequence[int]]
 ) -> list[list[float]]:

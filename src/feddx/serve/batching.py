@@ -200,6 +200,7 @@ class MicroBatcher:
                 answer.candidates.names,
                 adapter=answer.adapter_name,
                 icd10=answer.candidates.icd10,
+                batch_size=self.max_batch_cases,
             )
         except Exception as e:
             if len(items) == 1:

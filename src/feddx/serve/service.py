@@ -139,6 +139,9 @@ class DiagnosisService:
             log.error("model %s failed to load: %s", self.settings.model, self.error)
 
     def _ready(self, diagnoser: Diagnoser) -> None:
+        diagnoser.prefix_cache = self.settings.prefix_cache
+        if self.settings.int8:
+            diagnoser.quantize_int8()
         registry = self._registry
         if registry is None:
             registry = self._registry = open_registry(self.settings.registry)

@@ -81,6 +81,13 @@ class ServeSettings(Settings):
     batch_window_ms, max_batch_cases
         After the first request of a batch arrives, wait this long for more (while the scorer
         is busy, requests queue anyway); at most this many cases go into one batch.
+    prefix_cache
+        On (default): the scorer keeps, per adapter, the keys and values of the prompt
+        preamble every case shares and starts each case after it (exact; less work per case).
+    int8
+        Off (default): float32 weights. On: the base model's linear layers run in int8 on the
+        CPU (dynamic quantization; faster, measured top-1 loss in ``results/bench-serve.txt``);
+        every answer's ``model`` then ends in ``+int8``.
     max_queue
         Requests waiting beyond this are refused with 503 (back-pressure, not a growing
         backlog of timeouts).
@@ -153,6 +160,8 @@ class ServeSettings(Settings):
     scheduler: Literal["batched", "serial"] = "batched"
     batch_window_ms: float = Field(default=2.0, ge=0, le=1000)
     max_batch_cases: int = Field(default=16, ge=1, le=1024)
+    prefix_cache: bool = True
+    int8: bool = False
     max_queue: int = Field(default=256, ge=1)
     request_timeout_s: float = Field(default=120.0, gt=0)
     adapter_cache: int = Field(default=8, ge=1)
