@@ -30,3 +30,11 @@ class ModelError(FeddxError):
     """A base model or adapter cannot be resolved, loaded or matched."""
 
     exit_code = 1
+
+
+class UnknownModelError(ModelError):
+    """``--model`` names no model that can be found here (no such alias, file or directory, or
+    a hub id absent from the offline cache): an input error, so exit code 2 like a bad option,
+    where a model that exists but fails to load stays a runtime failure (1)."""
+
+    exit_code = 2

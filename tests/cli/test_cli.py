@@ -37,7 +37,7 @@ def test_bad_arguments_are_one_line_exit_2(
 def test_unknown_model_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # its own run folder: a demo the user ran in ./runs/demo must not change the answer
     out = str(tmp_path / "run")
-    assert main(["demo", "--model", "nonexistent-model", "--out", out]) == 1
+    assert main(["demo", "--model", "nonexistent-model", "--out", out]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("feddx: error: unknown model") and "\n" not in err
 

@@ -94,6 +94,9 @@ def serve(
     from feddx.serve.security import KeyStore
 
     hardware = resolve_hardware(settings.hardware_spec())  # a missing GPU: one line, not /readyz
+    from feddx.model.loading import resolve_model
+
+    resolve_model(settings.model)  # an unknown --model: one line and exit 2, not a dead server
 
     store = KeyStore(settings.keys_file)
     if not store.key_records() and not store.ehr_issuers():

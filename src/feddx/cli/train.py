@@ -158,6 +158,9 @@ def train(
     )
     cfg = with_overrides(cfg, set_)  # --set KEY=VALUE, after the options above
     hardware = resolve_hardware(cfg.hardware)
+    from feddx.model.loading import resolve_model
+
+    resolve_model(model)  # an unknown --model: one line and exit 2 before the data loads
     if extra_per_label is not None and not extra_data:
         raise typer.BadParameter(
             "--extra-per-label needs --extra-data", param_hint="--extra-per-label"

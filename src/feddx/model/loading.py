@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from feddx.errors import ModelError
+from feddx.errors import ModelError, UnknownModelError
 from feddx.io import atomic_write_json, building_dir
 from feddx.model.hardware import CPU_FLOAT32, Hardware
 from feddx.paths import model_cache_root
@@ -162,16 +162,18 @@ def resolve_model(name_or_path: str) -> ModelSource:
     path = Path(key).expanduser()
     if key.endswith(".gguf"):
         if not path.is_file():
-            raise ModelError(f"GGUF file not found: {path}")
+            raise UnknownModelError(f"GGUF file not found: {path}")
         return ModelSource(name=path.stem, kind="gguf", location=str(path.resolve()))
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise ModelError(f"{path} is not a Hugging Face model directory (no config.json)")
+            raise UnknownModelError(
+                f"{path} is not a Hugging Face model directory (no config.json)"
+            )
         return ModelSource(name=path.name, kind="directory", location=str(path.resolve()))
     if path.exists():
-        raise ModelError(f"{path} is neither a .gguf file nor a model directory")
+        raise UnknownModelError(f"{path} is neither a .gguf file nor a model directory")
     if key.count("/") != 1 or any(c.isspace() for c in key):
-        raise ModelError(
+        raise UnknownModelError(
             f"unknown model {key!r}: use {' or '.join(map(repr, BUILTIN_MODELS))}, a .gguf "
             "file, a local model directory, or a Hugging Face id such as "
             "'HuggingFaceTB/SmolLM2-135M-Instruct' (feddx models lists the built-in ones)"
@@ -272,7 +274,10 @@ def _build_gguf_cache(source: ModelSource, final: Path) -> None:
 def _hub_error(source: ModelSource, err: Exception) -> ModelError:
     offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
     why = "HF_HUB_OFFLINE is set and it is not in the local HF cache" if offline else "unreachable"
-    return ModelError(
+    # Offline and not cached: the name given cannot be found here (input, exit 2); a hub that
+    # cannot be reached is a runtime failure (exit 1).
+    error = UnknownModelError if offline else ModelError
+    return error(
         f"cannot load model {source.location!r} from the Hugging Face hub ({why}); "
         "download it where you have network and pass its local directory, e.g. "
         "--model /path/to/SmolLM2-135M-Instruct"
