@@ -94,9 +94,18 @@ def demo(
         False, "--json", help="Print the results object as JSON at the end."
     ),
     set_: SetOption = None,
+    story: str = typer.Option(
+        "default",
+        "--story",
+        help="default, or crosslingual: 3 English clinics and 1 Portuguese clinic federated, "
+        "then personalized (Symptom2Disease; --data EN.csv,PT.csv for other files).",
+    ),
 ) -> None:
     """The whole story on 4-hospital UCI Heart data (or --data): zero-shot, logistic
     regression, centralized, federated (Flower) and personalized LoRA, a report, a service."""
+    if story != "default":
+        _crosslingual_story(story, model, dataset, seed, out, set_ or [])
+        return
     chosen = tuple(s.strip() for s in stages.split(",") if s.strip())
     unknown = [s for s in chosen if s not in STAGES]
     if unknown or not chosen:
@@ -133,6 +142,33 @@ def demo(
     results = run_demo(opts, shown, train_progress=train_progress_factory("demo"))
     if json_out:
         typer.echo(json.dumps(results, indent=1, allow_nan=False))
+
+
+def _crosslingual_story(
+    story: str, model: str | None, dataset: str, seed: int | None, out: Path, sets: list[str]
+) -> None:
+    """``feddx demo --story crosslingual`` (:mod:`feddx.demo.crosslingual`)."""
+    from feddx.demo.crosslingual import STORIES
+
+    if story not in STORIES:
+        raise typer.BadParameter(
+            f"unknown story {story!r}; choose from {', '.join(STORIES)}", param_hint="--story"
+        )
+    quiet_libraries()
+    from feddx.demo import crosslingual as xl
+
+    files = [Path(f) for f in dataset.split(",")] if dataset != "uci-heart" else []
+    if files and len(files) != 2:
+        raise typer.BadParameter("the crosslingual story takes EN.csv,PT.csv", param_hint="--data")
+    english, ptbr = files or (xl.ENGLISH_CSV, xl.PTBR_CSV)
+    report = xl.run_crosslingual_story(
+        xl.story_settings(model or DEFAULT_MODEL, seed or 0, sets),
+        xl.STORY_OUT if out == DEFAULT_OUT else out,
+        english=english,
+        ptbr=ptbr,
+        say=console.print,
+    )
+    console.print(f"report written to {report}")
 
 
 @app.command()

@@ -163,6 +163,9 @@ def render_report(results: Mapping[str, Any]) -> str:
         f"<p class='sub'>model {html.escape(str(cfg.get('model', '?')))}, data "
         f"{html.escape(str(cfg.get('dataset', '?')))}, seed {cfg.get('seed')}; every number "
         "below is read from this run's <code>results.json</code>.</p>",
+        "<p class='sub'>Where only a language model can win: <code>feddx demo --story "
+        "crosslingual</code> federates three English clinics with a Portuguese one "
+        "(<code>results/crosslingual.md</code>).</p>",
     ]
     for line in ev.get("verdicts", []):
         warn = " warn" if ("NOT" in line or "MORE" in line or "behind" in line) else ""
