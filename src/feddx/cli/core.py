@@ -55,18 +55,31 @@ def models() -> None:
 
 @app.command()
 def demo(
-    model: str = typer.Option(
-        DEFAULT_MODEL, help="Base model: alias, .gguf file, directory or hub id."
+    model: str | None = typer.Option(
+        None, help=f"Base model: alias, .gguf file, directory or hub id [default: {DEFAULT_MODEL}]."
     ),
     dataset: str = typer.Option(
         "uci-heart",
         "--data",
-        help="Cases as SOURCE[:PATH] (uci-heart, ddxplus:DIR, csv:FILE, fhir:DIR, ...); "
+        help="Cases as SOURCE[:PATH] (uci-heart, ddxplus:DIR, csv:FILE, fhir:DIR, eicu:DIR); "
         "institutions become the federation's clients.",
     ),
-    test_fraction: float = typer.Option(0.2, min=0.05, max=0.5, help="Share of cases held out."),
-    seed: int = typer.Option(0, help="Seed of the split, the adapters and every data order."),
-    limit: int = typer.Option(0, min=0, help="Evaluate at most this many test cases (0: all)."),
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            help="Demo settings file (YAML/JSON/TOML of the options below, kebab-case, and a "
+            "'train' table); default: the source's configs/demo-SOURCE.yaml where one ships."
+        ),
+    ] = None,
+    test_fraction: float | None = typer.Option(
+        None, min=0.05, max=0.5, help="Share of cases held out [default: 0.2]."
+    ),
+    seed: int | None = typer.Option(
+        None, help="Seed of the split, the adapters and every data order [default: 0]."
+    ),
+    limit: int | None = typer.Option(
+        None, min=0, help="Evaluate at most this many test cases [default: 0: all]."
+    ),
     out: Annotated[
         Path, typer.Option(help="Run folder: results.json, each stage's artefacts, report.html.")
     ] = DEFAULT_OUT,
@@ -74,21 +87,21 @@ def demo(
         ",".join(STAGES), help=f"Comma-separated stages, run in this order: {', '.join(STAGES)}."
     ),
     force: bool = typer.Option(False, "--force", help="Rerun the chosen stages even if finished."),
-    epochs: int = typer.Option(
-        2, min=1, help="Centralized epochs whose progress the federation's budget matches."
+    epochs: int | None = typer.Option(
+        None, min=1, help="Centralized epochs whose progress the federation's budget matches."
     ),
-    max_epochs: int = typer.Option(
-        4, min=1, help="Most centralized epochs (its budget is chosen on validation)."
+    max_epochs: int | None = typer.Option(
+        None, min=1, help="Most centralized epochs (its budget is chosen on validation)."
     ),
-    validation_fraction: float = typer.Option(
-        0.15, min=0.05, max=0.5, help="Share of the training side held out for choices."
+    validation_fraction: float | None = typer.Option(
+        None, min=0.05, max=0.5, help="Share of the training side held out for choices."
     ),
-    local_epochs: int = typer.Option(2, min=1, help="Local epochs per federated round."),
-    personal_epochs: int = typer.Option(
-        1, min=1, help="Fine-tuning epochs per region/institution."
+    local_epochs: int | None = typer.Option(None, min=1, help="Local epochs per federated round."),
+    personal_epochs: int | None = typer.Option(
+        None, min=1, help="Fine-tuning epochs per region/institution."
     ),
-    round_eval_cases: int = typer.Option(
-        0, min=0, help="Validation cases scoring the global adapter each round (0: all)."
+    round_eval_cases: int | None = typer.Option(
+        None, min=0, help="Validation cases scoring the global adapter each round (0: all)."
     ),
     json_out: bool = typer.Option(
         False, "--json", help="Print the results object as JSON at the end."
@@ -102,7 +115,10 @@ def demo(
     ),
 ) -> None:
     """The whole story on 4-hospital UCI Heart data (or --data): zero-shot, logistic
-    regression, centralized, federated (Flower) and personalized LoRA, a report, a service."""
+    regression, centralized, federated (Flower) and personalized LoRA, a report, a service.
+    Settings: the built-in ones, then --config (or the source's shipped config), then the
+    options given here, then --set; a stage that does not apply to the data is skipped with
+    its reason."""
     if story != "default":
         _crosslingual_story(story, model, dataset, seed, out, set_ or [])
         return
@@ -117,24 +133,28 @@ def demo(
     import json
 
     from feddx.cli.progress import train_progress_factory
-    from feddx.demo import DemoOptions
+    from feddx.demo.options import demo_options
     from feddx.demo.stages import run_demo
 
-    opts = DemoOptions(
-        model=model,
-        dataset=dataset,
-        test_fraction=test_fraction,
-        seed=seed,
-        limit=limit,
+    given = {
+        "model": model,
+        "test_fraction": test_fraction,
+        "seed": seed,
+        "limit": limit,
+        "epochs": epochs,
+        "max_epochs": max_epochs,
+        "validation_fraction": validation_fraction,
+        "local_epochs": local_epochs,
+        "personal_epochs": personal_epochs,
+        "round_eval_cases": round_eval_cases,
+    }
+    opts = demo_options(
+        dataset,
+        config,
+        {k: v for k, v in given.items() if v is not None},
         out_dir=out,
         stages=chosen,
         force=force,
-        epochs=epochs,
-        max_epochs=max_epochs,
-        validation_fraction=validation_fraction,
-        local_epochs=local_epochs,
-        personal_epochs=personal_epochs,
-        round_eval_cases=round_eval_cases,
     )
     opts = with_overrides(opts, set_)  # --set KEY=VALUE over any DemoOptions field
     shown = console_err if json_out else console

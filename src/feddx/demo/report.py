@@ -170,6 +170,11 @@ def render_report(results: Mapping[str, Any]) -> str:
     for line in ev.get("verdicts", []):
         warn = " warn" if ("NOT" in line or "MORE" in line or "behind" in line) else ""
         parts.append(f"<p class='verdict{warn}'>{html.escape(line)}</p>")
+    skipped: Mapping[str, str] = results.get("skipped") or {}
+    if skipped:
+        parts.append("<h2>Stages skipped</h2><ul>")
+        parts += [f"<li>{html.escape(k)}: {html.escape(v)}</li>" for k, v in skipped.items()]
+        parts.append("</ul>")
 
     if data:
         part = data.get("partition", {})

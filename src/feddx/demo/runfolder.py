@@ -87,6 +87,21 @@ class RunFolder:
         self.results.update(top)
         self.save()
 
+    def skip(self, name: str, reason: str | None) -> None:
+        """Record why stage ``name`` was skipped (``results.json``'s ``skipped``; the report
+        shows it), or clear that record (``None``) when the stage runs."""
+        skipped = self.results.setdefault("skipped", {})
+        changed = skipped.get(name) != reason
+        if reason is None:
+            skipped.pop(name, None)
+        else:
+            self.results["stages"].pop(name, None)
+            skipped[name] = reason
+        if not skipped:
+            del self.results["skipped"]
+        if changed:
+            self.save()
+
     def save(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.results_path, self.results, allow_nan=False)

@@ -37,11 +37,10 @@ from feddx.data.schema import Case
 from feddx.data.split import stratified_split
 from feddx.data.uci_heart import NO_CAD
 from feddx.demo.compare import equal_work, first_best
-from feddx.demo.options import DEPENDS_ON, STAGES, DemoOptions
+from feddx.demo.options import DEPENDS_ON, STAGES, DemoOptions, DemoTraining
 from feddx.demo.runfolder import RunFolder
 from feddx.errors import ConfigError, DataError
 from feddx.io import atomic_write_json, atomic_write_text
-from feddx.model.adapter import LoraSpec
 from feddx.paths import ROUND_ADAPTERS_DIR
 
 if TYPE_CHECKING:
@@ -50,8 +49,6 @@ if TYPE_CHECKING:
     from feddx.model.predict import Diagnoser, Prediction
     from feddx.train.trainer import TrainProgress
 
-# Rank 8 on the top 2 layers, for every trained stage alike, so they compare fairly.
-DEMO_LORA = LoraSpec(rank=8, alpha=16.0, top_layers=2)
 PREDICTIONS = "predictions.json"
 EQUAL_WORK_PREDICTIONS = "predictions-equal-work.json"
 CANDIDATES_FILE = "candidates.txt"
@@ -107,7 +104,13 @@ class DemoRun:
     def _load_data(self) -> None:
         from feddx.data.sources import load_cases
 
-        loaded = load_cases(self.opts.dataset, purpose="run the demo on")
+        loaded = load_cases(
+            self.opts.dataset,
+            purpose="run the demo on",
+            top_labels=self.opts.top_labels,
+            max_cases=self.opts.max_cases,
+            seed=self.opts.seed,
+        )
         self.source = loaded.source
         self.data_path = loaded.path
         # the loader's order, as the Flower task splits it (feddx.federated.task.task_data):
@@ -124,7 +127,8 @@ class DemoRun:
             self.source, self.data_path, self.train + self.test, None
         )
         self.institutions = sorted({c.institution for c in self.train if c.institution})
-        self.by_institution = len(self.institutions) >= 2
+        self.small = _small_institutions(self.fit, self.institutions, self.opts.min_client_cases)
+        self.by_institution = len(self.institutions) >= 2 and not self.small
         labels = Counter(c.require_label().diagnosis for c in self.train)
         self.majority = labels.most_common(1)[0][0]
         self.n_loaded = len(cases)
@@ -145,7 +149,8 @@ class DemoRun:
                 f"{loaded.hardware.describe()})"
             )
             # the initial adapter is a function of the seed
-            d = load_diagnoser(loaded, lora=DEMO_LORA, seed=self.opts.seed)
+            # every trained stage has this one layout, so they compare fairly
+            d = load_diagnoser(loaded, lora=self.opts.train.lora(), seed=self.opts.seed)
             self._initial = {k: v.clone() for k, v in adapter_state(d.model).items()}
             self._diagnoser = d
         return self._diagnoser
@@ -237,16 +242,60 @@ class DemoRun:
     def _train_config(self, epochs: int) -> Any:
         from feddx.train.config import TrainConfig
 
+        t = self.opts.train
         return TrainConfig(
-            lora=DEMO_LORA,
+            lora=t.lora(),
             learning_rate=self.opts.learning_rate,
             epochs=epochs,
-            batch_size=8,
+            batch_size=t.batch_size,
+            answer_loss=t.answer_loss,
+            max_prompt_tokens=t.max_prompt_tokens,
             seed=self.opts.seed,
         )
 
     def _say(self, text: str) -> None:
         self.console.print(text, highlight=False)
+
+    def _no_institutions(self) -> str:
+        """Why the institutions are not the federation's clients (when they are not)."""
+        if len(self.institutions) < 2:
+            return (
+                "the data names no institutions"
+                if not self.institutions
+                else f"the data names one institution ({self.institutions[0]})"
+            )
+        return (
+            f"{len(self.small)} of the {len(self.institutions)} institutions have fewer than "
+            f"{self.opts.min_client_cases} training cases, too few to train or personalize on"
+        )
+
+    def _trained(self) -> str | None:
+        """The trained stage the later ones start from: federated, else centralized."""
+        for stage in ("federated", "centralized"):
+            if self.folder.finished(stage):
+                return stage
+        return None
+
+    def skip_reason(self, stage: str) -> str | None:
+        """Why ``stage`` does not apply to this run (the data, or the stages before it), or
+        ``None``: a stage that does not apply is skipped with this reason, never an error
+        after minutes of work."""
+        if stage == "federated" and len(self.fit) < 2 * self.clients:
+            return (
+                f"{len(self.fit)} training cases are too few for {self.clients} clients "
+                "(at least 2 each)"
+            )
+        if stage == "personalized" and not self.by_institution:
+            return f"{self._no_institutions()}, so there is nothing to personalize to"
+        if stage in ("personalized", "serve") and self._trained() is None:
+            return "it needs a trained adapter, and neither centralized nor federated ran"
+        if stage == "evaluation" and not any(
+            self.folder.finished(s) for s in ("zero-shot", "baseline", "centralized", "federated")
+        ):
+            return "no stage before it scored the test split"
+        if stage == "report" and not self.folder.finished("evaluation"):
+            return "the evaluation stage did not run"
+        return None
 
     # ------------------------------------------------------------------ stages
     def data(self) -> dict[str, Any]:
@@ -273,7 +322,7 @@ class DemoRun:
         note = (
             f"one client per institution ({len(self.institutions)})"
             if self.by_institution
-            else f"the data names no institutions: a seeded IID split into {self.opts.clients} "
+            else f"{self._no_institutions()}: a seeded IID split into {self.opts.clients} "
             "clients stands in for hospitals, and there are no per-hospital rows"
         )
         entry = {
@@ -395,6 +444,7 @@ class DemoRun:
             progress=progress,
             feature_cache_dir=activation_cache_root(),
             on_step=keep,
+            candidates=self.candidates.names,
         )
         d.model.eval()
         validation: dict[int, float] = {}
@@ -478,7 +528,10 @@ class DemoRun:
             learning_rate=self.opts.learning_rate,
             max_eval_cases=self.opts.round_eval_cases,
         )
+        # a source's own layout (its demo config); the built-in demo keeps the federation's
+        train = self.opts.train.run_config() if self.opts.train != DemoTraining() else {}
         extra = {
+            **train,
             "eval-data": f"jsonl:{data_dir / 'validation.jsonl'}",
             "candidates": str((self.folder.root / CANDIDATES_FILE).resolve()),
         }
@@ -614,24 +667,24 @@ class DemoRun:
         from feddx.personalize.methods import LocalTrainer, local_finetune
         from feddx.train.recipe import save_trained_adapter
 
-        parent_stage = "federated" if self.folder.finished("federated") else "centralized"
-        parent = self.folder.entry(parent_stage)
-        if parent is None or not self.folder.finished(parent_stage):
+        parent_stage = self._trained()
+        parent = self.folder.entry(parent_stage) if parent_stage else None
+        if parent_stage is None or parent is None:
             raise ConfigError(
                 "the personalized stage starts from the federated adapter: run "
                 "--stages federated (or centralized) first"
-            )
-        if not self.by_institution:
-            raise DataError(
-                f"{self.opts.dataset}: the cases name no institutions, so there is nothing to "
-                "personalize to (drop 'personalized' from --stages)"
             )
         d = self.diagnoser()
         start, _ = read_adapter_state(
             self.folder.root / parent["adapter"], base_fingerprint=d.base_fingerprint
         )
         d.add_adapter(self.folder.root / parent["adapter"], name=parent_stage)
-        trainer = LocalTrainer(d.model, d.tokenizer, feature_cache_dir=activation_cache_root())
+        trainer = LocalTrainer(
+            d.model,
+            d.tokenizer,
+            feature_cache_dir=activation_cache_root(),
+            candidates=self.candidates.names,
+        )
         config = self._train_config(self.opts.personal_epochs)
         root = self.folder.stage_dir("personalized")
         adapters: dict[str, dict[str, Any]] = {}
@@ -913,6 +966,16 @@ class DemoRun:
         }
 
 
+def _small_institutions(
+    fit: Sequence[Case], institutions: Sequence[str], min_cases: int
+) -> list[str]:
+    """The institutions with fewer than ``min_cases`` cases in ``fit``: one client or one
+    personalized adapter each would learn from a handful of cases (the eICU demo's 179
+    hospitals hold at most 17 stays each)."""
+    counts = Counter(c.institution for c in fit)
+    return [i for i in institutions if counts[i] < min_cases]
+
+
 def _slug(name: str) -> str:
     """A folder and registry name for a region or institution: its one slug
     (:func:`feddx.data.slug.slug`, as deploy, personalize, the registry and the service name
@@ -1020,7 +1083,7 @@ def _verdicts(folder: RunFolder, rows: Sequence[Mapping[str, Any]], seed: int) -
                 else " - the LLM is behind: UCI Heart is 13 numeric findings, where a linear "
                 "model over the raw values is strong and the LLM reads the numbers as text"
                 if source == "uci-heart"
-                else " - the LLM is behind"
+                else f" - the LLM is behind: {_sized_for_minutes(folder)}"
             )
         )
     if e["personalized"] and len(rows) > 1:
@@ -1037,6 +1100,19 @@ def _verdicts(folder: RunFolder, rows: Sequence[Mapping[str, Any]], seed: int) -
             "(points top-1, test split): " + ", ".join(changes)
         )
     return {"lines": lines, "comparisons": comparisons}
+
+
+def _sized_for_minutes(folder: RunFolder) -> str:
+    """Why a fine-tuned demo LLM may trail the linear model: the demo's training is sized to
+    finish in minutes, not for the best accuracy."""
+    cfg = folder.results.get("config") or {}
+    train = DemoTraining.from_mapping(cfg.get("train") or {}, origin="results.json")
+    layers = f"the top {train.lora_top_layers} layers" if train.lora_top_layers else "every layer"
+    return (
+        f"the demo trains rank-{train.lora_rank} adapters on {layers} for at most "
+        f"{cfg.get('max_epochs')} epochs so that it finishes in minutes; feddx train with a "
+        "deeper config (configs/train-*.yaml, results/training.md) is what closes the gap"
+    )
 
 
 def _progress(console: Console) -> Progress:
@@ -1092,6 +1168,12 @@ def run_demo(
                     console.print(f"[dim]{name}: finished earlier, skipped (--force reruns it)[/]")
                     bar.advance(overall)
                     continue
+                why = run.skip_reason(name)
+                folder.skip(name, why)
+                if why is not None:
+                    console.print(f"[yellow]{name}: skipped[/]: {why}", highlight=False)
+                    bar.advance(overall)
+                    continue
                 bar.update(
                     overall,
                     description=f"[bold]stage {chosen.index(name) + 1}/{len(chosen)}: {name}",
@@ -1113,6 +1195,12 @@ def run_demo(
                 highlight=False,
             )
             raise
+    if folder.finished("report"):
+        # rebuilt from the final record, exactly as `feddx report RUN_DIR` builds it, so the
+        # page includes the stages recorded after it (serve, its own time)
+        from feddx.demo.report import write_report
+
+        write_report(folder.root)
     console.print(
         f"[dim]demo finished in {time.perf_counter() - start:.0f} s; results in {folder.results_path}[/]"
     )
