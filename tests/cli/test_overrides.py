@@ -10,7 +10,7 @@ from feddx.cli import main
 from feddx.cli._overrides import parse_overrides, with_overrides
 from feddx.errors import ConfigError
 from feddx.federated.config import FederatedConfig
-from feddx.personalize.experiment import PersonalizeConfig
+from feddx.personalize.config import PersonalizeConfig
 from feddx.train.config import TrainConfig
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"

@@ -7,7 +7,7 @@ import pytest
 from feddx.data.slug import MAX_SLUG, slug
 from feddx.data.uci_heart import load_uci_heart
 from feddx.federated.deploy.local import node_name_for
-from feddx.personalize.experiment import registry_scope
+from feddx.personalize.register import registry_scope
 from feddx.personalize.registry import normalize_scope
 from feddx.serve.adapters import scope_name
 

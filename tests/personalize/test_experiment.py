@@ -13,16 +13,11 @@ from feddx.data.jsonl import write_jsonl
 from feddx.data.schema import Case, Finding, Label
 from feddx.errors import ConfigError, DataError
 from feddx.model.adapter import LoraSpec
-from feddx.personalize.experiment import (
-    PLOT_FILE,
-    TABLE_JSON,
-    TABLE_MD,
-    PersonalizeConfig,
-    assign_groups,
-    build_groups,
-    registry_scope,
-    run_experiment,
-)
+from feddx.personalize.config import PersonalizeConfig
+from feddx.personalize.experiment import run_experiment
+from feddx.personalize.groups import assign_groups, build_groups
+from feddx.personalize.register import registry_scope
+from feddx.personalize.report import PLOT_FILE, TABLE_JSON, TABLE_MD
 
 HOSPITALS = {  # institution -> (region, share of "Asthma", cases)
     "North General": ("north", 0.8, 30),

@@ -35,7 +35,9 @@ def personalize(
     set_: SetOption = None,
 ) -> None:
     """Train global, regional and institutional adapters and compare them per group."""
-    from feddx.personalize.experiment import TABLE_MD, PersonalizeConfig, run_experiment
+    from feddx.personalize.config import PersonalizeConfig
+    from feddx.personalize.experiment import run_experiment
+    from feddx.personalize.report import TABLE_MD
 
     # ConfigError names the file (or --set) and the key
     cfg = with_overrides(PersonalizeConfig.from_file(config), set_)
