@@ -214,6 +214,7 @@ def test_resolve_prints_the_chain_and_the_fallbacks(
         "answering": "institutional/cleveland/v1",
         "fallbacks": [],
         "unknown": [],
+        "case_index": None,
         "base_fingerprint": BASE,
     }
     flip_byte(AdapterRegistry(root).get("institutional/cleveland/v1"))

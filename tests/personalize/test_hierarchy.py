@@ -47,6 +47,7 @@ def test_the_most_specific_lineage_answers(
         "answering": "institutional/cleveland/v1",
         "fallbacks": [],
         "unknown": [],
+        "case_index": None,
     }
 
 

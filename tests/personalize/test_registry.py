@@ -114,10 +114,10 @@ def test_schema_is_versioned_and_the_database_is_in_wal_mode(
 ) -> None:
     db = tmp_path / "registry" / "registry.sqlite3"
     with sqlite3.connect(db) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         conn.execute("PRAGMA user_version = 7")
-    with pytest.raises(ModelError, match=r"schema version 7; this feddx reads version 1"):
+    with pytest.raises(ModelError, match=r"schema version 7; this feddx reads version 2"):
         AdapterRegistry(tmp_path / "registry")
 
 

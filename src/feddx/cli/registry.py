@@ -25,6 +25,11 @@ registry_app = typer.Typer(
 app.add_typer(registry_app, name="registry")
 
 
+class KindOption(StrEnum):
+    adapter = "adapter"
+    case_index = "case-index"
+
+
 class LevelOption(StrEnum):
     global_ = "global"
     regional = "regional"
@@ -71,15 +76,20 @@ def list_(
     level: Annotated[LevelOption | None, typer.Option(help="Only this level.")] = None,
     region: Annotated[str | None, typer.Option(help="Only this region.")] = None,
     institution: Annotated[str | None, typer.Option(help="Only this institution.")] = None,
+    kind: Annotated[
+        KindOption | None, typer.Option(help="Only this kind (adapter or case-index).")
+    ] = None,
     root: RootOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """List the registered adapters (least specific level first, oldest version first)."""
+    """List the registered entries, adapters and case indexes (least specific level first,
+    oldest version first); each says its kind."""
     registry = _open(root)
     found = registry.entries(
         level=level.value if level else None,
         region=region,
         institution=institution,
+        kind=kind.value if kind else None,
     )
     if as_json:
         _emit([e.to_dict() for e in found])
@@ -87,15 +97,16 @@ def list_(
     if not found:
         _plain(f"No adapters registered in {registry.root}.")
         return
-    rows = [("adapter", "scope", "parent", "base model", "budget", "T", "round", "metrics")]
+    rows = [("id", "kind", "scope", "parent", "base model", "budget", "T", "round", "metrics")]
     rows += [
         (
             e.adapter_id,
+            e.kind,
             _scope(e),
             e.parent_id or "-",
             e.base_fingerprint,
-            str(e.max_prompt_tokens),
-            f"{e.temperature:.3g}",
+            str(e.max_prompt_tokens) if e.kind == "adapter" else "-",
+            f"{e.temperature:.3g}" if e.kind == "adapter" else "-",
             "-" if e.training_round is None else str(e.training_round),
             _metrics_text(e.metrics) or "-",
         )
@@ -236,7 +247,7 @@ def verify(
         checked = [registry.get(adapter_id)]
     else:
         removed = registry.clean_orphans()
-        checked = registry.entries()
+        checked = registry.entries(kind=None)
     results = [(e.adapter_id, registry.check(e, fresh=True)) for e in checked]
     refused = [(i, why) for i, why in results if why is not None]
     if as_json:

@@ -29,6 +29,14 @@ Why it is built this way:
   file's size, mtime and inode is only seen by a ``fresh`` check or a new process.
 - **No data.** A row holds ids, numbers and a hash of the training data's case ids and labels
   (:func:`data_fingerprint`), never cases, text or patient identifiers.
+- **Two kinds of entry.** ``kind`` is ``adapter`` (LoRA weights, one level of the hierarchy)
+  or ``case-index`` (an institution's retrieval index of past cases: vectors, labels and
+  hashed case ids, no text; built by :mod:`feddx.personalize.case_index`), stored under
+  ``adapters/case-index/<institution>/vN/`` with the same hash, versioning and atomic write,
+  and resolved with the institution's chain (:meth:`AdapterRegistry.resolve` returns the
+  newest intact one in :attr:`Resolution.case_index`). Schema version 2 added the ``kind``
+  and ``lineage`` columns; a version-1 registry is migrated in place when opened (its
+  entries become adapters), so older registries stay readable.
 
 Scope names (regions, institutions) become folder names, so they are normalised once
 (:func:`normalize_scope`: the one slug of :mod:`feddx.data.slug`) and checked for path-like
@@ -76,7 +84,11 @@ LEVELS: tuple[Level, ...] = ("global", "regional", "institutional")
 
 DB_FILE = "registry.sqlite3"
 ADAPTERS_DIR = "adapters"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+Kind = Literal["adapter", "case-index"]
+KINDS: tuple[Kind, ...] = ("adapter", "case-index")
+CASE_INDEX_DIR = "case-index"
+"""Folder (under ``adapters/``) and id prefix of case-index entries."""
 ADAPTER_FILES = (META_FILE, PEFT_CONFIG_FILE, WEIGHTS_FILE)
 """What a registered adapter folder holds, and all it holds (anything else is corruption)."""
 RACY_SECONDS = 2.0
@@ -106,7 +118,9 @@ CREATE TABLE adapters (
     metrics TEXT NOT NULL,
     files TEXT NOT NULL,
     content_sha256 TEXT NOT NULL,
-    created_at TEXT NOT NULL
+    created_at TEXT NOT NULL,
+    kind TEXT NOT NULL DEFAULT 'adapter',
+    lineage TEXT
 );
 CREATE INDEX adapters_by_scope ON adapters (level, region, institution, version);
 CREATE TABLE versions (
@@ -149,6 +163,8 @@ class AdapterEntry:
     content_sha256: str
     created_at: str
     files: dict[str, int] = field(default_factory=dict)
+    kind: Kind = "adapter"
+    lineage: dict[str, Any] = field(default_factory=dict)
 
     @property
     def scope(self) -> str | None:
@@ -176,6 +192,8 @@ class AdapterEntry:
             "content_sha256": self.content_sha256,
             "created_at": self.created_at,
             "files": dict(self.files),
+            "kind": self.kind,
+            "lineage": dict(self.lineage),
         }
 
 
@@ -299,6 +317,9 @@ class AdapterRegistry:
             version = int(conn.execute("PRAGMA user_version").fetchone()[0])
             if version == SCHEMA_VERSION:
                 return
+            if version == 1:
+                self._migrate_v1(conn)
+                return
             if version > SCHEMA_VERSION:
                 raise ModelError(
                     f"adapter registry {self.db_path} has schema version {version}; this feddx "
@@ -334,6 +355,22 @@ class AdapterRegistry:
                     conn.execute("ROLLBACK")
                 raise
 
+    def _migrate_v1(self, conn: sqlite3.Connection) -> None:
+        """Version 1 -> 2: add ``kind`` (every existing entry is an adapter) and ``lineage``,
+        in one transaction, so a registry written by an older feddx stays readable."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if int(conn.execute("PRAGMA user_version").fetchone()[0]) == 1:
+                conn.execute("ALTER TABLE adapters ADD COLUMN kind TEXT NOT NULL DEFAULT 'adapter'")
+                conn.execute("ALTER TABLE adapters ADD COLUMN lineage TEXT")
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        log.info("adapter registry %s: schema migrated from version 1 to 2", self.db_path)
+
     def _entry(self, row: sqlite3.Row) -> AdapterEntry:
         return AdapterEntry(
             adapter_id=row["adapter_id"],
@@ -352,6 +389,8 @@ class AdapterRegistry:
             content_sha256=row["content_sha256"],
             created_at=row["created_at"],
             files={str(k): int(v) for k, v in json.loads(row["files"]).items()},
+            kind=cast(Kind, row["kind"]),
+            lineage=json.loads(row["lineage"]) if row["lineage"] else {},
         )
 
     @staticmethod
@@ -372,12 +411,18 @@ class AdapterRegistry:
         level: Level | None = None,
         region: str | None = None,
         institution: str | None = None,
+        kind: Kind | None = "adapter",
     ) -> list[AdapterEntry]:
-        """The registered adapters, filtered by level, region and institution (names are
-        normalised as at registration), least specific level first, then by scope and
-        version (oldest first)."""
+        """The registered entries of ``kind`` (default adapters; ``None``: every kind),
+        filtered by level, region and institution (names are normalised as at registration),
+        least specific level first, then by scope, kind and version (oldest first)."""
         clauses: list[str] = []
         params: list[str] = []
+        if kind is not None:
+            if kind not in KINDS:
+                raise ConfigError(f"kind {kind!r} is not one of {', '.join(KINDS)}")
+            clauses.append("kind = ?")
+            params.append(kind)
         if level is not None:
             clauses.append("level = ?")
             params.append(_check_level(level))
@@ -393,7 +438,13 @@ class AdapterRegistry:
         found = [self._entry(r) for r in rows]
         return sorted(
             found,
-            key=lambda e: (_LEVEL_RANK[e.level], e.region or "", e.institution or "", e.version),
+            key=lambda e: (
+                _LEVEL_RANK[e.level],
+                e.region or "",
+                e.institution or "",
+                e.kind,
+                e.version,
+            ),
         )
 
     def get(self, adapter_id: str) -> AdapterEntry:
@@ -606,6 +657,92 @@ class AdapterRegistry:
         log.info("registered adapter %s (base %s)", adapter_id, info.base_fingerprint)
         return self.get(adapter_id)
 
+    def register_case_index(
+        self,
+        index_dir: Path,
+        *,
+        institution: str,
+        base_fingerprint: str,
+        region: str | None = None,
+        data_fingerprint: str | None = None,
+        lineage: Mapping[str, Any] | None = None,
+        metrics: Mapping[str, float] | None = None,
+    ) -> AdapterEntry:
+        """Copy the case index saved in ``index_dir`` (every regular file in it; see
+        :mod:`feddx.personalize.case_index`) into the registry as the next version of
+        ``case-index/<institution>`` and return its entry.
+
+        ``base_fingerprint`` is the base model its prior weight was chosen with (the resolver
+        only offers it to a service running that model); ``lineage`` records what it was built
+        from (embedder, dimension, the adapter that scored validation: short values, never
+        data); ``metrics`` numbers such as the chosen prior weight and the case count. The
+        institution keeps one region, as with adapters. Raises :class:`ConfigError` for bad
+        names, fingerprints or metrics and :class:`ModelError` for an empty or odd folder;
+        nothing becomes visible unless the whole registration succeeds.
+        """
+        institution = normalize_scope(institution, "institution")
+        region = normalize_scope(region, "region") if region else None
+        if not base_fingerprint:
+            raise ConfigError("a case index needs the base-model fingerprint it was tuned with")
+        if data_fingerprint is not None and not _HASH_RE.match(str(data_fingerprint)):
+            raise ConfigError("data_fingerprint must be a hex hash, not free text")
+        clean_metrics = _check_metrics(metrics or {})
+        names = _index_files(Path(index_dir))
+        record = json.dumps(dict(lineage or {}), allow_nan=False, sort_keys=True)
+        with self._connect() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            final: Path | None = None
+            try:
+                self._check_institution_region(conn, institution, region)
+                self._remove_orphans(conn)
+                row = conn.execute(
+                    "SELECT last_version FROM versions WHERE level = ? AND scope = ?",
+                    (CASE_INDEX_DIR, institution),
+                ).fetchone()
+                version = (int(row[0]) if row else 0) + 1
+                entry_id = f"{CASE_INDEX_DIR}/{institution}/v{version}"
+                final = self.root / ADAPTERS_DIR / entry_id
+                files, digest = _copy_files(Path(index_dir), names, final)
+                conn.execute(
+                    "INSERT INTO adapters (adapter_id, level, region, institution, parent_id, "
+                    "version, rel_path, base_fingerprint, lora, max_prompt_tokens, temperature, "
+                    "training_round, data_fingerprint, metrics, files, content_sha256, "
+                    "created_at, kind, lineage) "
+                    "VALUES (?, 'institutional', ?, ?, NULL, ?, ?, ?, '{}', 0, 1.0, NULL, ?, ?, "
+                    "?, ?, ?, 'case-index', ?)",
+                    (
+                        entry_id,
+                        region,
+                        institution,
+                        version,
+                        f"{ADAPTERS_DIR}/{entry_id}",
+                        base_fingerprint,
+                        data_fingerprint,
+                        json.dumps(clean_metrics, allow_nan=False),
+                        json.dumps(files),
+                        digest,
+                        datetime.now(UTC).isoformat(timespec="seconds"),
+                        record,
+                    ),
+                )
+                conn.execute(
+                    "INSERT INTO versions (level, scope, last_version) VALUES (?, ?, ?) "
+                    "ON CONFLICT (level, scope) DO UPDATE SET last_version = excluded.last_version",
+                    (CASE_INDEX_DIR, institution, version),
+                )
+                self._bump_generation(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                if final is not None and final.exists():
+                    shutil.rmtree(final, ignore_errors=True)
+                raise
+        with self._cache_lock:
+            self._verified.pop(entry_id, None)
+        log.info("registered case index %s", entry_id)
+        return self.get(entry_id)
+
     def _check_parent(
         self,
         conn: sqlite3.Connection,
@@ -620,6 +757,8 @@ class AdapterRegistry:
         if row is None:
             raise ModelError(f"parent adapter {parent_id} is not in the registry {self.root}")
         parent = self._entry(row)
+        if parent.kind != "adapter":
+            raise ConfigError(f"parent {parent_id} is a {parent.kind}, not an adapter")
         if _LEVEL_RANK[parent.level] >= _LEVEL_RANK[level]:
             raise ConfigError(
                 f"parent {parent_id} is a {parent.level} adapter: a {level} adapter descends "
@@ -740,25 +879,71 @@ class AdapterRegistry:
         for child in sorted(top.iterdir()):
             if child.is_dir() and child.name.startswith((".tmp-", ".trash-")):
                 drop(child)
-            elif child.is_dir() and child.name in LEVELS:
+            elif child.is_dir() and (child.name in LEVELS or child.name == CASE_INDEX_DIR):
                 scan(child, 1 if child.name == "global" else 2)
         return removed
 
     # ------------------------------------------------------------------ resolving
     def resolve(
         self, *, institution: str | None, region: str | None, base_fingerprint: str
-    ) -> ResolvedChain[AdapterEntry]:
+    ) -> Resolution:
         """The most specific usable chain for (institution, region) on the base model
         ``base_fingerprint`` (see :func:`feddx.personalize.hierarchy.resolve_chain`):
         skipped adapters are listed in ``fallbacks`` every time and logged as a warning the
-        first time (and again when the reason or the fallback changes)."""
-        return resolve_chain(
+        first time (and again when the reason or the fallback changes). The institution's
+        newest intact case index for that base model comes with it
+        (:attr:`Resolution.case_index`; skipped ones are listed in ``fallbacks`` too), and an
+        institution with a case index but no adapter of its own is not "unknown"."""
+        inst = normalize_scope(institution, "institution") if institution else None
+        asked = normalize_scope(region, "region") if region else None
+        indexes = list(reversed(self.entries(kind="case-index", institution=inst))) if inst else []
+        # An institution registered by its case index only keeps that index's region.
+        implied = None if asked else next((e.region for e in indexes if e.region), None)
+        chain = resolve_chain(
             self,
-            institution=normalize_scope(institution, "institution") if institution else None,
-            region=normalize_scope(region, "region") if region else None,
+            institution=inst,
+            region=asked or implied,
             base_fingerprint=base_fingerprint,
             logged=self._logged_skips,
         )
+        chosen: AdapterEntry | None = None
+        skipped: list[str] = []
+        for entry in indexes:
+            why = self.check(entry, base_fingerprint=base_fingerprint)
+            if why is None:
+                chosen = entry
+                break
+            skipped.append(f"{entry.adapter_id} skipped: {why}")
+            if self._logged_skips.get(entry.adapter_id) != why:
+                log.warning("case index %s skipped: %s", entry.adapter_id, why)
+                self._logged_skips[entry.adapter_id] = why
+        unknown = tuple(
+            u
+            for u in chain.unknown
+            if not (indexes and u.startswith(f"institution {inst} "))
+            and not (implied and u.startswith(f"region {implied} "))
+        )
+        return Resolution(
+            entries=chain.entries,
+            fallbacks=chain.fallbacks + tuple(skipped),
+            unknown=unknown,
+            case_index=chosen,
+        )
+
+
+@dataclass(frozen=True)
+class Resolution(ResolvedChain[AdapterEntry]):
+    """A resolved adapter chain (:class:`~feddx.personalize.hierarchy.ResolvedChain`) plus the
+    institution's case index, ``None`` when it has no intact one for this base model."""
+
+    case_index: AdapterEntry | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The chain's fields and the case index's id."""
+        return {
+            **super().to_dict(),
+            "case_index": self.case_index.adapter_id if self.case_index else None,
+        }
 
 
 def parse_adapter_id(adapter_id: str) -> tuple[Level, str | None, int]:
@@ -877,6 +1062,33 @@ def _copy_adapter(info: AdapterInfo, final: Path) -> tuple[dict[str, int], str]:
     return files, digest
 
 
+def _index_files(directory: Path) -> list[str]:
+    """The names of the regular files a case-index folder holds (all it may hold)."""
+    try:
+        children = sorted(directory.iterdir())
+    except OSError as e:
+        raise ModelError(f"case index {directory} cannot be read ({e.strerror})") from None
+    odd = [c.name for c in children if not c.is_file() or c.is_symlink()]
+    if odd:
+        raise ModelError(f"case index {directory} holds {odd[0]!r}, which is not a regular file")
+    if not children:
+        raise ModelError(f"case index {directory} is empty")
+    return [c.name for c in children]
+
+
+def _copy_files(source: Path, names: list[str], final: Path) -> tuple[dict[str, int], str]:
+    """Copy ``names`` from ``source`` into ``final`` atomically (fsynced, renamed into place);
+    their sizes and the content hash, computed on the copies."""
+    with building_dir(final) as tmp:
+        for name in names:
+            shutil.copyfile(source / name, tmp / name)
+            with (tmp / name).open("rb") as f:
+                os.fsync(f.fileno())
+        files = {name: (tmp / name).stat().st_size for name in names}
+        digest = content_sha256(tmp, names)
+    return files, digest
+
+
 def _remove_empty_parents(directory: Path, stop: Path) -> None:
     """Remove ``directory`` and its empty parents up to (not including) ``stop``."""
     while directory != stop and stop in directory.parents:
@@ -889,10 +1101,13 @@ def _remove_empty_parents(directory: Path, stop: Path) -> None:
 
 __all__ = [
     "ADAPTER_FILES",
+    "KINDS",
     "LEVELS",
     "AdapterEntry",
     "AdapterRegistry",
+    "Kind",
     "Level",
+    "Resolution",
     "ResolvedChain",
     "content_sha256",
     "data_fingerprint",
