@@ -52,9 +52,10 @@ class History(_Frozen):
     prior_conditions: tuple[str, ...] = ()
     medications: tuple[str, ...] = ()
     encounters: tuple[Encounter, ...] = ()
+    allergies: tuple[str, ...] = ()
 
     def is_empty(self) -> bool:
-        return not (self.prior_conditions or self.medications or self.encounters)
+        return not (self.prior_conditions or self.medications or self.encounters or self.allergies)
 
 
 class DifferentialEntry(_Frozen):
