@@ -188,7 +188,7 @@ def _crosslingual_story(
         ptbr=ptbr,
         say=console.print,
     )
-    console.print(f"report written to {report}")
+    console.print(f"report written to {report}", soft_wrap=True)  # a path, never broken
 
 
 @app.command()
@@ -199,4 +199,4 @@ def report(
     results.json alone."""
     from feddx.demo.report import write_report
 
-    console.print(f"report written to {write_report(run_dir)}")
+    console.print(f"report written to {write_report(run_dir)}", soft_wrap=True)
