@@ -9,9 +9,13 @@ import pytest
 
 from feddx.data.schema import Case, Encounter, Finding, History, Label
 from feddx.model.prompt import (
+    PROMPT_WORDS,
     SYSTEM_PROMPT,
     answer_ids,
     case_to_text,
+    history_items,
+    history_pieces,
+    relative_date,
     render_answer,
     render_finding,
     render_prompt,
@@ -135,3 +139,73 @@ def test_fewshot_examples_come_before_the_patient_and_go_first_under_budget(
     assert cut.truncated and "-> Asthma" in cut.text and "Pneumonia" not in cut.text
     assert "fever" in cut.text  # the patient's own findings are never dropped for examples
     assert case_summary(case) == "63y male; cough; fever"
+
+
+def _rich_history_case() -> Case:
+    """A dated case with every kind of history item (issue 24 item 1)."""
+    return _case(
+        date=dt.date(2024, 6, 1),
+        findings=(Finding(name="dyspnea"),),
+        history=History(
+            prior_conditions=("heart failure",),
+            medications=("furosemide",),
+            allergies=("penicillin",),
+            encounters=(
+                Encounter(date=dt.date(2019, 3, 1), diagnoses=("ankle fracture",)),
+                Encounter(date=dt.date(2024, 2, 20), diagnoses=("pneumonia",)),
+                Encounter(date=dt.date(2024, 5, 20), reason="chest pain"),
+            ),
+        ),
+    )
+
+
+def test_history_layout_relative_dates_and_priority_order() -> None:
+    assert history_pieces(_rich_history_case()) == [
+        "Prior conditions: heart failure.",
+        "Medications: furosemide.",
+        "Allergies: penicillin.",
+        "Earlier visit 12d before: chest pain.",
+        "Earlier visit 3mo before: pneumonia.",
+        "Earlier visit 5y before: ankle fracture.",
+    ]
+    # No calendar date reaches the prompt when the case is dated.
+    assert "2019" not in case_to_text(_rich_history_case())
+
+
+def test_history_over_budget_keeps_the_most_relevant_lines(tokenizer: Any) -> None:
+    case = _rich_history_case()
+    full = render_prompt(case, tokenizer)
+    assert not full.truncated
+    # Tighten the budget token by token: whatever is cut, the lines kept are always a prefix of
+    # the priority order (conditions, medications, allergies, then the newest visits).
+    pieces = history_pieces(case)
+    kept_counts = set()
+    for budget in range(len(full.input_ids) - 1, len(full.input_ids) - 40, -1):
+        p = render_prompt(case, tokenizer, budget)
+        assert p.truncated and len(p.input_ids) <= budget
+        kept = [x for x in pieces if x in p.text]
+        assert kept == pieces[: len(kept)]
+        kept_counts.add(len(kept))
+    assert len(kept_counts) > 2  # the loop really cut several lines, oldest visit first
+
+
+def test_relative_dates_words_and_fallbacks() -> None:
+    en, pt = PROMPT_WORDS["en"], PROMPT_WORDS["pt"]
+    today = dt.date(2024, 6, 1)
+    assert relative_date(dt.date(2024, 5, 31), today, en) == "1d before"
+    assert relative_date(dt.date(2023, 6, 1), today, en) == "12mo before"
+    assert relative_date(dt.date(2014, 6, 1), today, pt) == "10a antes"
+    assert relative_date(dt.date(2024, 5, 1), None, en) == "2024-05-01"  # undated case
+    assert relative_date(None, today, en) == "undated"
+
+
+def test_history_items_one_line_each_in_the_case_language() -> None:
+    items = history_items(_rich_history_case())
+    assert items[0] == ("Earlier visit 12d before: chest pain.", 0)
+    assert [t for t, _ in items[3:]] == [
+        "Prior condition: heart failure.",
+        "Medication: furosemide.",
+        "Allergy: penicillin.",
+    ]
+    pt = _rich_history_case().model_copy(update={"language": "pt-BR"})
+    assert history_items(pt)[-1][0] == "Alergia: penicillin."

@@ -15,6 +15,7 @@ every adapter so far was trained on.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -39,8 +40,12 @@ class PromptWords:
     note: str
     prior_conditions: str
     medications: str
+    allergies: str
+    one_item: tuple[str, str, str]
     earlier_visit: str
     undated: str
+    before: str
+    spans: tuple[str, str, str]
     visit: str
     negation: str
     examples: str
@@ -58,8 +63,12 @@ PROMPT_WORDS: dict[str, PromptWords] = {
         note="Note",
         prior_conditions="Prior conditions",
         medications="Medications",
+        allergies="Allergies",
+        one_item=("Prior condition", "Medication", "Allergy"),
         earlier_visit="Earlier visit",
         undated="undated",
+        before="{span} before",
+        spans=("d", "mo", "y"),
         visit="visit",
         negation="no",
         examples="Similar past cases:",
@@ -76,8 +85,12 @@ PROMPT_WORDS: dict[str, PromptWords] = {
         note="Relato",
         prior_conditions="Condições prévias",
         medications="Medicamentos",
+        allergies="Alergias",
+        one_item=("Condição prévia", "Medicamento", "Alergia"),
         earlier_visit="Consulta anterior",
         undated="sem data",
+        before="{span} antes",
+        spans=("d", "m", "a"),
         visit="consulta",
         negation="sem",
         examples="Casos anteriores semelhantes:",
@@ -145,8 +158,45 @@ def _demographics(case: Case) -> str:
 
 def history_pieces(case: Case) -> list[str]:
     """The default history lines of ``case``, in the order the renderer keeps them under a
-    budget: prior conditions, medications, then encounters most recent first."""
+    budget (most relevant first): chronic (prior) conditions, active medications, allergies,
+    then earlier encounters most recent first, each dated relative to this case."""
     return _history_pieces(case)
+
+
+def relative_date(date: dt.date | None, today: dt.date | None, words: PromptWords) -> str:
+    """When an earlier encounter was, relative to the case ("3mo before", "2y before"):
+    what matters clinically, and no calendar date (an identifier) in the prompt. Falls back
+    to the ISO date when the case itself is undated, and to ``words.undated`` without a date.
+    """
+    if date is None:
+        return words.undated
+    if today is None or today < date:
+        return date.isoformat()
+    days = (today - date).days
+    d, mo, y = words.spans
+    if days < 60:
+        span = f"{days}{d}"
+    elif days < 730:
+        span = f"{round(days / 30.44)}{mo}"
+    else:
+        span = f"{days // 365}{y}"
+    return words.before.format(span=span)
+
+
+def _encounters_recent_first(case: Case) -> list[int]:
+    # Undated encounters keep the schema's chronological tuple order, reversed.
+    e = case.history.encounters
+    return sorted(
+        range(len(e)),
+        key=lambda i: (e[i].date.isoformat() if e[i].date else "", i),  # type: ignore[union-attr]
+        reverse=True,
+    )
+
+
+def _encounter_line(case: Case, i: int, words: PromptWords) -> str:
+    e = case.history.encounters[i]
+    what = ", ".join(e.diagnoses) or e.reason or e.kind or words.visit
+    return f"{words.earlier_visit} {relative_date(e.date, case.date, words)}: {what}."
 
 
 def _history_pieces(case: Case) -> list[str]:
@@ -156,18 +206,31 @@ def _history_pieces(case: Case) -> list[str]:
         pieces.append(f"{w.prior_conditions}: " + ", ".join(h.prior_conditions) + ".")
     if h.medications:
         pieces.append(f"{w.medications}: " + ", ".join(h.medications) + ".")
+    if h.allergies:
+        pieces.append(f"{w.allergies}: " + ", ".join(h.allergies) + ".")
     # Most recent encounters first: they are the most informative and survive truncation.
-    # Undated encounters keep the schema's chronological tuple order, reversed.
-    order = sorted(
-        range(len(h.encounters)),
-        key=lambda i: (h.encounters[i].date.isoformat() if h.encounters[i].date else "", i),  # type: ignore[union-attr]
-        reverse=True,
-    )
-    for e in (h.encounters[i] for i in order):
-        what = ", ".join(e.diagnoses) or e.reason or e.kind or w.visit
-        when = e.date.isoformat() if e.date else w.undated
-        pieces.append(f"{w.earlier_visit} {when}: {what}.")
+    pieces.extend(_encounter_line(case, i, w) for i in _encounters_recent_first(case))
     return pieces
+
+
+def history_items(case: Case) -> list[tuple[str, int]]:
+    """Every history item of ``case`` as its own prompt line with a recency rank (0 = most
+    recent; undated conditions, medications and allergies rank after the encounters, in
+    schema order): the units :mod:`feddx.personalize.history` ranks by relevance, in the
+    same words and relative dates as :func:`history_pieces`."""
+    h, w = case.history, prompt_words(case.language)
+    items = [
+        (_encounter_line(case, i, w), rank) for rank, i in enumerate(_encounters_recent_first(case))
+    ]
+    title, medication, allergy = w.one_item
+    for name, values in (
+        (title, h.prior_conditions),
+        (medication, h.medications),
+        (allergy, h.allergies),
+    ):
+        for v in values:
+            items.append((f"{name}: {v}.", len(items)))
+    return items
 
 
 def case_summary(case: Case, max_findings: int | None = None) -> str:

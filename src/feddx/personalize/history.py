@@ -8,7 +8,8 @@ adapter was trained on. This module offers the alternatives that were measured
 
 - ``"none"``: no history at all (the "without history" arm);
 - ``"recent"``: the default lines, unchanged;
-- ``"relevance"``: one line per item (a prior condition, a medication, an encounter), ranked by
+- ``"relevance"``: one line per item (a prior condition, a medication, an allergy, an encounter;
+  :func:`feddx.model.prompt.history_items`, the renderer's words and relative dates), ranked by
   similarity to the current findings, ties broken by recency, so that when the budget is
   tight the items that speak to today's complaint survive rather than the oldest being cut.
 
@@ -24,7 +25,7 @@ from collections.abc import Callable, Sequence
 from typing import Literal
 
 from feddx.data.schema import Case
-from feddx.model.prompt import PromptContext, case_summary
+from feddx.model.prompt import PromptContext, case_summary, history_items
 from feddx.personalize.embedding import Embedder
 
 HistoryOrder = Literal["none", "recent", "relevance"]
@@ -64,30 +65,6 @@ _STOP = frozenset(
 
 def _words(text: str) -> set[str]:
     return {w for w in _WORD.findall(text.lower()) if w not in _STOP and len(w) > 2}
-
-
-def history_items(case: Case) -> list[tuple[str, int]]:
-    """Every history item of ``case`` as its own prompt line with a recency rank (0 = most
-    recent; undated conditions and medications rank after dated encounters, in schema order)."""
-    h = case.history
-    items: list[tuple[str, int]] = []
-    dated = sorted(
-        range(len(h.encounters)),
-        key=lambda i: (h.encounters[i].date.isoformat() if h.encounters[i].date else "", i),  # type: ignore[union-attr]
-        reverse=True,
-    )
-    for rank, i in enumerate(dated):
-        e = h.encounters[i]
-        what = ", ".join(e.diagnoses) or e.reason or e.kind or "visit"
-        when = e.date.isoformat() if e.date else "undated"
-        items.append((f"Earlier visit {when}: {what}.", rank))
-    base = len(items)
-    for j, c in enumerate(h.prior_conditions):
-        items.append((f"Prior condition: {c}.", base + j))
-    base = len(items)
-    for j, m in enumerate(h.medications):
-        items.append((f"Medication: {m}.", base + j))
-    return items
 
 
 def lexical_similarity(query: str, items: Sequence[str]) -> list[float]:
