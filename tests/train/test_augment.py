@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from feddx.data.schema import Case, Finding, Label
+from feddx.data.schema import Case, Finding, History, Label
 from feddx.errors import ConfigError
 from feddx.model.adapter import LoraSpec
-from feddx.train.augment import augment_cases, sentences
+from feddx.train.augment import augment_cases, drop_history, sentences
 from feddx.train.config import AugmentSpec, DPConfig, TrainConfig
 from feddx.train.trainer import train_adapter
 
@@ -120,3 +120,41 @@ def test_sentence_dropout_copies_free_text_cases_only_when_asked() -> None:
         assert kept and all(s in parts for s in kept)
         assert [parts.index(s) for s in kept] == sorted(parts.index(s) for s in kept)
     assert any(len(sentences(c.text or "")) < 4 for c in copies)
+
+
+def _history_case(i: int) -> Case:
+    history = History(prior_conditions=(f"condition {i}",)) if i % 4 else History()
+    return _case(i, 2).model_copy(update={"history": history})
+
+
+def test_history_dropout_drops_the_stated_fraction_deterministically() -> None:
+    cases = [_history_case(i) for i in range(40)]  # 30 with a history, 10 without
+    out = drop_history(cases, 0.5, seed=3)
+    assert [c.case_id for c in out] == [c.case_id for c in cases]  # order and ids kept
+    dropped = [a for a, b in zip(cases, out, strict=True) if a.history != b.history]
+    assert len(dropped) == 15  # exactly round(0.5 * 30)
+    assert all(not a.history.is_empty() for a in dropped)
+    for a, b in zip(cases, out, strict=True):  # only the history changes
+        assert b.model_copy(update={"history": a.history}) == a
+    assert drop_history(cases, 0.5, seed=3) == out  # same seed, same cases dropped
+    assert drop_history(cases, 0.5, seed=4) != out
+    assert drop_history(cases, 0.0, seed=3) == cases
+    assert all(c.history.is_empty() for c in drop_history(cases, 1.0, seed=3))
+    with pytest.raises(ValueError, match=r"history dropout must be in \[0, 1\], got 1.5"):
+        drop_history(cases, 1.5, seed=0)
+
+
+def test_history_dropout_is_a_config_knob_the_trainer_renders(tokenizer: Any) -> None:
+    from feddx.train.trainer import _encode_examples
+
+    cfg = TrainConfig.from_mapping({"history-dropout": 1.0, "max_prompt_tokens": 256})
+    assert cfg.history_dropout == 1.0
+    with pytest.raises(ConfigError, match="history_dropout"):
+        TrainConfig.from_mapping({"history_dropout": 2})
+    cases = [_history_case(i) for i in range(1, 4)]
+    bare = [c.model_copy(update={"history": History()}) for c in cases]
+    with_history, _ = _encode_examples(cases, tokenizer, cfg.replace(history_dropout=0.0), None)
+    without, _ = _encode_examples(cases, tokenizer, cfg, None)
+    reference, _ = _encode_examples(bare, tokenizer, cfg, None)
+    assert without == reference
+    assert all(len(a) > len(b) for a, b in zip(with_history, without, strict=True))

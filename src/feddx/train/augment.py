@@ -23,12 +23,13 @@ import re
 from collections.abc import Sequence
 from typing import TypeVar
 
-from feddx.data.schema import Case
+from feddx.data.schema import Case, History
 from feddx.train.config import AugmentSpec
 
 T = TypeVar("T")
 
 AUGMENT_SEED_SALT = 0x5EED_A06
+HISTORY_SEED_SALT = 0x415_70E7
 # Sentence ends: ., ! or ? followed by white space. Good enough for symptom descriptions; a
 # missed boundary only means a longer sentence is kept or dropped as one.
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -76,4 +77,28 @@ def augment_cases(cases: Sequence[Case], spec: AugmentSpec, seed: int) -> list[C
     return out
 
 
-__all__ = ["augment_cases", "sentences"]
+def drop_history(cases: Sequence[Case], fraction: float, seed: int) -> list[Case]:
+    """``cases`` in order, ``round(fraction * n)`` of the ``n`` cases that have a history
+    rendered without it (their history emptied; everything else kept), chosen at random from
+    ``seed``: equal seeds drop the same cases.
+
+    Why: a model only learns to use the patient's history if it is trained with it, and only
+    keeps answering patients who have none on record (a first visit, a history not shared) if
+    it also sees such cases; history dropout trains both from the same cases. Cases without a
+    history are never counted or changed. Raises :class:`ValueError` for a fraction outside
+    [0, 1].
+    """
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"history dropout must be in [0, 1], got {fraction}")
+    with_history = [i for i, c in enumerate(cases) if not c.history.is_empty()]
+    n_drop = round(fraction * len(with_history))
+    if n_drop == 0:
+        return list(cases)
+    dropped = set(random.Random(seed ^ HISTORY_SEED_SALT).sample(with_history, n_drop))
+    return [
+        c.model_copy(update={"history": History()}) if i in dropped else c
+        for i, c in enumerate(cases)
+    ]
+
+
+__all__ = ["augment_cases", "drop_history", "sentences"]

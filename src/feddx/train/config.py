@@ -141,6 +141,12 @@ class TrainConfig(Settings):
         Dropout copies of each case (:class:`AugmentSpec`; off by default). Not
         available with DP: copies of one patient are not independent examples, so the
         accountant's epsilon would understate the privacy spent.
+    history_dropout
+        The fraction of training cases with a history that are rendered without it (exactly
+        ``round(fraction * n)`` of the ``n`` such cases, picked from ``seed``): the model learns
+        to use the patient's history and still answers a patient with none on record. ``0``
+        (default): every case as it comes; ``1``: no history at all (a model trained without
+        it). See :func:`feddx.train.augment.drop_history`.
     """
 
     settings_name: ClassVar[str] = "training config"
@@ -168,6 +174,7 @@ class TrainConfig(Settings):
     activation_cache_max_mb: int = Field(default=2048, ge=0)
     gradient_checkpointing: bool | None = None
     augment: AugmentSpec = Field(default_factory=AugmentSpec)
+    history_dropout: float = Field(default=0.0, ge=0.0, le=1.0)
     hardware: HardwareSpec = Field(default_factory=HardwareSpec)
 
     @field_validator("dp", mode="before")

@@ -60,7 +60,7 @@ from feddx.model.adapter import (
     lora_spec_of,
 )
 from feddx.model.decoder import DecoderRunner
-from feddx.train.augment import augment_cases
+from feddx.train.augment import augment_cases, drop_history
 from feddx.train.batching import (
     Batch,
     Example,
@@ -503,6 +503,8 @@ def _encode_examples(
             "training config: answer_loss 'candidates' needs the candidate list "
             "(train_adapter(candidates=...))"
         )
+    # History dropout first, so that an augmented copy keeps its case's (dropped) history.
+    cases = drop_history(cases, config.history_dropout, config.seed)
     augmented = augment_cases(cases, config.augment, config.seed)
     examples = encode_cases(
         augmented,
