@@ -279,8 +279,8 @@ def evaluate_cases(
         )
         notes.append(
             "temperature cross-fitted: each half of the evaluated cases is calibrated with the "
-            "temperature fitted on the other half; 'value' is the fit on all of them (for use "
-            "on new cases)"
+            "temperature fitted on the other half; the temperature reported ('value') is the "
+            "fit on all of them (for use on new cases)"
         )
     else:
         preds = list(raw)

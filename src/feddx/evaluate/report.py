@@ -84,28 +84,44 @@ def confusion_plot(m: ModelMetrics, title: str) -> str:
     return _png(fig)
 
 
-def groups_plot(result: EvaluationResult) -> str:
+def groups_figure(result: EvaluationResult) -> Any:
+    """Top-1 per group as horizontal bars, one panel per attribute: the group names (long
+    institution slugs such as ``hungarian-inst-of-cardiology``) sit on the y-axis, one per
+    line, where side by side on an x-axis they ran into each other."""
     plt = _pyplot()
     attrs = list(result.llm.groups)
-    fig, axes = plt.subplots(1, len(attrs), figsize=(4.2 * len(attrs), 3.6), squeeze=False)
-    for ax, attr in zip(axes[0], attrs, strict=True):
+    sizes = [max(1, len(result.llm.groups[a])) for a in attrs]
+    fig, axes = plt.subplots(
+        len(attrs),
+        1,
+        figsize=(7.5, 0.9 * len(attrs) + 0.32 * sum(sizes)),
+        squeeze=False,
+        gridspec_kw={"height_ratios": [n + 1.5 for n in sizes]},
+    )
+    height = 0.4 if result.baseline else 0.8
+    shift = height / 2 if result.baseline else 0.0
+    for ax, attr in zip(axes[:, 0], attrs, strict=True):
         values = list(result.llm.groups[attr])
-        xs = range(len(values))
-        width = 0.4 if result.baseline else 0.8
+        ys = range(len(values))
         llm = [result.llm.groups[attr][v]["top1"] for v in values]
-        ax.bar([x - (width / 2 if result.baseline else 0) for x in xs], llm, width, label="LLM")
+        ax.barh([y - shift for y in ys], llm, height, label="LLM")
         if result.baseline:
             base = [result.baseline.groups[attr].get(v, {}).get("top1", 0.0) for v in values]
-            ax.bar([x + width / 2 for x in xs], base, width, label="baseline")
+            ax.barh([y + shift for y in ys], base, height, label="baseline")
         ns = [result.llm.groups[attr][v]["n"] for v in values]
-        ax.set_xticks(
-            list(xs), [f"{v}\n(n={n})" for v, n in zip(values, ns, strict=True)], fontsize=7
-        )
-        ax.set_ylim(0, 1.05)
-        ax.set_title(f"top-1 by {attr}")
-    axes[0][0].legend(fontsize=8)
+        ax.set_yticks(list(ys), [f"{v} (n={n})" for v, n in zip(values, ns, strict=True)])
+        ax.tick_params(axis="y", labelsize=8)
+        ax.invert_yaxis()  # the first group on top, as in a table
+        ax.set_xlim(0, 1.05)
+        ax.set_title(f"top-1 by {attr}", fontsize=10, loc="left")
+    axes[-1][0].set_xlabel("top-1 accuracy")
+    axes[0][0].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # off the bars
     fig.tight_layout()
-    return _png(fig)
+    return fig
+
+
+def groups_plot(result: EvaluationResult) -> str:
+    return _png(groups_figure(result))
 
 
 def calibration_plot(result: EvaluationResult) -> str:
@@ -163,6 +179,14 @@ _ROWS: list[tuple[str, str, str]] = [
 ]
 
 
+def _ms(value: float) -> str:
+    """A latency with the digits it needs: a linear model's few microseconds per case must
+    not print as a false "0"; a time that was never measured (0 or below) says so."""
+    if value <= 0:
+        return "not measured"
+    return f"{value:.0f}" if value >= 10 else f"{value:.2g}"
+
+
 def _cell(m: ModelMetrics | None, section: str, key: str) -> str:
     if m is None:
         return "—"
@@ -170,7 +194,7 @@ def _cell(m: ModelMetrics | None, section: str, key: str) -> str:
     value = table.get(key) if isinstance(table, dict) else None
     if value is None:
         return "—"
-    return f"{value:.0f}" if key.startswith("latency") else f"{value:.3f}"
+    return _ms(float(value)) if key.startswith("latency") else f"{value:.3f}"
 
 
 def comparison_table(result: EvaluationResult) -> str:
@@ -181,8 +205,62 @@ def comparison_table(result: EvaluationResult) -> str:
         base = _cell(result.baseline, section, key)
         if llm == "—" and base == "—":
             continue
+        if key.startswith("latency") and base not in ("—", "not measured"):
+            base += "*"
         rows.append(f"<tr><td>{html.escape(label)}</td><td>{llm}</td><td>{base}</td></tr>")
-    return f"<table>{head}{''.join(rows)}</table>"
+    note = (
+        "<p class='note'>* the baseline scores every case in one batched call: its latency is "
+        "that call's time divided by the number of cases (so p50 = p95); the LLM's is measured "
+        "case by case.</p>"
+        if result.baseline
+        else ""
+    )
+    return f"<table>{head}{''.join(rows)}</table>{note}"
+
+
+_CALIBRATION_METHODS = {
+    "validation": "fitted on the validation cases",
+    "cross-fit": "cross-fitted: each half of the cases with the temperature of the other half",
+    "fixed": "given (--temperature)",
+    "none": "not fitted (T = 1)",
+}
+
+
+def calibration_table(result: EvaluationResult) -> str:
+    """Temperature and ECE per model, each row and column named (the raw dict printed a bare
+    ``value`` row: the temperature, unnamed)."""
+    t = result.temperature
+    method = str(t.get("method", "none"))
+    how = _CALIBRATION_METHODS.get(method, method)
+    if t.get("n_validation"):
+        how += f" ({t['n_validation']} cases)"
+    value = t.get("value")
+    temp = f"{value:.3g}" if isinstance(value, int | float) else "—"
+    rows = [
+        ("LLM, raw scores", "1", _num(t.get("ece_before"))),
+        (f"LLM, calibrated ({how})", temp, _num(t.get("ece_after"))),
+    ]
+    if result.baseline:
+        rows.append(
+            ("baseline (its own probabilities)", "—", _num(result.baseline.calibration.get("ece")))
+        )
+    head = "<tr><th>model</th><th>softmax temperature</th><th>ECE (top-1)</th></tr>"
+    body = "".join(
+        f"<tr><td>{html.escape(a)}</td><td>{b}</td><td>{c}</td></tr>" for a, b, c in rows
+    )
+    folds = t.get("fold_values")
+    note = (
+        "<p class='note'>Temperatures of the two halves: "
+        + ", ".join(f"{v:.3g}" for v in folds)
+        + "; the one above is fitted on all cases, for use on new ones.</p>"
+        if method == "cross-fit" and folds
+        else ""
+    )
+    return f"<table>{head}{body}</table>{note}"
+
+
+def _num(v: Any) -> str:
+    return f"{v:.3f}" if isinstance(v, int | float) else "—"
 
 
 def _kv_table(data: dict[str, Any]) -> str:
@@ -206,7 +284,7 @@ def render_html(result: EvaluationResult, title: str = "feddx evaluation") -> st
         "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
         "table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;"
         "padding:.25em .6em;text-align:right}td:first-child{text-align:left}"
-        "img{max-width:100%}</style></head><body>",
+        "img{max-width:100%}.note{font-size:.85em;color:#555}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
         f"<p>{result.n} cases, {len(result.candidates)} candidates, scoring "
         f"<b>{html.escape(result.scoring_method)}</b>, {result.seconds:.1f} s.</p>",
@@ -214,8 +292,7 @@ def render_html(result: EvaluationResult, title: str = "feddx evaluation") -> st
     if result.meta:
         parts += ["<h2>Run</h2>", _kv_table(result.meta)]
     parts += ["<h2>LLM vs baseline</h2>", comparison_table(result)]
-    temp = {k: v for k, v in result.temperature.items() if not isinstance(v, list)}
-    parts += ["<h2>Calibration</h2>", _kv_table(temp)]
+    parts += ["<h2>Calibration</h2>", calibration_table(result)]
     parts.append(f"<img alt='calibration curve' src='{calibration_plot(result)}'>")
     if result.generation:
         parts += ["<h2>Free generation vs reference diagnosis</h2>", _kv_table(result.generation)]
