@@ -1,5 +1,6 @@
-"""Serving latency and throughput: ``feddx serve`` on loopback, micro-batched against the naive
-baseline, at 1, 8 and 32 concurrent clients from the four UCI hospitals.
+"""Serving throughput and latency: ``feddx serve`` on loopback, the naive server (one request at
+a time, one forward per case) against the batched forward, the shared-prefix KV cache and the
+int8 CPU path, at 1 and 8 concurrent clients, with each path's top-1 on a fixed labelled set.
 
     .venv/bin/python benchmarks/bench_serve.py                       # tiny random Llama (fast)
     .venv/bin/python benchmarks/bench_serve.py --model smollm2-135m-instruct \
@@ -10,20 +11,23 @@ What it does, all in a temporary folder:
 1. builds an adapter registry with one chain per UCI hospital (global > the hospital's region >
    the hospital; random LoRA adapters of the layout feddx trains on CPU: rank 8 on q/v of the
    top 2 layers), and one API key per hospital;
-2. **scorer**: the Diagnoser's own time for one case (``Diagnoser.diagnose([case])`` with the
-   hospital's adapter held), per UCI case used below, in this process before any server runs;
-3. **forward efficiency**: the model's prompt forward for 8 real prompts one at a time against
-   one padded batch of 8, and a full prompt against its suffix over a cached shared prefix
-   (the chat template and system prompt every prompt starts with), to show what batching and
-   shared-prefix caching can each gain on this CPU;
-4. **server**: starts ``feddx serve`` as its own process on 127.0.0.1 (a free port), once with
-   ``--scheduler batched`` and once with ``--scheduler serial`` (one request at a time: the
-   naive baseline), and drives each with a bounded asyncio client (httpx): ``--requests`` per
-   level (at least 2 per client), mixed hospitals, UCI cases in order; p50/p95/p99 latency and
-   throughput per level. Each server is stopped by its process id when its run ends.
+2. **top-1** (in process, the service's own code path: ``Diagnoser.diagnose``): the base model
+   zero-shot on ``--accuracy-cases`` Symptom2Disease development cases (the training side of
+   the usual split, ``--seed 0 --test-fraction 0.2``: never the test split), scored by each
+   path: naive (one case per forward), batched (``--accuracy-batch`` cases per forward),
+   batched with the prefix cache, and that in int8. The loss against naive is paired
+   (bootstrap interval and McNemar from ``feddx.evaluate.stats``); skipped when the data is
+   absent;
+3. **server**: starts one ``feddx serve`` process per path on 127.0.0.1 (a free port): naive
+   (``--scheduler serial``, no prefix cache), batched (micro-batched groups scored in one padded
+   forward), batched + prefix cache, and batched + prefix cache + int8; each is driven by a
+   bounded asyncio client (httpx) with ``--requests`` UCI cases per level, mixed hospitals;
+   p50/p95/p99 latency and throughput per level, the paths alternated level by level so a
+   change in the machine's load hits all alike; ratios against naive measured in the same run.
+   Each server is stopped by its process id when its run ends.
 
-Figures only, never assertions. Timings on a shared 2-core machine are noisy: the script runs
-each level once after a warm-up; compare modes measured in the same run.
+Figures only, never assertions. Timings on a shared machine are noisy: compare paths measured
+in the same run.
 """
 
 from __future__ import annotations
@@ -148,112 +152,90 @@ def uci_cases(n: int) -> list[tuple[str, Any]]:
     ]
 
 
-# ------------------------------------------------------------------ in-process measurements
-def scorer_times(
-    model: str, root: Path, cases: list[tuple[str, Any]], hospitals: dict[str, tuple[str, str]]
-) -> list[float]:
-    """The Diagnoser's own time (ms) for each case, scored alone with its hospital's adapter."""
+# ------------------------------------------------------------------ top-1 per path
+PATHS = ("naive", "batched", "batched+prefix", "batched+prefix+int8")
+SERVER_ENV = {  # how each path's server is configured (FEDDX_SERVE_* settings)
+    "naive": {"FEDDX_SERVE_SCHEDULER": "serial", "FEDDX_SERVE_PREFIX_CACHE": "false"},
+    "batched": {"FEDDX_SERVE_PREFIX_CACHE": "false"},
+    "batched+prefix": {"FEDDX_SERVE_PREFIX_CACHE": "true"},
+    "batched+prefix+int8": {"FEDDX_SERVE_PREFIX_CACHE": "true", "FEDDX_SERVE_INT8": "true"},
+}
+
+
+def accuracy_cases(n: int) -> tuple[list[Any], Any] | None:
+    """``n`` Symptom2Disease development cases (stratified, deterministic) and the candidate
+    list; ``None`` when the shared data is absent."""
     from feddx.data.candidates import candidate_list
+    from feddx.data.sources import load_cases
+    from feddx.data.split import stratified_split
+
+    path = REPO.parent / "shared" / "data" / "symptom2disease" / "symptom2disease_sample.csv"
+    if not path.is_file():
+        return None
+    cases = load_cases(f"csv:{path}").cases
+    dev, _test = stratified_split(cases, 0.2, seed=0)
+    dev = sorted(dev, key=lambda c: c.case_id)
+    if n and n < len(dev):
+        dev, _ = stratified_split(dev, 1 - n / len(dev), seed=0)  # a stratified subset of n
+        dev = sorted(dev, key=lambda c: c.case_id)
+    return dev, candidate_list("csv", path, dev)
+
+
+def accuracy(model: str, n: int, batch: int) -> dict[str, Any] | None:
+    """Top-1 and ms per case of each path on the same labelled cases (in process)."""
+    from feddx.evaluate.stats import compare_correct
     from feddx.model.predict import Diagnoser
-    from feddx.personalize.registry import AdapterRegistry
 
+    loaded = accuracy_cases(n)
+    if loaded is None:
+        return None
+    cases, cands = loaded
     d = Diagnoser.load(model)
-    reg = AdapterRegistry(root / "registry")
-    cands = candidate_list("uci-heart", None, [])
-    for hospital, (slug, region) in hospitals.items():
-        chain = reg.resolve(institution=slug, region=region, base_fingerprint=d.base_fingerprint)
-        assert chain.answering is not None
-        d.add_adapter(chain.answering.path, name=hospital)
-    d.diagnose([cases[0][1]], cands.names, adapter=cases[0][0], icd10=cands.icd10)  # warm-up
-    out = []
-    for hospital, case in cases:
-        start = time.perf_counter()
-        d.diagnose([case], cands.names, adapter=hospital, icd10=cands.icd10)
-        out.append((time.perf_counter() - start) * 1000)
-    return out
-
-
-def forward_efficiency(
-    model: str, cases: list[tuple[str, Any]], batch: int = 8, repeats: int = 3
-) -> dict[str, Any]:
-    """Prompt forwards: one at a time vs one padded batch; full prompt vs suffix over a cached
-    shared prefix."""
-    import copy
-
-    import torch
-
-    from feddx.model.loading import load_base_model
-    from feddx.model.prompt import render_prompt
-
-    loaded = load_base_model(model)
-    net, tok = loaded.model, loaded.tokenizer
-    prompts = [render_prompt(c, tok, 320).input_ids for _, c in cases[:batch]]
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-
-    def best(fn: Any) -> float:
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-        return min(times) * 1000
-
-    def one_by_one() -> None:
-        for p in prompts:
-            net(input_ids=torch.tensor([p]), logits_to_keep=1, use_cache=False)
-
-    width = max(len(p) for p in prompts)
-    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-
-    def batched() -> None:
-        net(input_ids=ids, attention_mask=mask, logits_to_keep=1, use_cache=False)
-
-    prefix_len = 0
-    while all(len(p) > prefix_len + 1 and p[prefix_len] == prompts[0][prefix_len] for p in prompts):
-        prefix_len += 1
-    with torch.inference_mode():
-        t_single = best(one_by_one)
-        t_batch = best(batched)
-        prefix_out = net(input_ids=torch.tensor([prompts[0][:prefix_len]]), use_cache=True)
-        cache = getattr(prefix_out, "cache", None) or prefix_out.past_key_values
-
-        def suffixes() -> None:
-            for p in prompts:
-                kv = copy.deepcopy(cache)
-                net(
-                    input_ids=torch.tensor([p[prefix_len:]]),
-                    cache=kv,
-                    logits_to_keep=1,
-                    use_cache=True,
-                )
-
-        t_suffix = best(suffixes)
-    lengths = [len(p) for p in prompts]
-    return {
-        "prompts": len(prompts),
-        "prompt_tokens_mean": statistics.mean(lengths),
-        "padded_width": width,
-        "one_at_a_time_ms": t_single,
-        "batched_ms": t_batch,
-        "batch_speedup": t_single / t_batch,
-        "shared_prefix_tokens": prefix_len,
-        "suffix_over_cached_prefix_ms": t_suffix,
-        "prefix_cache_speedup": t_single / t_suffix,
+    d.diagnose(cases[:2], cands.names)  # warm-up
+    settings = {
+        "naive": (False, 1),
+        "batched": (False, batch),
+        "batched+prefix": (True, batch),
+        "batched+prefix+int8": (True, batch),
     }
+    out: dict[str, Any] = {"cases": len(cases), "candidates": len(cands.names), "batch": batch}
+    correct: dict[str, list[bool]] = {}
+    for path in PATHS:
+        d.prefix_cache, size = settings[path]
+        if path.endswith("int8"):
+            d.quantize_int8()
+        start = time.perf_counter()
+        preds = d.diagnose(cases, cands.names, batch_size=size)
+        ms = (time.perf_counter() - start) * 1000 / len(cases)
+        correct[path] = [p.top == p.gold for p in preds]
+        out[path] = {"top1": statistics.mean(correct[path]), "ms_per_case": ms}
+        if path != "naive":
+            cmp = compare_correct(correct[path], correct["naive"])
+            out[path]["vs_naive"] = {
+                "points": 100 * cmp.interval.difference,
+                "low": 100 * cmp.interval.low,
+                "high": 100 * cmp.interval.high,
+                "only_this": cmp.mcnemar.a_only,
+                "only_naive": cmp.mcnemar.b_only,
+                "p": cmp.mcnemar.p_value,
+            }
+        print(f"  {path:20s} top-1 {out[path]['top1']:.4f}  {ms:7.1f} ms/case", flush=True)
+    return out
 
 
 # ------------------------------------------------------------------ the server
 def start_server(
-    model: str, root: Path, scheduler: str, log: Path, extra_env: dict[str, str]
+    model: str, root: Path, path: str, log: Path, extra_env: dict[str, str]
 ) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     cpus = extra_env.pop("BENCH_SERVER_CPUS", None)
+    scheduler = SERVER_ENV[path].get("FEDDX_SERVE_SCHEDULER", "batched")
     env = {
         **os.environ,
         **extra_env,
+        **SERVER_ENV[path],
         "HF_HUB_OFFLINE": "1",
-        "FEDDX_SERVE_AUDIT_LOG": str(root / f"audit-{scheduler}.jsonl"),
+        "FEDDX_SERVE_AUDIT_LOG": str(root / f"audit-{path}.jsonl"),
         "FEDDX_SERVE_RATE_PER_MINUTE": "1000000",
         "FEDDX_SERVE_RATE_BURST": "100000",
     }
@@ -341,6 +323,8 @@ async def load(
                     batch_sizes.append(timing["batch_cases"])
                 else:
                     errors += 1
+                    if errors == 1:
+                        print(f"    first error: HTTP {r.status_code} {r.text[:300]}", flush=True)
 
         start = time.perf_counter()
         await asyncio.gather(*(one(h, b) for h, b in bodies))
@@ -360,7 +344,7 @@ async def load(
     }
 
 
-def run_modes(
+def run_paths(
     model: str,
     root: Path,
     keys: dict[str, str],
@@ -369,12 +353,9 @@ def run_modes(
     requests: int,
     env: dict[str, str],
 ) -> list[dict[str, Any]]:
-    """Both servers up at once, the modes measured alternately level by level (so a change in
-    the machine's load hits both alike)."""
-    servers = {
-        m: start_server(model, root, m, root / f"serve-{m}.log", dict(env))
-        for m in ("batched", "serial")
-    }
+    """Every path's server up at once, the paths measured alternately level by level (so a
+    change in the machine's load hits all alike)."""
+    servers = {p: start_server(model, root, p, root / f"serve-{p}.log", dict(env)) for p in PATHS}
     try:
         for proc, base in servers.values():
             wait_ready(proc, base)
@@ -382,14 +363,14 @@ def run_modes(
         out = []
         for c in levels:
             n = max(requests, 2 * c)
-            for mode, (_, base) in servers.items():
+            for path, (_, base) in servers.items():
                 res = asyncio.run(load(base, keys, cases[:n], c, 900))
-                res["scheduler"] = mode
+                res["path"] = path
                 out.append(res)
                 print(
-                    f"  {mode:8s} clients={c:3d} p50={res['p50_ms']:8.1f} p95={res['p95_ms']:8.1f} "
-                    f"p99={res['p99_ms']:8.1f} ms  {res['throughput_rps']:6.2f} req/s  "
-                    f"batch={res['mean_batch_cases']:.1f}",
+                    f"  {path:20s} clients={c:3d} p50={res['p50_ms']:8.1f} "
+                    f"p95={res['p95_ms']:8.1f} ms  {res['throughput_rps']:6.2f} req/s  "
+                    f"batch={res['mean_batch_cases']:.1f} errors={res['errors']}",
                     flush=True,
                 )
         return out
@@ -404,10 +385,13 @@ def main(argv: list[str] | None = None) -> int:
         "--model", default="tiny", help="'tiny' (random tiny Llama) or a feddx model id"
     )
     ap.add_argument(
-        "--requests", type=int, default=32, help="requests per concurrency level (>= 2 per client)"
+        "--requests", type=int, default=32, help="requests per path and level (>= 2 per client)"
     )
-    ap.add_argument("--levels", default="1,8,32", help="concurrent clients")
-    ap.add_argument("--scorer-cases", type=int, default=16, help="cases timed on the scorer alone")
+    ap.add_argument("--levels", default="1,8", help="concurrent clients")
+    ap.add_argument(
+        "--accuracy-cases", type=int, default=48, help="labelled cases for top-1 (0: all 692)"
+    )
+    ap.add_argument("--accuracy-batch", type=int, default=8, help="cases per batched forward")
     ap.add_argument("--server-cpus", help="taskset CPU list for the servers (e.g. 1)")
     ap.add_argument(
         "--server-threads", type=int, help="torch threads in the servers (OMP_NUM_THREADS)"
@@ -419,6 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     from feddx.model.loading import load_base_model
     from feddx.serve.security import KeyStore
 
+    started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         root = Path(tmp)
         model = prepare_model(args.model, root)
@@ -427,20 +412,15 @@ def main(argv: list[str] | None = None) -> int:
         del loaded
         store = KeyStore(root / "keys.json")
         keys = {h: store.add_key(slug, region)[0] for h, (slug, region) in hospitals.items()}
-        n_cases = max(args.requests, 2 * max(levels))
-        cases = uci_cases(n_cases)
-        print("scorer alone ...", flush=True)
-        scorer = scorer_times(model, root, cases[: args.scorer_cases], hospitals)
-        print(f"  median {statistics.median(scorer):.1f} ms per case", flush=True)
-        print("forward efficiency ...", flush=True)
-        fwd = forward_efficiency(model, cases)
-        print(f"  {json.dumps(fwd)}", flush=True)
+        cases = uci_cases(max(args.requests, 2 * max(levels)))
+        print("top-1 per path ...", flush=True)
+        acc = accuracy(model, args.accuracy_cases, args.accuracy_batch)
         env = {"BENCH_SERVER_CPUS": args.server_cpus} if args.server_cpus else {}
         if args.server_threads:
             env["OMP_NUM_THREADS"] = str(args.server_threads)
-        print("servers (batched and serial, measured alternately) ...", flush=True)
-        results = run_modes(model, root, keys, cases, levels, args.requests, env)
-    report = render(args, scorer, fwd, results, levels)
+        print("servers (one per path, measured alternately) ...", flush=True)
+        results = run_paths(model, root, keys, cases, levels, args.requests, env)
+    report = render(results, levels, acc, time.perf_counter() - started)
     print(report)
     if args.out:
         from feddx.io import atomic_write_text
@@ -449,53 +429,70 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def command_line() -> str:
+    """This run's command as one would retype it: thread count, CPU pinning and arguments."""
+    cpus = sorted(os.sched_getaffinity(0))
+    pin = f"taskset -c {','.join(map(str, cpus))} " if len(cpus) < (os.cpu_count() or 1) else ""
+    threads = os.environ.get("OMP_NUM_THREADS")
+    env = f"OMP_NUM_THREADS={threads} " if threads else ""
+    return f"{env}{pin}.venv/bin/python benchmarks/bench_serve.py {' '.join(sys.argv[1:])}"
+
+
 def render(
-    args: Any,
-    scorer: list[float],
-    fwd: dict[str, Any],
     results: list[dict[str, Any]],
     levels: list[int],
+    acc: dict[str, Any] | None,
+    seconds: float,
 ) -> str:
-    by = {(r["scheduler"], r["clients"]): r for r in results}
+    by = {(r["path"], r["clients"]): r for r in results}
     lines = [
-        "feddx serve on loopback: micro-batched vs naive (one request at a time)",
-        "command: .venv/bin/python benchmarks/bench_serve.py "
-        + " ".join(a for a in sys.argv[1:] if a),
-        f"machine: {platform.machine()} {os.cpu_count()} CPUs (shared with other jobs); one run per "
-        "level, the two modes alternated level by level",
+        f"# command: {command_line()}",
+        f"# machine: {platform.machine()} {os.cpu_count()} CPUs; "
+        f"CPUs this process may use: {sorted(os.sched_getaffinity(0))}; took {seconds / 60:.1f} min",
+        "feddx serve on loopback: naive (one request at a time, one forward per case) against "
+        "the batched forward, the shared-prefix KV cache and int8",
         "",
-        f"scorer alone (Diagnoser.diagnose, one case, adapter held): median {statistics.median(scorer):.1f} ms, "
-        f"min {min(scorer):.1f}, max {max(scorer):.1f} over {len(scorer)} UCI cases",
-        "",
-        f"{'scheduler':9s} {'clients':>7s} {'requests':>8s} {'p50 ms':>9s} {'p95 ms':>9s} {'p99 ms':>9s} {'req/s':>7s} {'batch':>6s} {'errors':>6s}",
+        f"{'path':20s} {'clients':>7s} {'requests':>8s} {'p50 ms':>9s} {'p95 ms':>9s} "
+        f"{'p99 ms':>9s} {'req/s':>7s} {'batch':>6s} {'errors':>6s}",
     ]
     for r in results:
         lines.append(
-            f"{r['scheduler']:9s} {r['clients']:7d} {r['requests']:8d} {r['p50_ms']:9.1f} {r['p95_ms']:9.1f} "
-            f"{r['p99_ms']:9.1f} {r['throughput_rps']:7.2f} {r['mean_batch_cases']:6.1f} {r['errors']:6d}"
+            f"{r['path']:20s} {r['clients']:7d} {r['requests']:8d} {r['p50_ms']:9.1f} "
+            f"{r['p95_ms']:9.1f} {r['p99_ms']:9.1f} {r['throughput_rps']:7.2f} "
+            f"{r['mean_batch_cases']:6.1f} {r['errors']:6d}"
         )
-    one = by.get(("batched", 1))
-    if one:
-        lines += [
-            "",
-            f"1 client, batched: p50 {one['p50_ms']:.1f} ms = "
-            f"{one['p50_ms'] / statistics.median(scorer):.2f}x the scorer-alone median; per request, "
-            "latency over the server's own scoring time for that case: median "
-            f"{one['latency_over_scoring_p50']:.2f}x",
-        ]
+    lines.append("")
     for c in levels:
-        b, s = by.get(("batched", c)), by.get(("serial", c))
-        if b and s:
-            lines.append(
-                f"{c} clients: batched throughput {b['throughput_rps'] / s['throughput_rps']:.2f}x the naive baseline's, p50 {b['p50_ms'] / s['p50_ms']:.2f}x"
+        naive = by.get(("naive", c))
+        for path in PATHS[1:]:
+            r = by.get((path, c))
+            if naive and r:
+                lines.append(
+                    f"{c} client{'s' if c > 1 else ''}, {path}: throughput "
+                    f"{r['throughput_rps'] / naive['throughput_rps']:.2f}x naive's, "
+                    f"p50 {r['p50_ms'] / naive['p50_ms']:.2f}x"
+                )
+    lines.append("")
+    if acc is None:
+        lines.append("top-1: skipped (../shared/data/symptom2disease absent)")
+        return "\n".join(lines) + "\n"
+    lines.append(
+        f"top-1, base model zero-shot, {acc['cases']} Symptom2Disease development cases "
+        f"(never the test split), {acc['candidates']} candidates, batched paths "
+        f"{acc['batch']} cases per forward (in process):"
+    )
+    for path in PATHS:
+        a = acc[path]
+        line = f"  {path:20s} top-1 {a['top1']:.4f}  {a['ms_per_case']:7.1f} ms/case"
+        if "vs_naive" in a:
+            v = a["vs_naive"]
+            line += (
+                f"  vs naive {v['points']:+.2f} points (95% CI {v['low']:+.2f} to "
+                f"{v['high']:+.2f}; right only here {v['only_this']}, only naive "
+                f"{v['only_naive']}, McNemar p {v['p']:.3g}); "
+                f"{acc['naive']['ms_per_case'] / a['ms_per_case']:.2f}x naive's speed"
             )
-    lines += [
-        "",
-        f"forward efficiency ({fwd['prompts']} UCI prompts, {fwd['prompt_tokens_mean']:.0f} tokens on average, padded to {fwd['padded_width']}):",
-        f"  one at a time {fwd['one_at_a_time_ms']:.1f} ms, one padded batch {fwd['batched_ms']:.1f} ms: batching gains {fwd['batch_speedup']:.2f}x",
-        f"  shared prefix {fwd['shared_prefix_tokens']} tokens; suffixes over the cached prefix {fwd['suffix_over_cached_prefix_ms']:.1f} ms: "
-        f"prefix caching would gain {fwd['prefix_cache_speedup']:.2f}x on the prompt pass",
-    ]
+        lines.append(line)
     return "\n".join(lines) + "\n"
 
 

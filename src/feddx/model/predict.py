@@ -186,6 +186,7 @@ class Diagnoser:
         self._candidates: OrderedDict[tuple[Any, ...], CandidateSet] = OrderedDict()
         self.prefix_cache = False
         self.int8 = False
+        self._int8_done = False
         self._prefixes: dict[tuple[str | None, str | None], PrefixKV | None] = {}
         self._preambles: dict[str | None, list[int]] = {}
         if hasattr(model, "peft_config"):
@@ -240,9 +241,16 @@ class Diagnoser:
         :class:`ModelError` if a layout is already attached."""
         if self._lora is not None:
             raise ModelError(f"LoRA layout {self._lora} is already attached")
+        if self._int8_done:
+            raise ModelError(
+                "the base model already runs in int8 without LoRA layers: ask for int8 "
+                "before scoring with the base model alone, or load an adapter first"
+            )
         self._net = attach_lora(self._net, spec)  # keeps the model's train/eval mode
         self._prefixes.clear()
         self._lora = lora_spec_of(self._net)  # as attached: "auto" resolved to module names
+        if self.int8:
+            self._apply_int8()
 
     # ------------------------------------------------------------------ adapters
     @property
@@ -424,6 +432,8 @@ class Diagnoser:
         members, budget, fitted = self.settings(adapter, max_prompt_tokens)
         temperature = fitted if temperature is None else temperature
         probabilities([0.0], temperature)  # fail on a bad temperature before any model work
+        if self.int8:
+            self._apply_int8()
         if len(members) <= 1 and (batch_size > 1 or self.prefix_cache):
             if members:
                 self.use(members[0].name)
@@ -536,22 +546,33 @@ class Diagnoser:
         for key in [k for k in self._prefixes if adapter is None or k[0] == adapter]:
             del self._prefixes[key]
 
-    def quantize_int8(self) -> int:
+    def quantize_int8(self) -> None:
         """Run the base model's linear layers in int8 on the CPU (torch dynamic quantization:
-        int8 weights, activations quantized per batch), for less work per case at some loss
-        of accuracy (``benchmarks/bench_serve.py`` measures top-1 against float32). LoRA
-        layers and the LM head stay float32, so adapters swap in as before. Sets :attr:`int8`
-        and marks :attr:`model_name` ``+int8``, so every answer says so. Returns the number of
-        layers quantized; raises :class:`ModelError` for a model not on the CPU."""
-        import warnings
-
-        import torch
-
+        int8 weights, activations quantized per forward pass), for less work per case at some
+        loss of accuracy (``benchmarks/bench_serve.py`` measures top-1 against float32). LoRA
+        layers and the LM head stay float32, so adapters swap in as before; with no LoRA layout
+        attached yet, quantization waits for the first adapter (LoRA cannot wrap an int8
+        layer) or the first base-model scoring. Sets :attr:`int8` and marks
+        :attr:`model_name` ``+int8``, so every answer says so. Raises :class:`ModelError` for
+        a model not on the CPU."""
         weight = self._net.get_input_embeddings().weight
         if weight.device.type != "cpu":
             raise ModelError(
                 f"int8 dynamic quantization runs on the CPU; the model is on {weight.device}"
             )
+        if not self.int8:
+            self.int8 = True
+            self.model_name = f"{self.model_name}+int8" if self.model_name else "+int8"
+        if self._lora is not None:
+            self._apply_int8()
+
+    def _apply_int8(self) -> None:
+        import warnings
+
+        import torch
+
+        if self._int8_done:
+            return
         names = {
             name
             for name, module in self._net.named_modules()
@@ -559,16 +580,13 @@ class Diagnoser:
             and "lora_" not in name
             and not name.endswith("lm_head")
         }
-        if names and not self.int8:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # torch.ao's notice that torchao succeeds it
-                torch.ao.quantization.quantize_dynamic(
-                    self._net, names, dtype=torch.qint8, inplace=True
-                )
-            self.int8 = True
-            self.model_name = f"{self.model_name}+int8" if self.model_name else "+int8"
-            self._drop_prefixes()
-        return len(names)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.ao's notice that torchao succeeds it
+            torch.ao.quantization.quantize_dynamic(
+                self._net, names, dtype=torch.qint8, inplace=True
+            )
+        self._int8_done = True
+        self._drop_prefixes()
 
     @contextmanager
     def weights(self, adapter: AdapterChoice) -> Iterator[Any]:
