@@ -237,3 +237,47 @@ def test_an_empty_folder_is_not_registered(registry: AdapterRegistry, tmp_path: 
     with pytest.raises(ModelError, match="is empty"):
         registry.register_case_index(empty, institution="cleveland", base_fingerprint=BASE)
     assert registry.entries(kind=None) == []
+
+
+def test_the_register_stage_registers_one_case_index_per_institution(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from feddx.personalize.config import PersonalizeConfig
+    from feddx.personalize.groups import Groups, Institution
+    from feddx.personalize.levels import Individual
+    from feddx.personalize.register import register_case_indexes
+    from feddx.personalize.retrieval import IndividualContext
+
+    emb = BagEmbedder()
+    north = Institution("North General", "North", TRAIN[:3], [], [])
+    south = Institution("South Clinic", "South", TRAIN[2:], [], [])
+    individual = Individual()
+    for inst, weight in ((north, 0.3), (south, 0.0)):
+        index = CaseIndex.build(inst.train, emb)
+        individual.contexts[inst.name] = IndividualContext(index, emb, prior_weight=weight, k=4)
+        individual.summary[inst.name] = {"adapter": f"institutional:{inst.name}:finetune"}
+    adapters = [{"key": "institutional:North General:finetune", "registry_id": "x/v1"}]
+    config = PersonalizeConfig(data="jsonl:unused.jsonl")
+    records = register_case_indexes(
+        config,
+        tmp_path,
+        SimpleNamespace(base_fingerprint=BASE),
+        Groups([north, south]),
+        individual,
+        adapters,
+        "jsonl",
+    )
+    assert [r["registry_id"] for r in records] == [
+        "case-index/north-general/v1",
+        "case-index/south-clinic/v1",
+    ]
+    registry = AdapterRegistry(tmp_path / "registry", create=False)
+    entries = registry.entries(kind="case-index")
+    assert [(e.region, e.metrics["prior_weight"], e.lineage["k"]) for e in entries] == [
+        ("north", 0.3, 4),
+        ("south", 0.0, 4),
+    ]
+    assert entries[0].lineage["scored_with"] == "x/v1"  # the registered adapter's id
+    assert entries[1].lineage["scored_with"] == "institutional:South Clinic:finetune"
+    off = PersonalizeConfig(data="jsonl:unused.jsonl", register_adapters=False)
+    assert register_case_indexes(off, tmp_path, None, Groups([north]), individual, [], "x") == []

@@ -51,7 +51,7 @@ from feddx.personalize.levels import (
     personalize_regions,
     prepare_training,
 )
-from feddx.personalize.register import register_adapters
+from feddx.personalize.register import register_adapters, register_case_indexes
 from feddx.personalize.report import INDIVIDUAL, build_result, write_outputs
 from feddx.personalize.scoring import score_hierarchy
 
@@ -123,6 +123,10 @@ def run_experiment(
         gates=choice.gates,
         candidates=candidates,
     )
+    if individual is not None:  # each institution's case index, its own registry entry
+        result["case_indexes"] = register_case_indexes(
+            config, out_dir, diagnoser, groups, individual, result["adapters"], loaded.source
+        )
     write_outputs(result, out_dir)
     return result
 

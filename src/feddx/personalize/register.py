@@ -5,7 +5,10 @@ scope, parent, data fingerprint and validation metrics.
 
 Registered: the global adapter, and those of the default regional construction and of each
 institution's default institutional method that passed the gate, so that the resolver answers
-with them and, where one failed, with its parent. The others are saved only.
+with them and, where one failed, with its parent. The others are saved only. With the
+individual level on, each institution's case index (its training cases' vectors, labels and
+hashed ids, no text, and the retrieval prior's weight chosen on its validation cases) is
+registered too, as an entry of kind ``case-index`` (:func:`register_case_indexes`).
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 from feddx.data.candidates import CandidateList
 from feddx.personalize.config import PersonalizeConfig
 from feddx.personalize.gate import GateDecision
-from feddx.personalize.levels import TrainedAdapter
+from feddx.personalize.groups import Groups
+from feddx.personalize.levels import Individual, TrainedAdapter
 
 if TYPE_CHECKING:
     from feddx.personalize.registry import AdapterRegistry
@@ -122,6 +126,55 @@ def register_adapters(
     return records
 
 
+def register_case_indexes(
+    config: PersonalizeConfig,
+    out_dir: Path,
+    diagnoser: Any,
+    groups: Groups,
+    individual: Individual,
+    adapters: Sequence[dict[str, Any]],
+    source: str,
+) -> list[dict[str, Any]]:
+    """Register each institution's case index of the individual level in the registry (as
+    :func:`register_adapters` opens it) under the institution's slug, with the base model and
+    the adapter its prior weight was chosen with. Returns one record per institution (its
+    registry id, prior weight, case count); nothing when registration is off."""
+    if not config.register_adapters:
+        return []
+    from feddx.personalize.case_index import register_case_index
+    from feddx.personalize.registry import AdapterRegistry
+
+    registry = AdapterRegistry(Path(config.registry) if config.registry else out_dir / "registry")
+    ids = {r["key"]: r["registry_id"] for r in adapters if r.get("registry_id")}
+    records = []
+    for inst in groups.institutions:
+        ctx = individual.contexts.get(inst.name)
+        if ctx is None:
+            continue
+        key = str(individual.summary.get(inst.name, {}).get("adapter", ""))
+        entry = register_case_index(
+            registry,
+            ctx.index,
+            inst.train,
+            institution=registry_scope(inst.name),
+            region=registry_scope(inst.region),
+            base_fingerprint=diagnoser.base_fingerprint,
+            prior_weight=ctx.prior_weight,
+            k=ctx.k,
+            scored_with=ids.get(key, key or None),
+            source=source,
+        )
+        records.append(
+            {
+                "institution": inst.name,
+                "registry_id": entry.adapter_id,
+                "prior_weight": ctx.prior_weight,
+                "indexed_cases": len(ctx.index),
+            }
+        )
+    return records
+
+
 def _register(
     registry: AdapterRegistry,
     folder: Path,
@@ -143,4 +196,10 @@ def _register(
     return entry.adapter_id
 
 
-__all__ = ["adapter_folder", "register_adapters", "registry_scope", "save_adapter"]
+__all__ = [
+    "adapter_folder",
+    "register_adapters",
+    "register_case_indexes",
+    "registry_scope",
+    "save_adapter",
+]
