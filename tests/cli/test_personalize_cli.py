@@ -81,8 +81,11 @@ def test_writes_table_plot_and_json(
         ("region", "west", 4),
         ("institution", "Beta", 4),
     ]
-    assert (out / "table.md").read_text().count("| **") == 3  # all + 2 regions
+    table, errors = (out / "table.md").read_text().split("## Error by region and institution")
+    assert table.count("| **") == 3  # all + 2 regions
+    assert errors.count("| **") == 6  # the same rows, error per level and change per level
     assert (out / "per_group.png").stat().st_size > 1000
+    assert (out / "error_by_group.png").stat().st_size > 1000
     assert json.loads((out / "table.json").read_text())["rows"] == printed["rows"]
     # registered: the global adapter, and the others only where they passed the gate
     registered = {a["key"] for a in printed["adapters"] if a.get("registry_id")}

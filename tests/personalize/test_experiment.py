@@ -14,6 +14,7 @@ from feddx.data.schema import Case, Finding, Label
 from feddx.errors import ConfigError, DataError
 from feddx.model.adapter import LoraSpec
 from feddx.personalize.config import PersonalizeConfig
+from feddx.personalize.error_analysis import ERROR_PLOT_FILE
 from feddx.personalize.experiment import run_experiment
 from feddx.personalize.groups import assign_groups, build_groups
 from feddx.personalize.register import registry_scope
@@ -169,6 +170,24 @@ def test_experiment_writes_table_plot_and_registers_the_hierarchy(
         json.dumps(result["rows"])
     )
     assert (out / PLOT_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the error analysis: per level, true counts that agree with the table's top-1
+    errors = result["error_by_group"]
+    columns = {lv["level"]: lv["column"] for lv in errors["levels"]}
+    assert list(columns) == ["global", "regional", "institutional", "individual"]
+    table_rows = {(r["kind"], r["group"]): r for r in result["rows"]}
+    for row in errors["rows"]:
+        for level, cell in row["levels"].items():
+            top1 = table_rows[(row["kind"], row["group"])][columns[level]]["top1"]
+            assert cell["n"] == row["n"] and cell["wrong"] == round((1 - top1) * row["n"])
+    north = [r for r in errors["rows"] if r["region"] == "north" and r["kind"] == "institution"]
+    north_region = next(
+        r for r in errors["rows"] if r["kind"] == "region" and r["group"] == "north"
+    )
+    assert north_region["levels"]["global"]["wrong"] == sum(
+        r["levels"]["global"]["wrong"] for r in north
+    )
+    assert "## Error by region and institution" in table
+    assert (out / ERROR_PLOT_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     from feddx.personalize.registry import AdapterRegistry
 

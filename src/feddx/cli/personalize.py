@@ -1,8 +1,8 @@
 """``feddx personalize --config FILE``: the adapter hierarchy (global -> regional ->
 institutional) trained and evaluated per region and institution
-(:mod:`feddx.personalize.experiment`); writes ``table.md``, ``table.json`` and
-``per_group.png`` to ``--out``. ``--json`` prints the table's JSON and nothing else on stdout;
-progress goes to stderr."""
+(:mod:`feddx.personalize.experiment`); writes ``table.md``, ``table.json``, ``per_group.png``
+and ``error_by_group.png`` (the per-region error analysis) to ``--out``. ``--json`` prints the
+table's JSON and nothing else on stdout; progress goes to stderr."""
 
 from __future__ import annotations
 
@@ -53,4 +53,7 @@ def personalize(
         typer.echo(json.dumps(result, default=str, allow_nan=False))
         return
     console.print((out_dir / TABLE_MD).read_text(encoding="utf-8"), markup=False, highlight=False)
-    console.print(f"written: {out_dir / TABLE_MD}, table.json, per_group.png", markup=False)
+    console.print(
+        f"written: {out_dir / TABLE_MD}, table.json, per_group.png, error_by_group.png",
+        markup=False,
+    )

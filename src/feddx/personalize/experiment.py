@@ -25,7 +25,10 @@ and one budget for every method:
    **individual** level (:func:`~feddx.personalize.levels.individualize`): the deployed
    adapter with the institution's own institutional retrieval prior;
 6. **report** (:mod:`~feddx.personalize.report`): ``table.md``/``table.json`` (per region and
-   institution: cases, top-1, top-3, macro-F1 for every column) and ``per_group.png``;
+   institution: cases, top-1, top-3, macro-F1 for every column), ``per_group.png``, and the
+   per-region error analysis (:mod:`~feddx.personalize.error_analysis`: error with its counts
+   per region and institution at each level, the change each level made, in ``table.md``,
+   ``table.json`` and ``error_by_group.png``);
 7. **register** (:mod:`~feddx.personalize.register`): every adapter saved with its budget and
    fitted temperature under ``adapters/``; what the hierarchy deploys (global, the default
    regional construction, each institution's adapter of the default method where it passed
@@ -41,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from feddx.personalize.choose import choose
+from feddx.personalize.columns import INDIVIDUAL
 from feddx.personalize.config import PersonalizeConfig
 from feddx.personalize.groups import build_groups
 from feddx.personalize.levels import (
@@ -52,7 +56,7 @@ from feddx.personalize.levels import (
     prepare_training,
 )
 from feddx.personalize.register import register_adapters, register_case_indexes
-from feddx.personalize.report import INDIVIDUAL, build_result, write_outputs
+from feddx.personalize.report import build_result, write_outputs
 from feddx.personalize.scoring import score_hierarchy
 
 log = logging.getLogger(__name__)

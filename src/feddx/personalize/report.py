@@ -18,58 +18,21 @@ from typing import Any
 from feddx.data.candidates import CandidateList
 from feddx.model.predict import Prediction
 from feddx.personalize.choose import Choice
+from feddx.personalize.columns import INDIVIDUAL, SELECTED, column_key, scopes, table_columns
 from feddx.personalize.config import PersonalizeConfig
+from feddx.personalize.error_analysis import (
+    ERROR_PLOT_FILE,
+    error_by_group,
+    plot_errors,
+    render_errors,
+)
 from feddx.personalize.gate import GATE_RULE
-from feddx.personalize.groups import Groups, Institution
+from feddx.personalize.groups import Groups
 from feddx.personalize.levels import Hierarchy, Individual
 from feddx.personalize.scoring import Preds, group_metrics
 
 TABLE_MD, TABLE_JSON, PLOT_FILE = "table.md", "table.json", "per_group.png"
-SELECTED = "selected on validation"
-INDIVIDUAL = "+individual context"
 _COLOUR_CYCLE = 10
-
-
-def table_columns(config: PersonalizeConfig) -> list[str]:
-    """The table's columns, least specific first."""
-    return [
-        "global",
-        *(f"+regional ({m})" for m in config.regional),
-        *(f"+institutional ({m})" for m in config.methods),
-        SELECTED,
-        *([INDIVIDUAL] if config.individual else []),
-    ]
-
-
-def column_key(
-    column: str, inst: Institution, config: PersonalizeConfig, hierarchy: Hierarchy, choice: Choice
-) -> str | None:
-    """The adapter key whose test predictions fill ``column`` for ``inst`` (``INDIVIDUAL``
-    for the individual column; ``None`` when the institution has no such adapter)."""
-    if column == "global":
-        return "global"
-    if column == SELECTED:
-        return choice.selected[inst.name]
-    if column == INDIVIDUAL:
-        return INDIVIDUAL
-    for m in config.regional:
-        if column == f"+regional ({m})":
-            return hierarchy.regional[m][inst.region].key
-    for m in config.methods:
-        if column == f"+institutional ({m})":
-            a = hierarchy.institutional[inst.name].get(m)
-            return a.key if a else None
-    return None
-
-
-def scopes(groups: Groups) -> list[tuple[str, str, list[Institution]]]:
-    """The table's rows as ``(kind, name, institutions)``: all, then each region followed by
-    its institutions."""
-    out: list[tuple[str, str, list[Institution]]] = [("all", "all", groups.institutions)]
-    for region, members in groups.regions().items():
-        out.append(("region", region, members))
-        out.extend(("institution", i.name, [i]) for i in members)
-    return out
 
 
 def table_rows(
@@ -175,6 +138,7 @@ def build_result(
         "adapters": [],
         "seconds": time.perf_counter() - started,
         "individual_context": _individual_summary(individual, choice.default_method),
+        "error_by_group": error_by_group(config, groups, hierarchy, choice, scores),
     }
 
 
@@ -230,6 +194,8 @@ def render_table(result: dict[str, Any]) -> str:
         lines.append(
             f"| {g['region']} | {g['institution']} | {g['train']} | {g['validation']} | {g['test']} |"
         )
+    if result.get("error_by_group"):
+        lines += render_errors(result["error_by_group"])
     return "\n".join(lines) + "\n"
 
 
@@ -309,25 +275,25 @@ def plot_groups(result: dict[str, Any], path: Path) -> None:
 
 
 def write_outputs(result: dict[str, Any], out_dir: Path) -> None:
-    """Write ``table.md``, ``table.json`` and ``per_group.png`` into ``out_dir`` (atomic)."""
+    """Write ``table.md``, ``table.json``, ``per_group.png`` and ``error_by_group.png`` into
+    ``out_dir`` (atomic)."""
     from feddx.io import atomic_write_json, atomic_write_text
 
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / TABLE_MD, render_table(result))
     atomic_write_json(out_dir / TABLE_JSON, json.loads(json.dumps(result, default=str)))
     plot_groups(result, out_dir / PLOT_FILE)
+    if result.get("error_by_group"):
+        plot_errors(result["error_by_group"], result["source"], out_dir / ERROR_PLOT_FILE)
 
 
 __all__ = [
-    "INDIVIDUAL",
     "PLOT_FILE",
-    "SELECTED",
     "TABLE_JSON",
     "TABLE_MD",
     "build_result",
     "plot_groups",
     "render_table",
-    "table_columns",
     "table_rows",
     "write_outputs",
 ]
