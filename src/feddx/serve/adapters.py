@@ -182,6 +182,17 @@ class ChainAnswer:
     entries: tuple[RegistryEntry, ...]
     fallbacks: tuple[str, ...]
     candidates: CandidateList
+    # What the registry does not know of the caller ("institution x is unknown to this
+    # registry"): the answer then comes from a less specific level, and says so.
+    unknown: tuple[str, ...] = ()
+    # The institution's case index (registry entry of kind case-index), if it has one.
+    case_index: RegistryEntry | None = None
+
+    @property
+    def institution_known(self) -> bool:
+        """Whether the registry holds anything of the caller's institution (an adapter or a
+        case index); ``False``: it is answered by its region's or the global adapter."""
+        return not any(u.startswith("institution ") for u in self.unknown)
 
     @property
     def answering(self) -> RegistryEntry | None:
@@ -342,10 +353,10 @@ class AdapterPool:
             if not self.base_model_fallback:
                 raise RegistryUnavailable(self.unavailable)
             return ChainAnswer((), (self.unavailable,), self._candidates_for(None))
+        resolved = self._resolve(institution, region)
         if pinned is not None:
             entries, fallbacks = self._pinned_chain(pinned, institution, region)
         else:
-            resolved = self._resolve(institution, region)
             entries, fallbacks = list(resolved.entries), list(resolved.fallbacks)
         while entries:
             entry = entries[-1]
@@ -366,7 +377,13 @@ class AdapterPool:
         if self.metrics:
             self.metrics.adapters_held.set(len(self._held))
         chain = tuple(entries)
-        return ChainAnswer(chain, tuple(fallbacks), self._candidates_for(candidates, chain))
+        return ChainAnswer(
+            chain,
+            tuple(fallbacks),
+            self._candidates_for(candidates, chain),
+            tuple(getattr(resolved, "unknown", ())),
+            getattr(resolved, "case_index", None),
+        )
 
     def ensure_held(self, answer: ChainAnswer) -> None:
         """Hold ``answer``'s answering adapter again if it was evicted since it was resolved

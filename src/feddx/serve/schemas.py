@@ -154,6 +154,40 @@ class Chain(_Strict):
     )
 
 
+class SimilarCaseRef(_Strict):
+    """A past case of the institution the retrieval prior drew on: a short hash of its case id
+    (``case#`` and 12 hex digits), its diagnosis and its similarity; never its text or id."""
+
+    ref: str
+    diagnosis: str
+    similarity: float
+
+
+class Individual(_Strict):
+    """What the individual level added to this answer (the patient's history, the
+    institution's similar past cases): counts and kinds, never the items' content."""
+
+    history_items: int = Field(
+        description="History items in the case given to the model (0: none were used)."
+    )
+    history: dict[str, int] = Field(
+        description="Those items by kind: conditions, medications, encounters."
+    )
+    history_stored: bool = Field(
+        description="True: the history stored for patient_id was merged into the case."
+    )
+    case_index: str | None = Field(
+        description="The institution's case index (registry id) that was applied, if any."
+    )
+    similar_cases: list[SimilarCaseRef] = Field(
+        description="The similar past cases whose diagnoses formed the retrieval prior."
+    )
+    prior_weight: float = Field(
+        description="Weight of the institutional retrieval prior in the probabilities "
+        "(chosen on validation when the index was built; 0: not used)."
+    )
+
+
 class Timing(_Strict):
     total_ms: float = Field(description="From the request's arrival to the response.")
     queue_ms: float = Field(description="Waiting for the scorer (micro-batching included).")
@@ -193,6 +227,15 @@ class DiagnoseResponse(_Strict):
                     },
                     "candidates": 5,
                     "history_used": False,
+                    "institution_known": True,
+                    "individual": {
+                        "history_items": 0,
+                        "history": {"conditions": 0, "medications": 0, "encounters": 0},
+                        "history_stored": False,
+                        "case_index": None,
+                        "similar_cases": [],
+                        "prior_weight": 0.0,
+                    },
                     "timing": {
                         "total_ms": 212.0,
                         "queue_ms": 3.1,
@@ -210,6 +253,11 @@ class DiagnoseResponse(_Strict):
     chain: Chain
     candidates: int = Field(description="How many candidate diagnoses were ranked.")
     history_used: bool
+    institution_known: bool = Field(
+        description="False: the registry holds nothing of the caller's institution, so its "
+        "region's or the global adapter answered (never taken for the institution's own)."
+    )
+    individual: Individual
     timing: Timing
 
 

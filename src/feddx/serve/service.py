@@ -13,11 +13,11 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, TypeVar
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from feddx.data.schema import Case
-from feddx.errors import ConfigError
+from feddx.errors import ConfigError, DataError, ModelError
 from feddx.serve.adapters import (
     AdapterPool,
     Registry,
@@ -35,6 +35,8 @@ from feddx.serve.store import Limiter, RedisState
 
 if TYPE_CHECKING:
     from feddx.model.predict import Diagnoser
+    from feddx.personalize.case_index import SimilarCase, StoredCaseIndex
+    from feddx.personalize.embedding import Embedder
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -48,11 +50,51 @@ class NotReady(Exception):
     """The model is still loading, or failed to (HTTP 503)."""
 
 
+_CASE_INDEXES_HELD = 16
+
+
 @dataclass(frozen=True)
 class PreparedCase:
     case: Case
     history_used: bool
     patient_ref: str | None
+
+
+@dataclass(frozen=True)
+class IndividualUse:
+    """What the individual level added to one answer: the case's history items by kind
+    (whether stored history was merged), the case index applied, the similar past cases the
+    retrieval prior drew on and its weight."""
+
+    history: dict[str, int]
+    history_stored: bool
+    case_index: str | None = None
+    similar: tuple[SimilarCase, ...] = ()
+    prior_weight: float = 0.0
+
+    @property
+    def history_items(self) -> int:
+        return sum(self.history.values())
+
+    def audit(self) -> dict[str, Any]:
+        """The audit log's record of it: counts and the index id, never content."""
+        return {
+            "history_items": self.history_items,
+            "history_stored": self.history_stored,
+            "case_index": self.case_index,
+            "similar_cases": len(self.similar),
+            "prior_weight": self.prior_weight,
+        }
+
+
+def history_counts(case: Case) -> dict[str, int]:
+    """The case's history items by kind (what the prompt renderer is given)."""
+    h = case.history
+    return {
+        "conditions": len(h.prior_conditions),
+        "medications": len(h.medications),
+        "encounters": len(h.encounters),
+    }
 
 
 class DiagnosisService:
@@ -108,6 +150,11 @@ class DiagnosisService:
         self._diagnoser = diagnoser
         self._registry = registry
         self._loader: threading.Thread | None = None
+        # The embedder case indexes are queried with (loaded on first use; tests set it) and
+        # the case indexes loaded so far (ids are never reused, so an id means one index).
+        self.embedder: Embedder | None = None
+        self._case_indexes: OrderedDict[str, StoredCaseIndex] = OrderedDict()
+        self._individual_lock = threading.Lock()
         # CDS Hooks cards issued (uuid -> institution), so feedback can be matched to them.
         self.cds_cards: OrderedDict[str, str] = OrderedDict()
 
@@ -210,9 +257,15 @@ class DiagnosisService:
     def prepare(self, identity: Identity, case: Case, patient_id: str | None) -> PreparedCase:
         """``case`` as the caller's: its institution and region from the credentials, no
         label, and the stored history of ``patient_id`` (this institution's only) merged in."""
-        case = case.model_copy(
-            update={"institution": identity.institution, "region": identity.region, "label": None}
-        )
+        update: dict[str, Any] = {
+            "institution": identity.institution,
+            "region": identity.region,
+            "label": None,
+        }
+        if patient_id is not None and case.patient_id is None:
+            # Never rendered; keeps the patient's own past stays out of its "similar cases".
+            update["patient_id"] = patient_id
+        case = case.model_copy(update=update)
         used = False
         ref = None
         if patient_id is not None:
@@ -246,6 +299,58 @@ class DiagnosisService:
         except TimeoutError:
             future.cancel()
             raise
+
+    async def individualize(
+        self, prepared: PreparedCase, result: ScoreResult
+    ) -> tuple[ScoreResult, IndividualUse]:
+        """``result`` with the institution's case index applied (the institutional retrieval
+        prior mixed in at its registered weight, :func:`feddx.personalize.case_index.
+        apply_case_index`) when the registry resolved one, and what the individual level
+        used. An index that fails to load or query is left out (logged, and the answer says
+        no index was applied): the adapters that answer were verified without it."""
+        use = IndividualUse(history_counts(prepared.case), prepared.history_used)
+        entry = result.chain.case_index
+        if entry is None:
+            return result, use
+        try:
+            prediction, similar, weight = await asyncio.to_thread(
+                self._apply_case_index, entry.adapter_id, prepared.case, result
+            )
+        except (ModelError, DataError) as e:
+            why = (str(e).splitlines() or [type(e).__name__])[0]
+            log.warning("case index %s not applied: %s", entry.adapter_id, why)
+            return result, use
+        use = replace(use, case_index=entry.adapter_id, similar=tuple(similar), prior_weight=weight)
+        return replace(result, prediction=prediction), use
+
+    def _apply_case_index(
+        self, entry_id: str, case: Case, result: ScoreResult
+    ) -> tuple[Any, list[SimilarCase], float]:
+        from feddx.personalize.case_index import apply_case_index, load_case_index
+
+        with self._individual_lock:
+            stored = self._case_indexes.get(entry_id)
+            if stored is None:
+                stored = load_case_index(self._registry, entry_id)
+                self._case_indexes[entry_id] = stored
+                while len(self._case_indexes) > _CASE_INDEXES_HELD:
+                    self._case_indexes.popitem(last=False)
+            self._case_indexes.move_to_end(entry_id)
+            embedder = self._embedder_for(stored.index.embedder_name)
+            prediction, similar = apply_case_index(stored, case, result.prediction, embedder)
+        return prediction, similar, stored.prior_weight if similar else 0.0
+
+    def _embedder_for(self, name: str) -> Embedder:
+        """The embedder named ``name`` (all-MiniLM-L6-v2, loaded once), or :class:`ModelError`
+        for one this service cannot load."""
+        if self.embedder is not None and self.embedder.name == name:
+            return self.embedder
+        from feddx.personalize.retrieval import EMBEDDING_MODEL, MiniLMEmbedder
+
+        if name != EMBEDDING_MODEL:
+            raise ModelError(f"the case index needs the embedder {name!r}, not available here")
+        self.embedder = MiniLMEmbedder()
+        return self.embedder
 
     async def on_scorer(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` on the scoring thread (it may touch the Diagnoser and the registry)."""

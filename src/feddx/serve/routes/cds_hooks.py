@@ -26,7 +26,7 @@ from feddx.serve.batching import ScoreResult
 from feddx.serve.deps import Context, Institution, Service
 from feddx.serve.fhir_input import case_from_prefetch
 from feddx.serve.prefetch import PREFETCH, PREFETCH_TYPES
-from feddx.serve.routes.diagnose import ERRORS, record_chain
+from feddx.serve.routes.diagnose import ERRORS, record_chain, record_individual
 from feddx.serve.schemas import (
     CdsCard,
     CdsCoding,
@@ -38,6 +38,7 @@ from feddx.serve.schemas import (
     CdsServiceDescription,
     CdsSource,
 )
+from feddx.serve.service import IndividualUse
 
 router = APIRouter(prefix="/cds-services", tags=["CDS Hooks"])
 
@@ -114,10 +115,12 @@ async def call_service(
     ctx.patient_ref = prepared.patient_ref
     ctx.cases = 1
     result = await service.score(identity, prepared.case, None)
+    result, use = await service.individualize(prepared, result)
     record_chain(ctx, result)
-    card = _card(result, service.model_name)
+    record_individual(ctx, result, use)
+    card = _card(result, service.model_name, use)
     service.remember_card(card.uuid, identity.institution)
-    ctx.detail = {"card": card.uuid, "hook_instance": str(body.hookInstance)}
+    ctx.detail |= {"card": card.uuid, "hook_instance": str(body.hookInstance)}
     return CdsResponse(cards=[card])
 
 
@@ -162,7 +165,22 @@ def _has_clinical_data(case: Case) -> bool:
     return bool(findings or case.text or not case.history.is_empty())
 
 
-def _card(result: ScoreResult, model: str) -> CdsCard:
+def _individual_text(result: ScoreResult, use: IndividualUse) -> str:
+    """One paragraph on what the individual level used (counts and kinds, no content) and,
+    when the registry does not know the institution, that a less specific adapter answered."""
+    kinds = ", ".join(f"{n} {k}" for k, n in use.history.items() if n) or "none"
+    text = f"\n\nPatient history used: {use.history_items} item(s) ({kinds})."
+    if use.case_index:
+        text += (
+            f" Similar past cases of this institution: {len(use.similar)} "
+            f"(retrieval prior weight {use.prior_weight:g}, {use.case_index})."
+        )
+    if not result.chain.institution_known:
+        text += " This institution is unknown to the adapter registry: a less specific adapter answered."
+    return text
+
+
+def _card(result: ScoreResult, model: str, use: IndividualUse) -> CdsCard:
     ranked = result.prediction.ranked
     top = ranked[0]
     code = f" ({top.icd10})" if top.icd10 else ""
@@ -179,7 +197,8 @@ def _card(result: ScoreResult, model: str) -> CdsCard:
     )
     detail = (
         "| Diagnosis | ICD-10 | Probability |\n|---|---|---|\n"
-        f"{rows}\n\nAnswered by {chain} on {model}.{fallbacks}\n\n"
+        f"{rows}\n\nAnswered by {chain} on {model}.{fallbacks}"
+        f"{_individual_text(result, use)}\n\n"
         "Decision support only: a ranked differential over a fixed candidate list, "
         "not a diagnosis."
     )

@@ -19,8 +19,11 @@ from feddx.serve.schemas import (
     DiagnoseResponse,
     Diagnosis,
     ErrorResponse,
+    Individual,
+    SimilarCaseRef,
     Timing,
 )
+from feddx.serve.service import IndividualUse
 
 router = APIRouter(tags=["diagnosis"])
 
@@ -46,7 +49,9 @@ async def diagnose(
     body: DiagnoseRequest, identity: Institution, service: Service, ctx: Context
 ) -> DiagnoseResponse:
     """Rank the candidate diagnoses for one case with the caller's institution's adapter
-    chain (or the adapter it pins, if that belongs to its chain)."""
+    chain (or the adapter it pins, if that belongs to its chain), the patient's history and
+    the institution's case index (retrieval prior over its similar past cases) where the
+    registry holds one; ``individual`` says what of these was used."""
     if body.fhir is not None:
         case = await asyncio.to_thread(
             case_from_bundle, body.fhir, deidentify=service.settings.fhir_deidentify
@@ -58,7 +63,9 @@ async def diagnose(
     ctx.patient_ref = prepared.patient_ref
     ctx.cases = 1
     result = await service.score(identity, prepared.case, body.adapter, body.candidates)
+    result, use = await service.individualize(prepared, result)
     record_chain(ctx, result)
+    record_individual(ctx, result, use)
     top_k = body.top_k or service.settings.top_k
     return DiagnoseResponse(
         request_id=ctx.request_id,
@@ -70,6 +77,8 @@ async def diagnose(
         chain=chain_of(result),
         candidates=len(result.prediction.ranked),
         history_used=prepared.history_used,
+        institution_known=result.chain.institution_known,
+        individual=individual_of(use),
         timing=Timing(
             total_ms=round((time.perf_counter() - ctx.started) * 1000, 3),
             queue_ms=round(result.queue_ms, 3),
@@ -89,6 +98,28 @@ def chain_of(result: ScoreResult) -> Chain:
         fallbacks=list(chain.fallbacks),
         base_model_only=chain.base_model_only,
     )
+
+
+def individual_of(use: IndividualUse) -> Individual:
+    return Individual(
+        history_items=use.history_items,
+        history=dict(use.history),
+        history_stored=use.history_stored,
+        case_index=use.case_index,
+        similar_cases=[
+            SimilarCaseRef(ref=c.ref, diagnosis=c.diagnosis, similarity=c.similarity)
+            for c in use.similar
+        ],
+        prior_weight=use.prior_weight,
+    )
+
+
+def record_individual(ctx: RequestContext, result: ScoreResult, use: IndividualUse) -> None:
+    """The audit line's record of the individual level (counts, never content) and, when the
+    registry does not know the caller's institution, that it was answered from above."""
+    ctx.detail["individual"] = use.audit()
+    if not result.chain.institution_known:
+        ctx.detail["institution_known"] = False
 
 
 def record_chain(ctx: RequestContext, result: ScoreResult) -> None:
