@@ -158,3 +158,14 @@ def test_history_dropout_is_a_config_knob_the_trainer_renders(tokenizer: Any) ->
     reference, _ = _encode_examples(bare, tokenizer, cfg, None)
     assert without == reference
     assert all(len(a) > len(b) for a, b in zip(with_history, without, strict=True))
+
+
+def test_federated_and_personalize_configs_take_history_dropout() -> None:
+    from feddx.federated.config import FederatedConfig
+    from feddx.personalize.config import PersonalizeConfig
+
+    fed = FederatedConfig.from_mapping({"history-dropout": 0.25})
+    assert fed.train_config(seed=0).history_dropout == 0.25
+    assert FederatedConfig.from_mapping({}).train_config(seed=0).history_dropout == 0.0
+    personal = PersonalizeConfig.from_mapping({"data": "uci-heart", "history-dropout": 0.25})
+    assert personal.history_dropout == 0.25

@@ -93,8 +93,9 @@ class FederatedConfig(Settings):
         ``trim-beta`` (FedTrimmedAvg), ``num-malicious`` (Krum).
     Local training
         ``local-epochs``, ``local-steps`` (cap on optimizer steps per round, ``0``: none),
-        ``batch-size``, ``learning-rate``, ``lr-schedule``, ``max-prompt-tokens`` and the LoRA
-        shape
+        ``batch-size``, ``learning-rate``, ``lr-schedule``, ``max-prompt-tokens``,
+        ``history-dropout`` (the share of a client's cases with a history trained without it,
+        :attr:`feddx.train.config.TrainConfig.history_dropout`) and the LoRA shape
         (``lora-rank``, ``lora-alpha``, ``lora-dropout``, ``lora-targets``,
         ``lora-top-layers``: adapters on the last N layers only, ``0``: every layer).
         ``lr-schedule = "rounds"`` (the default) lays one cosine decay over the rounds: round
@@ -194,6 +195,7 @@ class FederatedConfig(Settings):
     learning_rate: float = Field(default=5e-4, gt=0.0)
     lr_schedule: Literal["rounds", "local"] = "rounds"
     max_prompt_tokens: int = Field(default=DEFAULT_MAX_PROMPT_TOKENS, ge=16)
+    history_dropout: float = Field(default=0.0, ge=0.0, le=1.0)
     lora_rank: int = Field(default=8, ge=1)
     lora_alpha: float = Field(default=16.0, gt=0.0)
     lora_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
@@ -301,6 +303,7 @@ class FederatedConfig(Settings):
             batch_size=self.batch_size,
             seed=seed,
             max_prompt_tokens=self.max_prompt_tokens,
+            history_dropout=self.history_dropout,
             max_steps=self.local_steps or None,
             proximal_mu=proximal_mu,
             dp=(

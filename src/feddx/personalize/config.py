@@ -43,6 +43,9 @@ class PersonalizeConfig(Settings):
     answer_loss
         The trainer's loss (:class:`~feddx.train.config.TrainConfig`): ``candidates`` trains
         the softmax over the candidate list that the scorer ranks by.
+    history_dropout
+        The share of training cases with a history trained without it (every level's
+        training: :attr:`~feddx.train.config.TrainConfig.history_dropout`; 0: none).
     test_fraction, validation_fraction
         Per institution: the test share, then the validation share of what remains.
     rounds, local_epochs, learning_rate
@@ -95,6 +98,7 @@ class PersonalizeConfig(Settings):
     ditto_mu: tuple[float, ...] = (1.0,)
     batch_size: int = Field(default=8, ge=1)
     answer_loss: Literal["vocabulary", "candidates"] = "vocabulary"
+    history_dropout: float = Field(default=0.0, ge=0.0, le=1.0)
     max_prompt_tokens: int = Field(default=256, ge=16)
     lora: LoraSpec = Field(default_factory=lambda: LoraSpec(rank=8, alpha=16.0, top_layers=2))
     seed: int = 0

@@ -128,6 +128,7 @@ def prepare_training(
         answer_loss=config.answer_loss,
         seed=config.seed,
         max_prompt_tokens=config.max_prompt_tokens,
+        history_dropout=config.history_dropout,
     )
     personal = federated.replace(
         learning_rate=config.personal_learning_rate, epochs=config.personal_epochs
