@@ -67,7 +67,7 @@ class PersonalizeConfig(Settings):
     individual
         Add the ``+individual context`` column: each institution's adapter of the default
         method (the institutional method with the best pooled validation figures) plus its own
-        kNN prior (:class:`~feddx.personalize.retrieval.IndividualContext`: the
+        institutional retrieval prior (:class:`~feddx.personalize.retrieval.IndividualContext`: the
         institution's training cases embedded with all-MiniLM-L6-v2 in a faiss index that stays
         with it, the prior's weight chosen on its validation cases). The patient's history is
         in every column's prompt already (the renderer's default, within the budget).
