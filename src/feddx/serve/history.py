@@ -119,8 +119,8 @@ class HistoryStore:
 
 
 def merge_history(case: Case, stored: History) -> Case:
-    """``case`` with ``stored`` added to its own history: conditions and medications united
-    (the case's first), encounters merged in date order without duplicates."""
+    """``case`` with ``stored`` added to its own history: conditions, medications and allergies
+    united (the case's first), encounters merged in date order without duplicates."""
     own = case.history
     encounters = list(dict.fromkeys(stored.encounters + own.encounters))
     dated = sorted((e for e in encounters if e.date), key=lambda e: e.date or dt.date.min)
@@ -128,6 +128,7 @@ def merge_history(case: Case, stored: History) -> Case:
     merged = History(
         prior_conditions=tuple(dict.fromkeys(own.prior_conditions + stored.prior_conditions)),
         medications=tuple(dict.fromkeys(own.medications + stored.medications)),
+        allergies=tuple(dict.fromkeys(own.allergies + stored.allergies)),
         encounters=tuple(undated + dated),
     )
     return case.model_copy(update={"history": merged})
