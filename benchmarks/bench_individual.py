@@ -1,9 +1,10 @@
 """Individual-level context, measured with and without: the patient's history in the prompt
-(none / default order / relevance order), a kNN prior from the institution's own similar past
+(none / default order / relevance order), the institutional retrieval prior (formerly "kNN
+prior") from the institution's own similar past
 cases, and those cases as few-shot examples.
 
 For one dataset: a stratified train / validation / test split (seed 0). The case index holds
-the training cases only; validation chooses the kNN mixing weight; test cases are scored once
+the training cases only; validation chooses the prior's mixing weight; test cases are scored once
 per prompt arm, and the prior is mixed onto the default-history arm. Every figure is on the
 same test cases. Zero-shot SmolLM2 unless ``--adapter`` is given.
 
@@ -33,9 +34,9 @@ from feddx.personalize.retrieval import (
     MiniLMEmbedder,
     choose_prior_weight,
     fewshot_context,
-    knn_prior,
     mix_prior,
     neighbours_by_case,
+    retrieval_prior,
 )
 
 
@@ -167,16 +168,17 @@ def main() -> None:
         results[arm] = {**_metrics(preds[arm]), "seconds": round(time.perf_counter() - t, 1)}
         print(arm, results[arm], flush=True)
 
-    # The kNN prior on the default prompt: the weight is chosen on validation cases only.
+    # The retrieval prior on the default prompt: the weight is chosen on validation cases only.
+    # (Its JSON keys stay "knn_*", as in the committed results/individual_*.json.)
     val_preds = diagnoser.diagnose(
         val, names, adapter=adapter, icd10=clist.icd10, max_prompt_tokens=args.max_prompt_tokens
     )
-    val_priors = [knn_prior(nb_val[c.case_id], names) for c in val]
+    val_priors = [retrieval_prior(nb_val[c.case_id], names) for c in val]
     weight = choose_prior_weight(val_preds, val_priors)
     base = preds.get("recent") or diagnoser.diagnose(
         test, names, adapter=adapter, icd10=clist.icd10
     )
-    priors = [knn_prior(nb_test[p.case.case_id], names) for p in base]
+    priors = [retrieval_prior(nb_test[p.case.case_id], names) for p in base]
     results["knn_prior"] = {
         **_metrics([mix_prior(p, q, weight) for p, q in zip(base, priors, strict=True)]),
         "weight": weight,
@@ -185,7 +187,7 @@ def main() -> None:
         [mix_prior(p, q, 1.0) for p, q in zip(base, priors, strict=True)]
     )
     results["val_recent"] = _metrics(val_preds)
-    print("knn", results["knn_prior"], results["knn_alone"], flush=True)
+    print("retrieval prior", results["knn_prior"], results["knn_alone"], flush=True)
     out = {
         "data": args.data,
         "model": args.model,
