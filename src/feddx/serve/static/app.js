@@ -1,6 +1,7 @@
 // The clinician page: sign in with the institution's key, send a case or a FHIR Bundle to
 // POST /v1/diagnose, draw the differential as an inline SVG bar chart. No framework, no build
 // step, nothing from another origin. The key lives in sessionStorage (gone with the tab).
+// Every word shown comes from i18n.js's t(); switching the language redraws what is on screen.
 "use strict";
 
 const KEY = "feddx.key";
@@ -11,13 +12,29 @@ function headers() {
   return { "Authorization": "Bearer " + sessionStorage.getItem(KEY), "Content-Type": "application/json" };
 }
 
-function say(id, text, isError) {
+// A status line is kept as a message (key, parameters, and any detail the service sent) and
+// rendered in the current language, so the language switch can redraw it.
+const shown = { messages: {}, result: null };
+
+function render(message) {
+  if (!message) return "";
+  const text = message.key ? t(message.key, message.params) : "";
+  return message.detail ? text + " (" + message.detail + ")" : text;
+}
+
+function say(id, message, isError) {
+  shown.messages[id] = message ? { ...message, isError: Boolean(isError) } : null;
   const el = $(id);
-  el.textContent = text;
+  el.textContent = render(message);
   el.classList.toggle("error", Boolean(isError));
 }
 
+const STATUS_KEYS = { 401: "err.keyRefused", 403: "err.forbidden", 413: "err.tooLarge",
+  422: "err.invalid", 429: "err.rateLimited", 503: "err.unavailable" };
+
 // An error body is {"detail": "..."} or, for 422, {"detail": [{"loc": [...], "msg": "..."}]}.
+// The page says what happened in the user's language; the service's own detail (English, and
+// naming fields as the API does) follows in parentheses with the status code.
 async function problem(response) {
   let detail = response.statusText;
   try {
@@ -28,22 +45,23 @@ async function problem(response) {
       detail = body.detail;
     }
   } catch (_) { /* not JSON */ }
-  return response.status + ": " + detail;
+  return { key: STATUS_KEYS[response.status] || "err.status",
+    detail: response.status + (detail ? ": " + detail : "") };
 }
 
 async function signIn(key) {
   sessionStorage.setItem(KEY, key);
-  say("signin-status", "Checking the key…");
+  say("signin-status", { key: "signin.checking" });
   let response;
   try {
     response = await fetch("/v1/models", { headers: headers() });
   } catch (err) {
-    say("signin-status", "The service cannot be reached.", true);
+    say("signin-status", { key: "err.unreachable" }, true);
     return;
   }
   if (!response.ok) {
     sessionStorage.removeItem(KEY);
-    const why = response.status === 401 ? "Key refused." : await problem(response);
+    const why = response.status === 401 ? { key: "err.keyRefused" } : await problem(response);
     say("signin-status", why, true);
     return;
   }
@@ -53,8 +71,9 @@ async function signIn(key) {
   $("who").hidden = false;
   $("signin-panel").hidden = true;
   $("case-panel").hidden = false;
-  say("signin-status", "");
-  say("case-status", info.ready ? info.candidates.length + " candidate diagnoses." : "The model is still loading.");
+  say("signin-status", null);
+  say("case-status", info.ready ? { key: "case.candidates", params: { n: info.candidates.length } }
+    : { key: "case.loading" });
 }
 
 function signOut() {
@@ -62,29 +81,33 @@ function signOut() {
   $("who").hidden = true;
   $("case-panel").hidden = true;
   $("result-panel").hidden = true;
+  shown.result = null;
   $("signin-panel").hidden = false;
   $("key").value = "";
 }
 
 // "resting BP: 145 mmHg" -> {name, value: 145, unit}; "no fever" -> negated; "exercise angina".
+// Portuguese as well: "sem febre" / "não ..." negate, "sim"/"presente" and "não"/"ausente" are
+// booleans, and a decimal comma reads as a point ("38,5 °C").
 function parseFinding(line) {
   const text = line.trim();
   if (!text) return null;
   const colon = text.indexOf(":");
   if (colon < 0) {
-    if (/^no\s+/i.test(text)) return { name: text.replace(/^no\s+/i, ""), negated: true };
+    const negation = /^(no|sem|não|nao)\s+/i;
+    if (negation.test(text)) return { name: text.replace(negation, ""), negated: true };
     return { name: text };
   }
   const name = text.slice(0, colon).trim();
   const rest = text.slice(colon + 1).trim();
-  const m = rest.match(/^(-?\d+(?:\.\d+)?)\s*(.*)$/);
+  const m = rest.match(/^(-?\d+(?:[.,]\d+)?)\s*(.*)$/);
   if (m) {
-    const finding = { name: name, value: Number(m[1]) };
+    const finding = { name: name, value: Number(m[1].replace(",", ".")) };
     if (m[2]) finding.unit = m[2];
     return finding;
   }
-  if (/^(yes|true|present)$/i.test(rest)) return { name: name, value: true };
-  if (/^(no|false|absent)$/i.test(rest)) return { name: name, value: false };
+  if (/^(yes|true|present|sim|presente)$/i.test(rest)) return { name: name, value: true };
+  if (/^(no|false|absent|não|nao|ausente)$/i.test(rest)) return { name: name, value: false };
   return { name: name, value: rest };
 }
 
@@ -114,16 +137,16 @@ async function diagnose(event) {
   try {
     body = caseBody();
   } catch (err) {
-    say("case-status", "The FHIR Bundle is not valid JSON.", true);
+    say("case-status", { key: "err.badFhir" }, true);
     return;
   }
   $("submit").disabled = true;
-  say("case-status", "Scoring…");
+  say("case-status", { key: "case.scoring" });
   try {
     const response = await fetch("/v1/diagnose", { method: "POST", headers: headers(), body: JSON.stringify(body) });
     if (response.status === 401) {
       signOut();
-      say("signin-status", "Key refused.", true);
+      say("signin-status", { key: "err.keyRefused" }, true);
       return;
     }
     if (!response.ok) {
@@ -131,9 +154,9 @@ async function diagnose(event) {
       return;
     }
     show(await response.json());
-    say("case-status", "");
+    say("case-status", null);
   } catch (err) {
-    say("case-status", "The service cannot be reached.", true);
+    say("case-status", { key: "err.unreachable" }, true);
   } finally {
     $("submit").disabled = false;
   }
@@ -149,7 +172,7 @@ function el(name, attrs, text) {
 function chart(differential) {
   const rowH = 30, labelW = 330, barW = 480, valueW = 70, width = labelW + barW + valueW;
   const svg = el("svg", { viewBox: `0 0 ${width} ${rowH * differential.length + 8}`, role: "img",
-    "aria-label": "Differential diagnosis bar chart" });
+    "aria-label": t("result.chart") });
   differential.forEach((d, i) => {
     const y = 4 + i * rowH;
     const g = el("g", { class: "row", "data-name": d.name, "data-probability": d.probability.toFixed(4) });
@@ -159,20 +182,21 @@ function chart(differential) {
     g.appendChild(el("rect", { x: labelW, y: y + 5, width: barW, height: rowH - 10, rx: 3, class: "track" }));
     g.appendChild(el("rect", { x: labelW, y: y + 5, width: Math.max(1, barW * d.probability), height: rowH - 10,
       rx: 3, class: i === 0 ? "bar top" : "bar" }));
-    g.appendChild(el("text", { x: labelW + barW + 8, y: y + 19, class: "value" }, (100 * d.probability).toFixed(1) + "%"));
+    g.appendChild(el("text", { x: labelW + barW + 8, y: y + 19, class: "value" }, number(100 * d.probability, 1) + "%"));
     svg.appendChild(g);
   });
   return svg;
 }
 
 function show(result) {
+  shown.result = result;
   const box = $("chart");
   box.replaceChildren(chart(result.differential));
   box.dataset.top = result.differential.length ? result.differential[0].name : "";
   const chain = $("chain");
   chain.replaceChildren();
   if (result.chain.adapters.length) {
-    chain.append("Answered by ");
+    chain.append(t("result.answeredBy"));
     result.chain.adapters.forEach((a, i) => {
       if (i) chain.append(" → ");
       const code = document.createElement("code");
@@ -180,17 +204,17 @@ function show(result) {
       chain.append(code);
     });
   } else {
-    chain.append("Answered by the base model alone (no adapter for this institution).");
+    chain.append(t("result.baseOnly"));
   }
   const list = $("fallbacks");
   list.replaceChildren(...result.chain.fallbacks.map((f) => {
     const li = document.createElement("li");
-    li.textContent = "Skipped " + f;
+    li.textContent = t("result.skipped", { what: f });
     return li;
   }));
-  $("timing").textContent = `${result.candidates} candidates · ${result.timing.total_ms.toFixed(0)} ms` +
-    ` (scoring ${result.timing.scoring_ms.toFixed(0)} ms, batch of ${result.timing.batch_cases})` +
-    (result.history_used ? " · stored history used" : "");
+  $("timing").textContent = t("result.timing", { n: result.candidates,
+    total: number(result.timing.total_ms, 0), scoring: number(result.timing.scoring_ms, 0),
+    batch: result.timing.batch_cases }) + (result.history_used ? t("result.history") : "");
   $("result-panel").hidden = false;
 }
 
@@ -203,7 +227,16 @@ function tab(fhir) {
   $("tab-case").setAttribute("aria-selected", String(!fhir));
 }
 
+// The language switch: redraw the static text, the status lines and the result on screen.
+function switchLanguage(lang) {
+  setLanguage(lang, true);
+  for (const [id, message] of Object.entries(shown.messages)) say(id, message, message && message.isError);
+  if (shown.result) show(shown.result);
+}
+
 document.addEventListener("DOMContentLoaded", () => {
+  setLanguage(pickLanguage(savedLanguage(), navigator.languages || [navigator.language]), false);
+  $("lang").addEventListener("change", (e) => switchLanguage(e.target.value));
   $("signin-form").addEventListener("submit", (e) => { e.preventDefault(); signIn($("key").value.trim()); });
   $("signout").addEventListener("click", signOut);
   $("case-form").addEventListener("submit", diagnose);
