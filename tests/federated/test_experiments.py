@@ -130,3 +130,29 @@ def test_the_full_model_counts_a_tied_embedding_once(fed_config: Any, tokenizer:
     sizes = experiments.message_sizes(fed_config)
     assert sizes["full_model_params"] == base.num_parameters()
     assert names - sizes["full_model_params"] == len(tokenizer) * base.config.hidden_size
+
+
+def test_the_centralized_baseline_trains_through_the_recipe_with_the_federation_budget(
+    fed_config: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One ``fit`` call (the training recipe's, as the ClientApp's) over the union of the
+    clients' cases, for ``num_rounds x local_epochs`` epochs, scored on the validation cases."""
+    import math
+
+    from feddx.train import recipe
+
+    configs: list[Any] = []
+    real_fit = recipe.fit
+
+    def spy(model: Any, tokenizer: Any, cases: Any, config: Any, **options: Any) -> Any:
+        configs.append(config)
+        return real_fit(model, tokenizer, cases, config, **options)
+
+    monkeypatch.setattr(recipe, "fit", spy)
+    summary = experiments.run_centralized(fed_config)
+    assert len(configs) == 1
+    epochs = fed_config.num_rounds * fed_config.local_epochs
+    assert configs[0].epochs == epochs and configs[0].gradient_checkpointing is None
+    assert summary["strategy"] == "centralized" and summary["num_clients"] == 1
+    assert summary["train_steps"] == epochs * math.ceil(summary["train_cases"] / 4)
+    assert 0.0 <= summary["final"]["top1"] <= 1.0 and summary["train_loss"] > 0

@@ -181,7 +181,7 @@ def run_centralized(cfg: FederatedConfig) -> dict[str, Any]:
     from feddx.federated.codec import numpy_to_torch_state
     from feddx.federated.task import adapter_model, evaluate_adapter, task_data
     from feddx.model.adapter import adapter_state, load_adapter_state
-    from feddx.train.trainer import train_adapter
+    from feddx.train.recipe import fit
 
     data = task_data(cfg)
     am = adapter_model(cfg)
@@ -195,7 +195,7 @@ def run_centralized(cfg: FederatedConfig) -> dict[str, Any]:
         .replace(epochs=cfg.num_rounds * cfg.local_epochs)
     )
     t0 = time.perf_counter()
-    result = train_adapter(
+    result = fit(
         am.model,
         am.tokenizer,
         data.train,

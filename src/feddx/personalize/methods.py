@@ -1,7 +1,7 @@
 """Personalization methods: from a parent LoRA state to an adapter per region or institution.
 
-Every method is a short function over the one training loop
-(:func:`feddx.train.trainer.train_adapter`), run on a LoRA-attached model whose weights it
+Every method is a short function over the one training recipe's training step
+(:func:`feddx.train.recipe.fit`), run on a LoRA-attached model whose weights it
 overwrites (:class:`LocalTrainer` loads the starting state first and hands back a copy of the
 result):
 
@@ -21,7 +21,7 @@ result):
     global adapter and the regional sub-federations.
 
 The federation here is **in-process**: clients are trained one after another on one model,
-the server step is :func:`average_states`. It runs the same ``train_adapter`` call with the
+the server step is :func:`average_states`. It runs the same ``fit`` call with the
 same per-round learning-rate schedule as the Flower ClientApp
 (:meth:`feddx.federated.config.FederatedConfig.round_learning_rate`, cosine over rounds), but
 lets one experiment give every method exactly the same clients, splits and budget without a
@@ -42,7 +42,8 @@ from feddx.data.schema import Case
 from feddx.errors import ConfigError, DataError
 from feddx.model.adapter import AdapterState, adapter_state, load_adapter_state
 from feddx.train.config import TrainConfig
-from feddx.train.trainer import TrainResult, train_adapter
+from feddx.train.recipe import fit
+from feddx.train.trainer import TrainResult
 
 Aggregate = Literal["all", "lora-a"]
 AGGREGATES: tuple[Aggregate, ...] = ("all", "lora-a")
@@ -94,7 +95,7 @@ def state_distance(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor])
 
 @dataclass
 class LocalTrainer:
-    """Runs ``train_adapter`` from a given LoRA state on one shared, LoRA-attached model.
+    """Runs the recipe's ``fit`` from a given LoRA state on one shared, LoRA-attached model.
 
     Parameters
     ----------
@@ -127,7 +128,7 @@ class LocalTrainer:
         if not cases:
             raise DataError("no training cases for this group")
         load_adapter_state(self.model, dict(start))
-        result = train_adapter(
+        result = fit(
             self.model,
             self.tokenizer,
             cases,
