@@ -148,6 +148,93 @@ def _bars_plot(labels: Sequence[str], values: Sequence[float], xlabel: str, log:
     return _png(fig)
 
 
+def _region_errors(results: Mapping[str, Any]) -> list[str]:
+    """Per-region error analysis: the test error (1 - top-1) of each region (its hospitals'
+    cases pooled) and hospital before personalization (the parent stage: the global adapter)
+    and after (each hospital answered by the adapter the gate left: regional, institutional or
+    still the parent), with the counts it is made of. The counts come from the per-hospital
+    top-1 and n of ``results.json`` (wrong = (1 - top-1) x n, an integer)."""
+    stages: Mapping[str, Any] = results.get("stages", {})
+    pers = stages.get("personalized")
+    rows = [r for r in results.get("per_hospital") or [] if r["hospital"] != "all"]
+    if not pers or not rows:
+        return []
+    regions = ((stages.get("data") or {}).get("partition") or {}).get("regions", {})
+    before, answering = pers["parent"], pers.get("answering", {})
+
+    by_region: dict[str, list[Mapping[str, Any]]] = {}
+    for r in rows:
+        by_region.setdefault(regions.get(r["hospital"], "(none)"), []).append(r)
+    table, pooled = [], []
+    for region, members in sorted(by_region.items()):
+        table.append(_error_cells(f"region {region}", members, before, ""))
+        pooled.append((region, members))
+        for m in members:
+            level = answering.get(m["hospital"], before).split("/")[0]
+            table.append(_error_cells(f"↳ {m['hospital']}", [m], before, level))
+    head = ["region / hospital", "n", f"error, {LABELS[before]}", "error, personalized"]
+    parts = [
+        "<h2>Error by region and hospital</h2>",
+        "<p>Test error (1 - top-1, wrong/n) before personalization (the "
+        f"{html.escape(LABELS[before])} adapter) and after (each hospital answered by the "
+        "adapter the gate left it); change in points, negative = fewer errors; a region pools "
+        "its hospitals' cases.</p>",
+        _table([*head, "change", "answered by"], table),
+    ]
+    plot = _region_plot(pooled, before)
+    parts.append(f"<img alt='error per region' src='{plot}'>")
+    return parts
+
+
+def _wrong(members: Sequence[Mapping[str, Any]], stage: str) -> int | None:
+    """Test cases ``stage`` got wrong over ``members`` (per-hospital rows), ``None`` when one
+    has no figure for it."""
+    if any(m.get(stage) is None for m in members):
+        return None
+    return sum(round((1 - float(m[stage])) * int(m["n"])) for m in members)
+
+
+def _error_cells(
+    label: str, members: Sequence[Mapping[str, Any]], before: str, by: str
+) -> list[str]:
+    """One row of the region table: n, error (wrong/n) before and after, change, answered by."""
+    n = sum(m["n"] for m in members)
+    wb, wa = _wrong(members, before), _wrong(members, "personalized")
+    out = [label, str(n)]
+    out += ["-" if w is None else f"{w / n:.3f} ({w}/{n})" for w in (wb, wa)]
+    out.append("-" if wb is None or wa is None else f"{100 * (wa - wb) / n:+.1f}")
+    return [*out, by]
+
+
+def _region_plot(pooled: Sequence[tuple[str, Sequence[Mapping[str, Any]]]], before: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    x = np.arange(len(pooled))
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    w = 0.38
+    for offset, stage, colour in ((-w / 2, before, "C0"), (w / 2, "personalized", "C2")):
+        counts = [_wrong(members, stage) for _, members in pooled]
+        ns = [sum(m["n"] for m in members) for _, members in pooled]
+        ys = [0.0 if c is None else c / n for c, n in zip(counts, ns, strict=True)]
+        bars = ax.bar(x + offset, ys, w, label=LABELS[stage], color=colour)
+        ax.bar_label(
+            bars,
+            [f"{c}/{n}" if c is not None else "" for c, n in zip(counts, ns, strict=True)],
+            fontsize=7,
+        )
+    labels = [f"{textwrap.fill(r, 18)}\n(n={sum(m['n'] for m in ms)})" for r, ms in pooled]
+    ax.set_xticks(x, labels, fontsize=8)
+    ax.set_ylabel("top-1 error")
+    ax.set_ylim(0, 1)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
 def render_report(results: Mapping[str, Any]) -> str:
     """The page for one run's ``results.json`` content."""
     stages: Mapping[str, Any] = results.get("stages", {})
@@ -261,6 +348,8 @@ def render_report(results: Mapping[str, Any]) -> str:
             parts.append(
                 f"<img alt='per-hospital error' src='{_hospital_plot(per_hospital[1:] or per_hospital, 'federated', after)}'>"
             )
+
+    parts += _region_errors(results)
 
     fed = stages.get("federated")
     if fed:
