@@ -314,20 +314,26 @@ def test_hugging_face_checkpointing_left_on_does_not_stop_training(tokenizer: An
     assert all(layer.gradient_checkpointing for layer in decoder_layers(model))
 
 
+# The README's "Bring your own model and GPU" table: model_type and `auto` LoRA targets.
 @pytest.mark.parametrize(
-    ("family", "targets"),
+    ("family", "model_type", "targets"),
     [
-        ("llama", ("q_proj", "v_proj")),
-        ("gpt2", ("c_attn",)),
-        ("bloom", ("query_key_value",)),
-        ("phi3", ("qkv_proj",)),
+        ("llama", "llama", ("q_proj", "v_proj")),
+        ("qwen2", "qwen2", ("q_proj", "v_proj")),
+        ("mistral", "mistral", ("q_proj", "v_proj")),
+        ("gemma3", "gemma3_text", ("q_proj", "v_proj")),
+        ("phi3", "phi3", ("qkv_proj",)),
+        ("gpt_neo", "gpt_neo", ("q_proj", "v_proj")),
+        ("gpt2", "gpt2", ("c_attn",)),
+        ("bloom", "bloom", ("query_key_value",)),
     ],
 )
 def test_auto_targets_resolve_per_family_and_match_the_attached_spec(
-    family: str, targets: tuple[str, ...], tokenizer: Any
+    family: str, model_type: str, targets: tuple[str, ...], tokenizer: Any
 ) -> None:
     spec = LoraSpec(rank=4, top_layers=1)
     model = attach_lora(make_tiny_model(family, len(tokenizer)), spec)
+    assert model.get_base_model().config.model_type == model_type
     assert lora_spec_of(model).target_modules == targets
     assert spec.resolved(model) == lora_spec_of(model)
     everything = LoraSpec(rank=4, target_modules=("all-linear",)).resolved(model)
