@@ -56,3 +56,12 @@ def test_a_directory_without_config_is_an_input_error(tmp_path: Path) -> None:
         resolve_model(str(tmp_path))
     assert err.value.exit_code == 2 and isinstance(err.value, ModelError)
     assert ModelError("load failed").exit_code == 1  # a model that exists but fails: runtime
+
+
+def test_federate_unknown_model_exits_2_before_flower_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fed = Path(__file__).resolve().parents[2] / "configs" / "fed.toml"
+    argv = ["federate", "--config", str(fed), "--set", "model=no-such-model"]
+    _one_line_exit_2([*argv, "--out", str(tmp_path / "fed")], capsys, "unknown model")
+    assert not (tmp_path / "fed").exists()  # nothing started, nothing written

@@ -132,6 +132,9 @@ def federate(
     if overrides:
         cfg = cfg.replace(**overrides)
     cfg = _absolute(cfg)
+    from feddx.model.loading import resolve_model
+
+    resolve_model(cfg.model)  # an unknown model: exit 2 now, not after Flower has started
     store = None
     if (registry is not None) if register is None else register:
         # Opened before the run, so a bad --registry fails before hours of training.
@@ -305,6 +308,9 @@ def experiments(
     )
     if Path(model).expanduser().exists():
         model = str(Path(model).expanduser().resolve())
+    from feddx.model.loading import resolve_model
+
+    resolve_model(model)  # an unknown --model: exit 2 before any run starts
     runs = runs.resolve()
     base = base_config(settings, runs, model)
     plan = default_plan(settings)
