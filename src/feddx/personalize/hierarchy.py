@@ -120,29 +120,52 @@ def resolve_chain(
     ``logged`` (adapter id -> last warning) keeps a service that resolves per request from
     repeating the same warning: a skip is logged again only when its message changes.
     """
-    verdicts: dict[str, str | None] = {}
+    verdicts = _Verdicts(registry, base_fingerprint)
+    candidates, region, unknown = _candidates(registry, institution, region)
+    skipped: list[tuple[str, str]] = []
+    chosen: list[E] = []
+    for entry in candidates:
+        why: str | None = None
+        if entry.level == "institutional" and entry.region and entry.region != region:
+            why = f"other region (registered under {entry.region}, not {region})"
+        if why is None:
+            why = verdicts.problem(entry)
+        if why is None:
+            chosen, why = _lineage(registry, entry, verdicts)
+        if why is None:
+            break
+        skipped.append((entry.adapter_id, why))
+    _log_skips(skipped, chosen[-1].adapter_id if chosen else None, logged)
+    return ResolvedChain(
+        entries=tuple(chosen),
+        fallbacks=tuple(f"{adapter_id} skipped: {why}" for adapter_id, why in skipped),
+        unknown=tuple(unknown),
+    )
 
-    def problem(entry: E) -> str | None:
-        if entry.adapter_id not in verdicts:
-            verdicts[entry.adapter_id] = registry.check(entry, base_fingerprint=base_fingerprint)
-        return verdicts[entry.adapter_id]
 
-    def lineage(entry: E) -> tuple[list[E], str | None]:
-        chain = [entry]
-        while chain[0].parent_id is not None:
-            parent_id = chain[0].parent_id
-            if any(e.adapter_id == parent_id for e in chain):
-                return [], f"corrupt (its lineage loops at {parent_id})"
-            try:
-                parent = registry.get(parent_id)
-            except ModelError:
-                return [], f"missing parent ({parent_id} is not in the registry)"
-            why = problem(parent)
-            if why is not None:
-                return [], f"unusable parent ({parent_id}: {why})"
-            chain.insert(0, parent)
-        return chain, None
+class _Verdicts(Generic[E]):
+    """Each entry's :meth:`EntrySource.check` for one base model, asked once per resolve."""
 
+    def __init__(self, registry: EntrySource[E], base_fingerprint: str) -> None:
+        self.registry = registry
+        self.base_fingerprint = base_fingerprint
+        self.seen: dict[str, str | None] = {}
+
+    def problem(self, entry: E) -> str | None:
+        """Why ``entry`` cannot answer (damaged, other base model), or ``None``."""
+        if entry.adapter_id not in self.seen:
+            self.seen[entry.adapter_id] = self.registry.check(
+                entry, base_fingerprint=self.base_fingerprint
+            )
+        return self.seen[entry.adapter_id]
+
+
+def _candidates(
+    registry: EntrySource[E], institution: str | None, region: str | None
+) -> tuple[list[E], str | None, list[str]]:
+    """The candidates, most preferred first (the institution's, newest first; its region's;
+    the global ones), the region they are resolved under (the one asked, else the one the
+    institution is registered under) and the ``unknown`` lines."""
     own = registry.entries(level="institutional", institution=institution) if institution else []
     registered_region = next((e.region for e in reversed(own) if e.region), None)
     asked_region = region
@@ -160,22 +183,34 @@ def resolve_chain(
         and not any(e.region == asked_region for e in registry.entries(level="institutional"))
     ):
         unknown.append(f"region {asked_region} is unknown to this registry")
+    return candidates, region, unknown
 
-    skipped: list[tuple[str, str]] = []
-    chosen: list[E] = []
-    for entry in candidates:
-        why: str | None = None
-        if entry.level == "institutional" and entry.region and entry.region != region:
-            why = f"other region (registered under {entry.region}, not {region})"
-        if why is None:
-            why = problem(entry)
-        if why is None:
-            chosen, why = lineage(entry)
-        if why is None:
-            break
-        skipped.append((entry.adapter_id, why))
 
-    answer = chosen[-1].adapter_id if chosen else None
+def _lineage(
+    registry: EntrySource[E], entry: E, verdicts: _Verdicts[E]
+) -> tuple[list[E], str | None]:
+    """``entry``'s chain of ancestors, least specific first, or ``([], reason)`` when one of
+    them is missing, unusable, or the lineage loops."""
+    chain = [entry]
+    while chain[0].parent_id is not None:
+        parent_id = chain[0].parent_id
+        if any(e.adapter_id == parent_id for e in chain):
+            return [], f"corrupt (its lineage loops at {parent_id})"
+        try:
+            parent = registry.get(parent_id)
+        except ModelError:
+            return [], f"missing parent ({parent_id} is not in the registry)"
+        why = verdicts.problem(parent)
+        if why is not None:
+            return [], f"unusable parent ({parent_id}: {why})"
+        chain.insert(0, parent)
+    return chain, None
+
+
+def _log_skips(
+    skipped: list[tuple[str, str]], answer: str | None, logged: MutableMapping[str, str] | None
+) -> None:
+    """One warning per skipped adapter; with ``logged``, only when its message changed."""
     for adapter_id, why in skipped:
         message = f"adapter {adapter_id} skipped: {why}; " + (
             f"falling back to {answer}" if answer else "no usable adapter is left"
@@ -184,11 +219,6 @@ def resolve_chain(
             log.warning("%s", message)
             if logged is not None:
                 logged[adapter_id] = message
-    return ResolvedChain(
-        entries=tuple(chosen),
-        fallbacks=tuple(f"{adapter_id} skipped: {why}" for adapter_id, why in skipped),
-        unknown=tuple(unknown),
-    )
 
 
 __all__ = ["ChainEntry", "EntrySource", "ResolvedChain", "resolve_chain"]
