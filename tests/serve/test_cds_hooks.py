@@ -78,6 +78,9 @@ def test_discovery_follows_the_specification(ehr: Any) -> None:
         "conditions": "Condition?patient={{context.patientId}}&_sort=-recorded-date&_count=100",
         "observations": "Observation?patient={{context.patientId}}&_sort=-date&_count=100",
         "encounters": "Encounter?patient={{context.patientId}}&_sort=-date&_count=20",
+        "medications": (
+            "MedicationRequest?patient={{context.patientId}}&_sort=-authoredon&_count=50"
+        ),
     }
     assert client.get("/cds-services").status_code == 401
 

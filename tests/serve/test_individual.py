@@ -7,6 +7,7 @@ verifies. The CDS Hooks card says the same in its detail."""
 
 from __future__ import annotations
 
+import copy
 import shutil
 from collections.abc import Callable
 from typing import Any
@@ -27,6 +28,15 @@ pytestmark = pytest.mark.server
 
 VOCAB = ("chest pain", "asymptomatic", "resting bp", "exercise angina", "typical", "cholesterol")
 LABEL = CANDIDATES[3]
+MEDICATION = {
+    "resourceType": "MedicationRequest",
+    "id": "m-1",
+    "status": "active",
+    "intent": "order",
+    "medicationCodeableConcept": {"text": "Lisinopril 10 MG Oral Tablet"},
+    "subject": {"reference": "Patient/pt-1"},
+    "authoredOn": "2026-06-01T09:00:00Z",
+}
 HISTORY = {"prior_conditions": ["Hypertension"], "medications": ["aspirin"]}
 
 
@@ -167,7 +177,7 @@ def test_an_unknown_institution_is_refused_when_nothing_verifies(
 
 
 def test_the_cds_card_says_what_the_individual_level_used(world: World, ehr: Any) -> None:
-    from .test_cds_hooks import REQUEST
+    from .test_cds_hooks import REQUEST, searchset
 
     client, auth = ehr
     _register_index(world)
@@ -176,13 +186,22 @@ def test_the_cds_card_says_what_the_individual_level_used(world: World, ehr: Any
     assert r.status_code == 200, r.text
     [card] = r.json()["cards"]
     assert "Patient history used: 1 item(s) (1 conditions)." in card["detail"]
+    # The optional MedicationRequest prefetch adds the active medication to the history.
+    with_meds = copy.deepcopy(REQUEST)
+    with_meds["prefetch"]["medications"] = searchset(MEDICATION)
+    r = client.post("/cds-services/feddx-differential", json=with_meds, headers=auth())
+    assert r.status_code == 200, r.text
+    [card] = r.json()["cards"]
+    assert "Patient history used: 2 item(s) (1 conditions, 1 medications)." in card["detail"]
+    assert "Lisinopril" not in r.text
     assert "Similar past cases of this institution: " in card["detail"]
     assert "retrieval prior weight 0.9, case-index/cleveland/v1" in card["detail"]
     assert "Hypertension" not in r.text
-    [line] = [
+    lines = [
         x for x in read_audit(world.root / "audit" / "audit.jsonl") if x["route"].startswith("/cds")
     ]
-    assert line["detail"]["individual"]["history_items"] == 1 and line["detail"]["card"]
+    assert [x["detail"]["individual"]["history_items"] for x in lines] == [1, 2]
+    assert all(x["detail"]["card"] for x in lines)
 
 
 def test_an_index_the_service_cannot_query_is_left_out(

@@ -36,8 +36,8 @@ from feddx.personalize.retrieval import (
     DEFAULT_K,
     CaseIndex,
     Neighbour,
-    knn_prior,
     mix_prior,
+    retrieval_prior,
 )
 
 REF_PREFIX = "case#"
@@ -159,7 +159,7 @@ def apply_case_index(
     if stored.prior_weight <= 0.0:
         return prediction, []
     found = stored.index.neighbours([case], embedder, stored.k)[0]
-    prior = knn_prior(found, [r.name for r in prediction.ranked])
+    prior = retrieval_prior(found, [r.name for r in prediction.ranked])
     return mix_prior(prediction, prior, stored.prior_weight), similar_cases(stored, found)
 
 

@@ -13,13 +13,21 @@ key                       template
 ``conditions``            ``Condition?patient=...&_sort=-recorded-date&_count=100``
 ``observations``          ``Observation?patient=...&_sort=-date&_count=100``
 ``encounters``            ``Encounter?patient=...&_sort=-date&_count=20``
+``medications``           ``MedicationRequest?patient=...&_sort=-authoredon&_count=50``
 ========================  ==========================================================
+
+``medications`` is optional (:data:`OPTIONAL`): an EHR configured before it was added, or one
+that cannot search MedicationRequests, still gets a card, from the other keys; when it is sent,
+the active medications (authored before the encounter, within the FHIR loader's window) join
+the patient's history in the prompt.
 
 The case is built at the most recent Encounter with up to 20 earlier ones as history, so 20
 Encounters are all the scorer can use; the prompt is cut to the adapter's token budget anyway.
 An EHR that ignores ``_count`` still fits under the CDS route's body limit
-(``cds_max_body_bytes``, 4 MiB), which was sized from the largest patient of the Synthea export
-in ``results/cds-prefetch.txt`` (its unbounded prefetch).
+(``cds_max_body_bytes``, 8 MiB), which was sized from the largest patient of the Synthea export
+in ``results/cds-prefetch.txt`` (its unbounded prefetch: 1.51 MB without MedicationRequests,
+2.81 MB with them, measured by ``tests/serve/test_cds_conformance.py``; 4 MiB before the
+MedicationRequest template was added).
 """
 
 from __future__ import annotations
@@ -67,10 +75,18 @@ ITEMS: dict[str, PrefetchItem] = {
     "encounters": PrefetchItem(
         "Encounter", f"Encounter?patient={_PATIENT}&_sort=-date", 20, ("period.start",)
     ),
+    "medications": PrefetchItem(
+        "MedicationRequest",
+        f"MedicationRequest?patient={_PATIENT}&_sort=-authoredon",
+        50,
+        ("authoredOn",),
+    ),
 }
+OPTIONAL = frozenset({"medications"})
+"""Prefetch keys a hook call may lack (no 412): the card is built from the others."""
 PREFETCH = {key: item.template for key, item in ITEMS.items()}
 PREFETCH_TYPES = {key: item.resource_type for key, item in ITEMS.items()}
-CDS_MAX_BODY_BYTES = 4 << 20
+CDS_MAX_BODY_BYTES = 8 << 20
 
 
 def searchset(resources: list[dict[str, Any]]) -> dict[str, Any]:
@@ -97,8 +113,8 @@ def _latest(resource: dict[str, Any], fields: tuple[str, ...]) -> str:
 
 
 def read_bulk(folder: Path) -> dict[str, dict[str, list[dict[str, Any]]]]:
-    """A bulk export's ``Patient``, ``Condition``, ``Observation`` and ``Encounter`` NDJSON
-    files (``<Type>.*.ndjson``) by patient id, then resource type. Missing types are empty."""
+    """A bulk export's ``Patient``, ``Condition``, ``Observation``, ``Encounter`` and
+    ``MedicationRequest`` NDJSON files (``<Type>.*.ndjson``) by patient id, then resource type. Missing types are empty."""
     by_patient: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
     for rtype in {item.resource_type for item in ITEMS.values()}:
         for path in sorted(Path(folder).glob(f"{rtype}.*.ndjson")):

@@ -98,9 +98,10 @@ class ServeSettings(Settings):
     max_body_bytes
         Larger request bodies are refused with 413 before they are parsed.
     cds_max_body_bytes
-        The same for the CDS Hooks routes, whose prefetch carries a patient's record: 4 MiB,
+        The same for the CDS Hooks routes, whose prefetch carries a patient's record: 8 MiB,
         about 3x the largest patient's prefetch of the Synthea export even unbounded (an EHR
-        ignoring the templates' ``_count``; measured in ``results/cds-prefetch.txt``).
+        ignoring the templates' ``_count``, MedicationRequests included: 2.81 MB; see
+        :mod:`feddx.serve.prefetch`).
     max_cases_per_request
         Cases one ``/v1/diagnose`` call may carry.
     shared_store

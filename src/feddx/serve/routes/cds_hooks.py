@@ -25,7 +25,7 @@ from feddx.data.schema import Case
 from feddx.serve.batching import ScoreResult
 from feddx.serve.deps import Context, Institution, Service
 from feddx.serve.fhir_input import case_from_prefetch
-from feddx.serve.prefetch import PREFETCH, PREFETCH_TYPES
+from feddx.serve.prefetch import OPTIONAL, PREFETCH, PREFETCH_TYPES
 from feddx.serve.routes.diagnose import ERRORS, record_chain, record_individual
 from feddx.serve.schemas import (
     CdsCard,
@@ -72,8 +72,8 @@ DESCRIPTION = CdsServiceDescription(
     "personalized model; shows the top diagnoses with probabilities and ICD-10 codes.",
     prefetch=PREFETCH,
     usageRequirements="Prefetch of Patient, Conditions, Observations and Encounters is "
-    "required (the most recent 100, 100 and 20); the service does not query the EHR's FHIR "
-    "server.",
+    "required (the most recent 100, 100 and 20), of MedicationRequests (the most recent 50) "
+    "optional; the service does not query the EHR's FHIR server.",
 )
 
 
@@ -93,7 +93,7 @@ async def call_service(
     if body.hook != HOOK:
         raise HTTPException(400, f"service {SERVICE_ID} answers the {HOOK} hook only")
     prefetch: dict[str, Any] = body.prefetch or {}
-    missing = [k for k in PREFETCH if not isinstance(prefetch.get(k), dict)]
+    missing = [k for k in PREFETCH if k not in OPTIONAL and not isinstance(prefetch.get(k), dict)]
     if missing:
         ctx.outcome = "refused: prefetch missing"
         raise HTTPException(412, f"prefetch lacks {', '.join(missing)}")
