@@ -150,8 +150,9 @@ def _individual_summary(individual: Individual | None, default_method: str) -> A
     return {
         "column": INDIVIDUAL,
         "per_institution": individual.summary,
-        "note": f"the default method's ({default_method}) institutional adapter plus the "
-        "institution's kNN prior (weight chosen "
+        "note": "the adapter the gate leaves answering each institution (its "
+        f"{default_method} adapter where that passed) plus the institutional retrieval prior "
+        "(its own past cases' diagnoses; weight chosen "
         "on its validation cases); patient history is in every column's prompt; history "
         "order and few-shot context: benchmarks/bench_individual.py",
     }
