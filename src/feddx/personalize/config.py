@@ -65,9 +65,10 @@ class PersonalizeConfig(Settings):
         Parent of ``finetune``/``ditto``: the ``global`` adapter (the baseline "FedAvg + local
         fine-tune") or the default ``regional`` one.
     individual
-        Add the ``+individual context`` column: each institution's adapter of the default
-        method (the institutional method with the best pooled validation figures) plus its own
-        institutional retrieval prior (:class:`~feddx.personalize.retrieval.IndividualContext`: the
+        Add the ``+individual context`` column: the adapter the gate leaves answering each
+        institution (its adapter of the default method, the institutional method with the best
+        pooled validation figures, where that passed the gate) plus its own institutional
+        retrieval prior (:class:`~feddx.personalize.retrieval.IndividualContext`: the
         institution's training cases embedded with all-MiniLM-L6-v2 in a faiss index that stays
         with it, the prior's weight chosen on its validation cases). The patient's history is
         in every column's prompt already (the renderer's default, within the budget).
