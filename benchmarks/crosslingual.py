@@ -135,6 +135,46 @@ def _pairing_check(data: Any) -> str:
     )
 
 
+def _rewording_check(data: Any) -> str:
+    """How close each pt-BR test case's nearest training row is: its English original
+    against the English training rows, and itself against the pt-BR training rows (word
+    TF-IDF cosine), since Symptom2Disease rewords one symptom list many times."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.metrics.pairwise import cosine_similarity
+
+    original = {id(p): e for e, p in data.pairs}
+    by_id = {p.case_id: original[id(p)] for _, p in data.pairs}
+
+    def share(test: list[str], train: list[str]) -> float:
+        vec = TfidfVectorizer(sublinear_tf=True).fit(train + test)
+        sims = cosine_similarity(vec.transform(test), vec.transform(train)).max(axis=1)
+        return float((sims >= 0.5).mean())
+
+    en = share(
+        [by_id[c.case_id].text or "" for c in data.pt_test], [c.text or "" for c in data.english]
+    )
+    pt = share([c.text or "" for c in data.pt_test], [c.text or "" for c in data.pt_train])
+    return (
+        f"for {100 * en:.0f}% of the pt-BR test cases the English original has an English "
+        f"training row at word TF-IDF cosine >= 0.5 (a rewording of the same symptom list); "
+        f"{100 * pt:.0f}% of the pt-BR test cases have such a row among the 72 pt-BR training rows"
+    )
+
+
+def _english_reference(data: Any) -> str:
+    """The linear models trained on English, scored on the English originals of the test
+    cases: what they do in the language they were trained in."""
+    from feddx.evaluate.crosslingual import linear_correct
+
+    originals = data.english_originals(data.pt_test)
+    top = {a: linear_correct(data.english, originals, a) for a in ("word", "char")}
+    return (
+        "On those English originals the linear models trained on the English rows score "
+        + " and ".join(f"{sum(v) / len(v):.3f} ({a})" for a, v in top.items())
+        + "."
+    )
+
+
 def _load_saved(folder: Path) -> dict[str, dict[str, Any]]:
     import json
 
@@ -167,18 +207,21 @@ def _model_section(model: str, saved: dict[str, Any], linear: Any) -> list[str]:
         f"### {MODELS.get(model, model)}",
         "",
         "| condition | n train | chosen on validation | validation top-1 | LLM test top-1 "
-        "| against | linear top-1 | LLM - linear, points [95% CI] | McNemar p | verdict |",
-        "|---|---:|---|---|---:|---|---:|---|---:|---|",
+        "| same patients in English | against | linear top-1 | LLM - linear, points [95% CI] "
+        "| McNemar p | verdict |",
+        "|---|---:|---|---|---:|---:|---|---:|---|---:|---|",
     ]
     for n in order:
         r = res[n]
         curve = ", ".join(f"{k}: {v:.3f}" for k, v in r.validation_top1.items()) or "-"
         mine = [c for c in rows if c["llm"] == n] or [None]
         for i, c in enumerate(mine):
+            en = r.extra.get("english_originals_top1")
             head = (
                 f"| {TITLES[n]} | {r.n_train} | {r.chosen} | {curve} | {r.top1:.3f} "
+                f"| {'-' if en is None else f'{en:.3f}'} "
                 if i == 0
-                else "| | | | | "
+                else "| | | | | | "
             )
             if c is None:
                 lines.append(head + "| - | - | - | - | - |")
@@ -277,8 +320,8 @@ def render(folder: Path = SAVED) -> str:
         f"{sizes['pt_validation']} validation, {sizes['pt_train']} training rows (the "
         "Portuguese clinic). Each row is its own patient (the data has no patient ids). "
         "Symptom2Disease holds several rewordings of one symptom list per disease, so "
-        "rewordings of a test case's original can remain among the English training rows, as "
-        "in any Symptom2Disease split; left as it is.",
+        "rewordings of a test case's original remain among the training rows, as in any "
+        "Symptom2Disease split; left as it is, and measured: " + _rewording_check(data) + ".",
         "- Clinics: the English rows dealt per disease round robin (seeded) to three English "
         "clinics of 210 rows each; the Portuguese clinic holds the 72 pt-BR training rows. "
         "pt-BR cases carry `language = pt-BR`, so the prompt is asked in Portuguese "
@@ -295,7 +338,10 @@ def render(folder: Path = SAVED) -> str:
         "TF-IDF logistic regression (`feddx.evaluate.baseline.fit_baseline`, word 1-2-grams or "
         "character 2-5-grams) trained on the same rows as the LLM condition; for the federations "
         "that is all their clinics' rows pooled (what a federation cannot do: a central "
-        "reference). Zero-shot is set beside the linear models trained on English.",
+        "reference). Zero-shot is set beside the linear models trained on English. "
+        "'Same patients in English' scores the LLM on the English originals of the 120 test "
+        "cases (never trained on): where it is high and the pt-BR figure is not, the model "
+        "learned the task but did not carry it across. " + _english_reference(data),
         "",
     ]
     for model, res in saved.items():

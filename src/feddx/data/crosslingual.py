@@ -54,6 +54,12 @@ class CrosslingualData:
     left_out: int
     pairs: list[tuple[Case, Case]]
 
+    def english_originals(self, cases: Sequence[Case]) -> list[Case]:
+        """The English original of each pt-BR case, in order: the same patients in English
+        (never trained on), to tell a model that did not learn from one that did not transfer."""
+        original = {p.case_id: e for e, p in self.pairs}
+        return [original[c.case_id] for c in cases]
+
     def sizes(self) -> dict[str, int]:
         """The n of every part, for the results file."""
         return {

@@ -195,7 +195,8 @@ class CrosslingualRun:
         """The base model, untrained: what the prompt alone gives in Portuguese."""
         t0 = time.perf_counter()
         right = self.correct(None, self.data.pt_test)
-        return ConditionResult("zero-shot", 0, "-", {}, right, time.perf_counter() - t0)
+        english = {"english_originals_top1": self.english_top1(None)}
+        return ConditionResult("zero-shot", 0, "-", {}, right, time.perf_counter() - t0, english)
 
     def centralized(self, name: str, cases: Sequence[Case]) -> ConditionResult:
         """LoRA on ``cases`` for up to ``max_epochs`` (one schedule), the epoch chosen on the
@@ -240,7 +241,16 @@ class CrosslingualRun:
             {str(k): v for k, v in curve.items()},
             test,
             time.perf_counter() - t0,
+            {"english_originals_top1": self.english_top1(f"{name}-e{chosen}")},
         )
+
+    def english_top1(self, adapter: str | None) -> float:
+        """Top-1 of ``adapter`` on the English originals of the pt-BR test cases: the same
+        patients in the language of most training rows (none of them trained on)."""
+        right = self.correct(adapter, self.data.english_originals(self.data.pt_test))
+        top1 = sum(right) / max(1, len(right))
+        self.say(f"   {adapter}: English originals of the test cases, top-1 {top1:.3f}")
+        return top1
 
     def federation(self, name: str, with_portuguese: bool) -> ConditionResult:
         """The Flower federation (in-process delivery of the real apps) of the English clinics
@@ -282,7 +292,11 @@ class CrosslingualRun:
             {str(k): v for k, v in sorted(curve.items())},
             test,
             time.perf_counter() - t0,
-            {"clients": clients, "bytes_exchanged": fed.bytes_sent + fed.bytes_received},
+            {
+                "clients": clients,
+                "bytes_exchanged": fed.bytes_sent + fed.bytes_received,
+                "english_originals_top1": self.english_top1(name),
+            },
         )
 
     def personalized(self, parent: ConditionResult) -> ConditionResult:
