@@ -281,3 +281,16 @@ def test_the_register_stage_registers_one_case_index_per_institution(tmp_path: P
     assert entries[1].lineage["scored_with"] == "institutional:South Clinic:finetune"
     off = PersonalizeConfig(data="jsonl:unused.jsonl", register_adapters=False)
     assert register_case_indexes(off, tmp_path, None, Groups([north]), individual, [], "x") == []
+
+
+def test_registry_resolve_names_the_case_index(
+    registry: AdapterRegistry,
+    hierarchy: dict[str, AdapterEntry],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _register(registry)
+    base = ["--registry", str(registry.root), "--base-fingerprint", BASE]
+    assert main(["registry", "resolve", "--institution", "cleveland", *base]) == 0
+    assert "case index  case-index/cleveland/v1" in capsys.readouterr().out.splitlines()
+    assert main(["registry", "resolve", "--institution", "cleveland", *base, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["case_index"] == "case-index/cleveland/v1"

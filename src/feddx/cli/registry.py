@@ -293,7 +293,8 @@ def resolve(
     root: RootOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Which adapter answers for an institution, its lineage, and every adapter skipped."""
+    """Which adapter answers for an institution, its lineage, its case index, and every
+    entry skipped."""
     registry = _open(root)
     from feddx.model.loading import base_fingerprint as fingerprint_of
 
@@ -308,6 +309,8 @@ def resolve(
     _plain(f"base model  {fingerprint}")
     _plain(f"chain       {' > '.join(chain.ids()) or '-'}")
     _plain(f"answering   {answering.adapter_id if answering else 'none: no usable adapter'}")
+    if chain.case_index is not None:  # the institution's retrieval index, resolved with it
+        _plain(f"case index  {chain.case_index.adapter_id}")
     for line in chain.fallbacks:
         _plain(f"fallback    {line}")
     for line in chain.unknown:  # an answer from a less specific level, not its own adapter
