@@ -1058,6 +1058,14 @@ def _verdicts(folder: RunFolder, rows: Sequence[Mapping[str, Any]], seed: int) -
         lines.append(
             own_budget_verdict(c, fed["rounds_chosen"], fed_work, cen["epochs"], cen["epochs"])
         )
+    zero = folder.entry("zero-shot")
+    for stage in ("centralized", "federated"):
+        trained = e[stage]
+        if trained and zero:
+            c = _compare(folder, trained["predictions"], zero["predictions"], seed)
+            comparisons[f"{stage}_vs_zero_shot"] = c.to_dict()
+            beats = "beats" if c.interval.low > 0 else "does NOT clearly beat"
+            lines.append(f"{stage} LoRA {beats} zero-shot: {c.describe()}")
     if fed and maj is not None:
         above = fed["top1"] > maj
         lines.append(
