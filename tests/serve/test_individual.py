@@ -213,3 +213,15 @@ def test_an_index_the_service_cannot_query_is_left_out(
     assert r.status_code == 200, r.text
     ind = r.json()["individual"]
     assert ind["case_index"] is None and ind["similar_cases"] == [] and ind["prior_weight"] == 0.0
+
+
+def test_models_names_the_case_index_and_whether_the_institution_is_known(
+    world: World, make_client: Callable[..., Any]
+) -> None:
+    index_id = _register_index(world)
+    client = make_client()
+    cle = client.get("/v1/models", headers=bearer(world.keys["cleveland"])).json()
+    assert cle["case_index"] == index_id and cle["institution_known"] is True
+    assert index_id not in [a["id"] for a in cle["adapters"]]  # an index is not an adapter to pin
+    hungary = client.get("/v1/models", headers=bearer(world.keys["hungary-inst"])).json()
+    assert hungary["case_index"] is None and hungary["institution_known"] is False

@@ -412,6 +412,17 @@ class AdapterPool:
             candidates = own or candidates
         return entries, list(resolved.fallbacks), candidates
 
+    def known_and_index(self, institution: str, region: str | None) -> tuple[bool, str | None]:
+        """Whether the registry knows ``institution`` (an adapter or a case index of its own)
+        and the id of the case index it resolves for it (``None``: none)."""
+        if self.registry is None:  # no registry: nothing to be unknown to
+            return True, None
+        resolved = self._resolve(institution, region)
+        unknown = tuple(getattr(resolved, "unknown", ()))
+        index = getattr(resolved, "case_index", None)
+        known = not any(u.startswith("institution ") for u in unknown)
+        return known, index.adapter_id if index is not None else None
+
     def entries_for(self, institution: str, region: str | None) -> list[RegistryEntry]:
         """Every registry entry ``institution`` may be answered by (for ``/v1/models``)."""
         if self.registry is None:

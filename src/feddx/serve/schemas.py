@@ -284,6 +284,14 @@ class ModelsResponse(_Strict):
     chain: Chain
     adapters: list[AdapterSummary]
     candidates: list[str]
+    institution_known: bool = Field(
+        default=True,
+        description="False: the registry holds nothing of this institution (see /v1/diagnose).",
+    )
+    case_index: str | None = Field(
+        default=None,
+        description="The institution's case index (registry id) answers would apply, if any.",
+    )
 
 
 class ErrorItem(_Strict):

@@ -32,9 +32,16 @@ async def models(identity: Institution, service: Service) -> ModelsResponse:
 
     def gather():  # type: ignore[no-untyped-def]
         chain, fallbacks, candidates = pool.describe(identity.institution, identity.region)
-        return chain, fallbacks, candidates, pool.entries_for(identity.institution, identity.region)
+        usable = pool.entries_for(identity.institution, identity.region)
+        return (
+            chain,
+            fallbacks,
+            candidates,
+            usable,
+            pool.known_and_index(identity.institution, identity.region),
+        )
 
-    chain, fallbacks, candidates, usable = await service.on_scorer(gather)
+    chain, fallbacks, candidates, usable, (known, index) = await service.on_scorer(gather)
     return ModelsResponse(
         model=service.model_name,
         base_fingerprint=service.base_fingerprint,
@@ -61,4 +68,6 @@ async def models(identity: Institution, service: Service) -> ModelsResponse:
             for e in usable
         ],
         candidates=list(candidates.names) if candidates else [],
+        institution_known=known,
+        case_index=index,
     )
