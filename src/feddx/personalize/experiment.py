@@ -41,7 +41,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from feddx.personalize.choose import choose
 from feddx.personalize.columns import INDIVIDUAL
@@ -59,6 +59,9 @@ from feddx.personalize.register import register_adapters, register_case_indexes
 from feddx.personalize.report import build_result, write_outputs
 from feddx.personalize.scoring import score_hierarchy
 
+if TYPE_CHECKING:
+    from feddx.personalize.embedding import Embedder
+
 log = logging.getLogger(__name__)
 
 
@@ -67,7 +70,7 @@ def run_experiment(
     out_dir: Path,
     *,
     diagnoser: Any = None,
-    embedder: Any = None,
+    embedder: Embedder | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Run the experiment of ``config`` and write its outputs to ``out_dir``; returns the
