@@ -294,3 +294,15 @@ def test_registry_resolve_names_the_case_index(
     assert "case index  case-index/cleveland/v1" in capsys.readouterr().out.splitlines()
     assert main(["registry", "resolve", "--institution", "cleveland", *base, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["case_index"] == "case-index/cleveland/v1"
+
+
+def test_an_interrupted_case_index_write_is_cleaned_up(registry: AdapterRegistry) -> None:
+    kept = _register(registry)
+    orphan = registry.root / "adapters" / "case-index" / "cleveland" / "v7"
+    orphan.mkdir(parents=True)
+    (orphan / "index.json").write_text("{}")
+    assert registry.clean_orphans() == ["adapters/case-index/cleveland/v7"]
+    assert not orphan.exists() and registry.check(kept, fresh=True) is None
+    registry.delete(kept.adapter_id)
+    assert not (registry.root / "adapters" / "case-index").exists()
+    assert _register(registry).adapter_id == "case-index/cleveland/v2"  # never reused
