@@ -20,6 +20,11 @@ run folder (``runs/demo``), so a rerun skips what is finished and an interrupted
 ``serve``         the adapters that passed the gate registered in ``runs/demo/registry``
                   and the command that serves them with the run's own candidate list
 
+On other data (``--data SOURCE:PATH``) the trained stages take the source's settings from
+``configs/demo-<source>.yaml`` (:data:`~feddx.demo.options.SOURCE_CONFIGS`; ``--config``
+replaces it), and a stage that does not apply (personalization without usable institutions)
+is skipped with its reason.
+
 Modules: :mod:`~feddx.demo.options` (the settings), :mod:`~feddx.demo.runfolder` (the run
 folder and its record), :mod:`~feddx.demo.stages` (the stages), :mod:`~feddx.demo.compare`
 (equal work, budgets, verdicts), :mod:`~feddx.demo.report` (the HTML page).

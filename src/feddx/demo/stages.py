@@ -6,8 +6,11 @@ last (:meth:`~feddx.demo.runfolder.RunFolder.record`), so a stage is finished ex
 figures are on disk. Seeds fix the split, the initial adapter, every data order and the
 federation's clients, so a resumed run ends with the figures an uninterrupted one gives.
 
-Sizes finish in minutes on 2 CPU cores: adapters on the top 2 layers only, whose frozen inputs
-are computed once and cached for every later epoch, round and personalization.
+Sizes finish in minutes on 2 CPU cores: adapters on the top layers only (2 for UCI Heart, a
+source's own number in its ``configs/demo-<source>.yaml``), whose frozen inputs are computed
+once and cached for every later epoch, round and personalization. A stage that does not apply
+to the data (:meth:`DemoRun.skip_reason`) is skipped with its reason, recorded in
+``results.json``'s ``skipped`` and shown in the report.
 """
 
 from __future__ import annotations
