@@ -65,3 +65,13 @@ def test_federate_unknown_model_exits_2_before_flower_starts(
     argv = ["federate", "--config", str(fed), "--set", "model=no-such-model"]
     _one_line_exit_2([*argv, "--out", str(tmp_path / "fed")], capsys, "unknown model")
     assert not (tmp_path / "fed").exists()  # nothing started, nothing written
+
+
+def test_registry_resolve_unknown_model_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from feddx.personalize.registry import AdapterRegistry
+
+    AdapterRegistry(tmp_path / "reg")  # an empty registry: the model is what is wrong
+    argv = ["registry", "resolve", "--model", "no-such-model", "--registry", str(tmp_path / "reg")]
+    _one_line_exit_2(argv, capsys, "unknown model")
