@@ -75,3 +75,12 @@ def test_registry_resolve_unknown_model_exits_2(
     AdapterRegistry(tmp_path / "reg")  # an empty registry: the model is what is wrong
     argv = ["registry", "resolve", "--model", "no-such-model", "--registry", str(tmp_path / "reg")]
     _one_line_exit_2(argv, capsys, "unknown model")
+
+
+def test_demo_unknown_model_exits_2_before_its_data_stage(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["demo", "--model", "no-such-model", "--out", str(tmp_path / "run")]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.strip().startswith("feddx: error: unknown model")
+    assert "\n" not in err.strip() and not (tmp_path / "run").exists()

@@ -157,6 +157,9 @@ def demo(
         force=force,
     )
     opts = with_overrides(opts, set_)  # --set KEY=VALUE over any DemoOptions field
+    from feddx.model.loading import resolve_model
+
+    resolve_model(opts.model)  # an unknown model: one line and exit 2 before the data stage
     shown = console_err if json_out else console
     # The training loops' progress: bars on a terminal, timestamped lines in a log.
     results = run_demo(opts, shown, train_progress=train_progress_factory("demo"))
