@@ -125,6 +125,20 @@ def test_portuguese_browser_gets_the_portuguese_page(
         "unit": "°C",
     }
 
+    # errors in Portuguese too: the page's own, and the service's refusal with its detail after
+    page.click("#tab-fhir")
+    page.fill("#fhir", "{")
+    page.click("#submit")
+    page.wait_for_selector("#case-status.error")
+    assert page.text_content("#case-status") == "O Bundle FHIR não é um JSON válido."
+    page.fill("#fhir", '{"resourceType": "Patient"}')
+    page.click("#submit")
+    page.wait_for_function("document.querySelector('#case-status').textContent.includes('(4')")
+    refused = page.text_content("#case-status")
+    assert refused.startswith("O serviço recusou o caso como inválido (4"), refused
+    page.click("#tab-case")
+    page.evaluate("say('case-status', null)")
+
     shot = tmp_path / "clinician-ptbr.png"
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
