@@ -234,6 +234,9 @@ def run_demo_path(records: Records, out: Path, tiny_llama_dir: Path) -> None:
     argv = ["demo", "--model", str(tiny_llama_dir), "--data", f"csv:{records.csv}"]
     argv += ["--stages", "data,zero-shot,baseline,centralized,personalized,evaluation,report,serve"]
     argv += ["--epochs", "1", "--max-epochs", "1", "--validation-fraction", "0.3"]
+    # configs/demo-csv.yaml on the tiny model's 2 layers; every institution a client, however
+    # small, so the personalized stage's files are checked too
+    argv += ["--set", "train.lora-top-layers=1", "--set", "min-client-cases=1"]
     assert main([*argv, "--out", str(out / "run"), "--test-fraction", "0.25"]) == 0
     rows = json.loads((out / "run" / "centralized" / "predictions.json").read_text())
     assert len(rows) == 6
