@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> None:
             "condition": cond,
             "settings": asdict(settings),
             "sizes": data.sizes(),
-            "command": " ".join(sys.argv),
+            "command": ".venv/bin/python " + " ".join(sys.argv),
             "results": [r.to_dict() for r in results],
         }
         atomic_write_json(path, record)
@@ -173,6 +173,71 @@ def _english_reference(data: Any) -> str:
         + " and ".join(f"{sum(v) / len(v):.3f} ({a})" for a, v in top.items())
         + "."
     )
+
+
+def _command(record: dict[str, Any]) -> str:
+    cmd = str(record["command"])
+    return cmd if cmd.startswith(".venv") else f".venv/bin/python {cmd}"
+
+
+def _settings_line(saved: dict[str, dict[str, Any]]) -> str:
+    """The LoRA recipe the runs used (one per model, from their records)."""
+    seen = {}
+    for model, res in saved.items():
+        st = next(iter(res.values()))["record"]["settings"]
+        seen[MODELS.get(model, model)] = (
+            f"LoRA rank {st['rank']} (alpha {st['alpha']}) on {st['targets']} modules of the top "
+            f"{st['top_layers']} layers, lr {st['learning_rate']}, batch {st['batch_size']}, "
+            f"vocabulary loss on the answer tokens (the federation's trainer config), up to "
+            f"{st['max_epochs']} epochs / {st['rounds']} rounds of {st['local_epochs']} local "
+            f"epoch, {st['personal_epochs']} personalization epochs"
+        )
+    return (
+        "- Settings: "
+        + "; ".join(f"{m}: {v}" for m, v in seen.items())
+        + ". Layers, rank and learning rate were fixed before any run (the compute left no "
+        "room for a grid: the whole measurement shared two cores with seven other jobs); only "
+        "the epoch, the round and the gate are chosen, on validation."
+    )
+
+
+def _plainly(saved: dict[str, dict[str, Any]], linear: Any) -> list[str]:
+    """Where the LLM beats the linear models and where it does not, in words."""
+    from feddx.evaluate.crosslingual import ConditionResult, comparisons, verdict
+
+    out = ["## Where the LLM beats the linear model, and where not", ""]
+    for model, res in saved.items():
+        systems = {
+            n: ConditionResult(
+                n, r["n_train"], r["chosen"], r["validation_top1"], r["correct"], r["seconds"]
+            )
+            for n, r in res.items()
+        }
+        for c in comparisons(systems, linear):
+            out.append(
+                f"- {MODELS.get(model, model)}, {TITLES[c['llm']]} vs {c['linear']}: {verdict(c)}."
+            )
+    return [*out, ""]
+
+
+def _linear_table(linear: Any) -> list[str]:
+    """The linear models alone: which rows they were fitted on, their pt-BR test top-1."""
+    rows = {
+        "english": "630 English rows",
+        "portuguese": "72 pt-BR rows (the Portuguese clinic's own)",
+        "federation-pt": "702 rows pooled (English + pt-BR)",
+    }
+    out = [
+        "## The linear models alone (pt-BR test, n = 120)",
+        "",
+        "| fitted on | word TF-IDF LR | char TF-IDF LR |",
+        "|---|---:|---:|",
+    ]
+    for cond, what in rows.items():
+        if cond in linear:
+            w, c = (sum(linear[cond][a]) / len(linear[cond][a]) for a in ("word", "char"))
+            out.append(f"| {what} | {w:.3f} | {c:.3f} |")
+    return [*out, ""]
 
 
 def _load_saved(folder: Path) -> dict[str, dict[str, Any]]:
@@ -295,7 +360,7 @@ def render(folder: Path = SAVED) -> str:
         "",
         "Commands (each heavy run under a core lock, one thread):",
         "",
-        *sorted({f"    {r['record']['command']}" for m in saved.values() for r in m.values()}),
+        *sorted({f"    {_command(r['record'])}" for m in saved.values() for r in m.values()}),
         "    .venv/bin/python benchmarks/crosslingual.py render",
         "",
         f"Rendered at commit {commit} from `results/crosslingual/*.json` (each condition's "
@@ -304,8 +369,8 @@ def render(folder: Path = SAVED) -> str:
         "",
         "## Data and split",
         "",
-        f"- English: `{ENGLISH.relative_to(ROOT.parent)}` ({sizes['english_train'] + sizes['english_originals_left_out']} rows, "
-        f"{sizes['diseases']} diseases). pt-BR: `{PTBR.relative_to(ROOT.parent)}` (240 rows, "
+        f"- English: `../{ENGLISH.relative_to(ROOT.parent)}` ({sizes['english_train'] + sizes['english_originals_left_out']} rows, "
+        f"{sizes['diseases']} diseases). pt-BR: `../{PTBR.relative_to(ROOT.parent)}` (240 rows, "
         "10 per disease, translations of English rows by a language model).",
         "- Which English rows were translated: no column says, and exact text matching is "
         "impossible across languages. The files pair **by order**: the pt-BR labels are a "
@@ -330,6 +395,8 @@ def render(folder: Path = SAVED) -> str:
         "validation cases, never on the test cases; (a) and (d) train on no Portuguese row but "
         "pick their epoch/round on those 48 validation cases.",
         "",
+        _settings_line(saved),
+        "",
         "## Results (pt-BR test, n = 120)",
         "",
         "LLM and linear models are scored on the same 120 cases; the interval is the paired "
@@ -346,6 +413,8 @@ def render(folder: Path = SAVED) -> str:
     ]
     for model, res in saved.items():
         lines += _model_section(model, res, linear)
+    lines += _linear_table(linear)
+    lines += _plainly(saved, linear)
     lines += _targets(saved, linear)
     missing = [
         f"{MODELS.get(m, m)} {c}" for m in MODELS for c in CONDITIONS if c not in saved.get(m, {})

@@ -384,7 +384,7 @@ def verdict(row: Mapping[str, Any]) -> str:
     lo, hi = row["interval"]["low"], row["interval"]["high"]
     diff = 100 * row["difference"]
     if lo > 0:
-        return f"LLM ahead by {diff:+.1f} points"
+        return f"LLM ahead by {diff:.1f} points"
     if hi < 0:
-        return f"LLM behind by {diff:+.1f} points"
+        return f"LLM behind by {-diff:.1f} points"
     return f"no clear difference ({diff:+.1f} points)"
