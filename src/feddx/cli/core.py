@@ -185,7 +185,7 @@ def _crosslingual_story(
         raise typer.BadParameter("the crosslingual story takes EN.csv,PT.csv", param_hint="--data")
     english, ptbr = files or (xl.ENGLISH_CSV, xl.PTBR_CSV)
     report = xl.run_crosslingual_story(
-        xl.story_settings(model or DEFAULT_MODEL, seed or 0, sets),
+        xl.story_settings(model or xl.STORY_MODEL, seed or 0, sets),
         xl.STORY_OUT if out == DEFAULT_OUT else out,
         english=english,
         ptbr=ptbr,
