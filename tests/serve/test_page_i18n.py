@@ -113,6 +113,9 @@ def test_portuguese_browser_gets_the_portuguese_page(
     assert sorted(labels) == sorted(f"{name}  {code}" for name, code in ICD10.items())
     assert page.text_content("#chain") == "Respondido por " + CHAIN
     assert "candidatos" in page.text_content("#timing")
+    # the case goes out marked as Portuguese, so the prompt is asked in Portuguese
+    assert page.input_value("#case-lang") == "pt-BR"
+    assert page.evaluate("caseBody().case.language") == "pt-BR"
     values = page.eval_on_selector_all("#chart text.value", "ts => ts.map(t => t.textContent)")
     assert all("," in v and v.endswith("%") for v in values)  # 45,3% in pt-BR
     assert _english_left_over(page) == []
@@ -158,6 +161,7 @@ def test_english_browser_gets_english_and_the_switch_is_remembered(
     findings = "chest pain: asymptomatic\nresting BP: 145 mmHg\nexercise angina"
     labels = _sign_in_and_diagnose(page, world.keys["cleveland"], findings)
     assert page.text_content("#chain") == "Answered by " + CHAIN
+    assert page.evaluate("caseBody().case.language") is None  # English: the trained prompt
 
     # switched by hand: the static text, the status line and the drawn result all change,
     # the data in the chart does not
@@ -169,6 +173,12 @@ def test_english_browser_gets_english_and_the_switch_is_remembered(
         labels
     )
     assert _english_left_over(page) == []
+    # the case's language followed the page's, until the user sets it apart
+    assert page.evaluate("caseBody().case.language") == "pt-BR"
+    page.select_option("#case-lang", "en")
+    page.select_option("#lang", "en")
+    page.select_option("#lang", "pt-BR")
+    assert page.evaluate("caseBody().case.language") is None
 
     # remembered over the browser's own language, and switched back
     page.reload()

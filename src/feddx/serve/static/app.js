@@ -126,6 +126,9 @@ function caseBody() {
   c.findings = $("findings").value.split("\n").map(parseFinding).filter(Boolean);
   const note = $("note").value.trim();
   if (note) c.text = note;
+  // The language the case is written in picks the prompt's words (feddx.model.prompt); English
+  // is sent as no language, so it gets exactly the prompt the adapters were trained on.
+  if ($("case-lang").value !== "en") c.language = $("case-lang").value;
   body.case = c;
   body.top_k = 10;
   return body;
@@ -227,9 +230,12 @@ function tab(fhir) {
   $("tab-case").setAttribute("aria-selected", String(!fhir));
 }
 
+let caseLanguageChosen = false;
+
 // The language switch: redraw the static text, the status lines and the result on screen.
 function switchLanguage(lang) {
   setLanguage(lang, true);
+  if (!caseLanguageChosen) $("case-lang").value = currentLang;
   for (const [id, message] of Object.entries(shown.messages)) say(id, message, message && message.isError);
   if (shown.result) show(shown.result);
 }
@@ -237,6 +243,9 @@ function switchLanguage(lang) {
 document.addEventListener("DOMContentLoaded", () => {
   setLanguage(pickLanguage(savedLanguage(), navigator.languages || [navigator.language]), false);
   $("lang").addEventListener("change", (e) => switchLanguage(e.target.value));
+  // The case's language follows the page's until the user sets it apart.
+  $("case-lang").value = currentLang;
+  $("case-lang").addEventListener("change", () => { caseLanguageChosen = true; });
   $("signin-form").addEventListener("submit", (e) => { e.preventDefault(); signIn($("key").value.trim()); });
   $("signout").addEventListener("click", signOut);
   $("case-form").addEventListener("submit", diagnose);
