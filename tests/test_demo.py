@@ -102,6 +102,19 @@ def test_the_fast_stages_record_their_figures_and_artefacts(finished_run: Path) 
     assert f"{r['stages']['centralized']['top1']:.3f}" in page
 
 
+def test_feddx_report_rebuilds_the_demos_page_byte_for_byte(
+    finished_run: Path, tmp_path: Path
+) -> None:
+    # the demo writes its page from the final record (its own stage's time included), so the
+    # rebuild from results.json alone is the same file (issue 26 item 6)
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    written = (run / "report.html").read_bytes()
+    assert b"Time per stage" in written
+    assert main(["report", str(run)]) == 0
+    assert (run / "report.html").read_bytes() == written
+
+
 def test_binary_task_sums_the_disease_grades() -> None:
     from feddx.demo.stages import UCI_NO_DISEASE, _binary_accuracy
 
