@@ -82,7 +82,7 @@ def test_jwts_are_refused_while_public_url_is_unset(
 def test_a_throttled_address_costs_no_key_derivation(
     make_client: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    client = make_client()
+    client = make_client(auth_failures_per_minute=0.01)  # no refill within the test
     calls = []
     derive = security._derive
 
@@ -115,7 +115,8 @@ def test_forwarded_for_is_ignored_unless_from_a_trusted_proxy(
     server: Callable[..., str],
 ) -> None:
     # Loopback is not trusted by default: rotating X-Forwarded-For does not escape the limit.
-    codes = _guesses(server(), 12)
+    codes = _guesses(server(auth_failures_per_minute=0.01), 12)
     assert codes[:10] == [401] * 10 and codes[10:] == [429, 429]
     # A configured proxy's forwarded address is believed: each is its own client.
-    assert _guesses(server(trusted_proxies=["127.0.0.1"]), 12) == [401] * 12
+    trusted = server(trusted_proxies=["127.0.0.1"], auth_failures_per_minute=0.01)
+    assert _guesses(trusted, 12) == [401] * 12

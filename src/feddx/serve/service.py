@@ -41,10 +41,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# Failed sign-ins per client address: enough for a person mistyping, not for guessing.
-_AUTH_FAILURES_PER_MINUTE = 30.0
-_AUTH_FAILURE_BURST = 10
-
 
 class NotReady(Exception):
     """The model is still loading, or failed to (HTTP 503)."""
@@ -131,11 +127,13 @@ class DiagnosisService:
                 "rate", settings.rate_per_minute, settings.rate_burst
             )
             self.auth_limiter = self.shared.limiter(
-                "auth", _AUTH_FAILURES_PER_MINUTE, _AUTH_FAILURE_BURST
+                "auth", settings.auth_failures_per_minute, settings.auth_failure_burst
             )
         else:
             self.limiter = RateLimiter(settings.rate_per_minute, settings.rate_burst)
-            self.auth_limiter = RateLimiter(_AUTH_FAILURES_PER_MINUTE, _AUTH_FAILURE_BURST)
+            self.auth_limiter = RateLimiter(
+                settings.auth_failures_per_minute, settings.auth_failure_burst
+            )
         self.histories = (
             HistoryStore(settings.history_dir, history_key_from_env())
             if settings.history_dir

@@ -112,6 +112,9 @@ class ServeSettings(Settings):
     rate_per_minute, rate_burst
         Token bucket per identity (and per client address for failed sign-ins): refill rate
         and bucket size; excess requests get 429 with ``Retry-After``.
+    auth_failures_per_minute, auth_failure_burst
+        The bucket of failed sign-ins per client address (checked before the key derivation):
+        30 a minute after a burst of 10 by default, so guessing keys costs minutes, not CPU.
     jwt_algorithms, jwt_leeway_s, jwt_max_lifetime_s
         CDS Hooks JWTs: accepted signature algorithms (the specification names ES384 and
         RS384), clock skew tolerated, and the longest ``exp - iat`` accepted.
@@ -171,6 +174,8 @@ class ServeSettings(Settings):
     shared_store: str | None = None
     rate_per_minute: float = Field(default=600.0, gt=0)
     rate_burst: int = Field(default=60, ge=1)
+    auth_failures_per_minute: float = Field(default=30.0, gt=0)
+    auth_failure_burst: int = Field(default=10, ge=1)
     jwt_algorithms: Names = ("ES384", "RS384")
     jwt_leeway_s: int = Field(default=30, ge=0)
     jwt_max_lifetime_s: int = Field(default=300, ge=1)
