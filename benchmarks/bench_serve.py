@@ -181,8 +181,9 @@ def accuracy_cases(n: int) -> tuple[list[Any], Any] | None:
     return dev, candidate_list("csv", path, dev)
 
 
-def accuracy(model: str, n: int, batch: int) -> dict[str, Any] | None:
-    """Top-1 and ms per case of each path on the same labelled cases (in process)."""
+def accuracy(model: str, n: int, batch: int, adapter: Path | None) -> dict[str, Any] | None:
+    """Top-1 and ms per case of each path on the same labelled cases (in process), with
+    ``adapter`` (a Symptom2Disease adapter of ``model``) or the base model zero-shot."""
     from feddx.evaluate.stats import compare_correct
     from feddx.model.predict import Diagnoser
 
@@ -191,21 +192,29 @@ def accuracy(model: str, n: int, batch: int) -> dict[str, Any] | None:
         return None
     cases, cands = loaded
     d = Diagnoser.load(model)
-    d.diagnose(cases[:2], cands.names)  # warm-up
+    held = None
+    if adapter is not None:
+        held = d.add_adapter(adapter, name="s2d").name
+    d.diagnose(cases[:2], cands.names, adapter=held)  # warm-up
     settings = {
         "naive": (False, 1),
         "batched": (False, batch),
         "batched+prefix": (True, batch),
         "batched+prefix+int8": (True, batch),
     }
-    out: dict[str, Any] = {"cases": len(cases), "candidates": len(cands.names), "batch": batch}
+    out: dict[str, Any] = {
+        "cases": len(cases),
+        "candidates": len(cands.names),
+        "batch": batch,
+        "adapter": str(adapter) if adapter else None,
+    }
     correct: dict[str, list[bool]] = {}
     for path in PATHS:
         d.prefix_cache, size = settings[path]
         if path.endswith("int8"):
             d.quantize_int8()
         start = time.perf_counter()
-        preds = d.diagnose(cases, cands.names, batch_size=size)
+        preds = d.diagnose(cases, cands.names, adapter=held, batch_size=size)
         ms = (time.perf_counter() - start) * 1000 / len(cases)
         correct[path] = [p.top == p.gold for p in preds]
         out[path] = {"top1": statistics.mean(correct[path]), "ms_per_case": ms}
@@ -392,13 +401,19 @@ def main(argv: list[str] | None = None) -> int:
         "--accuracy-cases", type=int, default=48, help="labelled cases for top-1 (0: all 692)"
     )
     ap.add_argument("--accuracy-batch", type=int, default=8, help="cases per batched forward")
+    ap.add_argument(
+        "--accuracy-adapter",
+        type=Path,
+        help="a Symptom2Disease adapter of --model for the top-1 part (default: the base model "
+        "zero-shot, near chance on these 24 diseases)",
+    )
     ap.add_argument("--server-cpus", help="taskset CPU list for the servers (e.g. 1)")
     ap.add_argument(
         "--server-threads", type=int, help="torch threads in the servers (OMP_NUM_THREADS)"
     )
     ap.add_argument("--out", type=Path, help="also write the report here")
     args = ap.parse_args(argv)
-    levels = [int(x) for x in args.levels.split(",")]
+    levels = [int(x) for x in args.levels.split(",") if x.strip()]  # none: top-1 only
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from feddx.model.loading import load_base_model
     from feddx.serve.security import KeyStore
@@ -412,14 +427,14 @@ def main(argv: list[str] | None = None) -> int:
         del loaded
         store = KeyStore(root / "keys.json")
         keys = {h: store.add_key(slug, region)[0] for h, (slug, region) in hospitals.items()}
-        cases = uci_cases(max(args.requests, 2 * max(levels)))
+        cases = uci_cases(max(args.requests, 2 * max(levels, default=1)))
         print("top-1 per path ...", flush=True)
-        acc = accuracy(model, args.accuracy_cases, args.accuracy_batch)
+        acc = accuracy(model, args.accuracy_cases, args.accuracy_batch, args.accuracy_adapter)
         env = {"BENCH_SERVER_CPUS": args.server_cpus} if args.server_cpus else {}
         if args.server_threads:
             env["OMP_NUM_THREADS"] = str(args.server_threads)
         print("servers (one per path, measured alternately) ...", flush=True)
-        results = run_paths(model, root, keys, cases, levels, args.requests, env)
+        results = run_paths(model, root, keys, cases, levels, args.requests, env) if levels else []
     report = render(results, levels, acc, time.perf_counter() - started)
     print(report)
     if args.out:
@@ -476,8 +491,9 @@ def render(
     if acc is None:
         lines.append("top-1: skipped (../shared/data/symptom2disease absent)")
         return "\n".join(lines) + "\n"
+    who = f"adapter {acc['adapter']}" if acc["adapter"] else "base model zero-shot"
     lines.append(
-        f"top-1, base model zero-shot, {acc['cases']} Symptom2Disease development cases "
+        f"top-1, {who}, {acc['cases']} Symptom2Disease development cases "
         f"(never the test split), {acc['candidates']} candidates, batched paths "
         f"{acc['batch']} cases per forward (in process):"
     )

@@ -87,7 +87,9 @@ def test_prompts_are_left_padded_so_the_trie_sits_in_the_same_columns() -> None:
     blocked = mask[0, 0] < 0
     assert blocked[2:, 4:6].all()  # no real token of row 0 sees its padding
     assert not blocked[2:, :4].any()  # every real token sees the cached prefix
-    assert not blocked[0, 4] and blocked[0, :4].all()  # padding sees itself alone
+    assert not blocked[0, 4] and blocked[0, 5] and blocked[0, 9:].all()  # not the other pad
+    first = mask[1, 0, 0] < 0  # the unpadded row's first token: the prefix and itself
+    assert not first[:5].any() and first[5:].all()
     assert keep.tolist() == torch.where(plan.logit_rows == 0, 4, 4 + plan.logit_rows).tolist()
 
 

@@ -526,7 +526,7 @@ def batch_forward_inputs(
     sees) **left-padded** so that all prompts end in the same column, followed by the trie
     nodes: the rows needing logits then sit in the same columns of every row and the LM head
     runs on ``B * R`` rows only. Padding is masked out of every key axis and attends to itself
-    alone; positions are explicit (``offset + j`` for prompt token ``j``, then the trie's
+    (and its row's prompt: its outputs are never read); positions are explicit (``offset + j`` for prompt token ``j``, then the trie's
     depths), so absolute (GPT-2, GPT-Neo) and rotary (Llama, Qwen2, Mistral, Gemma 3, Phi-3)
     positions both come out as in a one-prompt pass."""
     if not suffixes or any(len(s) == 0 for s in suffixes):
@@ -549,11 +549,14 @@ def batch_forward_inputs(
         positions[r, pad:m] = torch.arange(offset, offset + n)
         positions[r, m:] = offset + n + plan.node_depths
         row = tree.clone()
-        row[:, :pad] = False
+        row[:, :pad] = False  # no real token sees padding
+        # Padding's own outputs are never read; it sees its row's prompt and itself, so that it
+        # does not act as a sequence's first token (whose outsized activations would widen an
+        # int8 path's per-batch activation range for every row).
         row[:pad] = False
+        row[:pad, pad:m] = True
         row[torch.arange(pad), torch.arange(pad)] = True
         allowed[r, :, offset:] = row
-        allowed[r, :pad, :offset] = False
     mask = torch.zeros(b, 1, w, offset + w, dtype=dtype)
     mask.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
     keep = torch.where(plan.logit_rows == 0, m - 1, m - 1 + plan.logit_rows)
