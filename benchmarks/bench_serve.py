@@ -153,12 +153,14 @@ def uci_cases(n: int) -> list[tuple[str, Any]]:
 
 
 # ------------------------------------------------------------------ top-1 per path
-PATHS = ("naive", "batched", "batched+prefix", "batched+prefix+int8")
+PATHS = ("naive", "batched", "batched+prefix", "batched+prefix+int8", "batched+prefix+bf16")
 SERVER_ENV = {  # how each path's server is configured (FEDDX_SERVE_* settings)
     "naive": {"FEDDX_SERVE_SCHEDULER": "serial", "FEDDX_SERVE_PREFIX_CACHE": "false"},
     "batched": {"FEDDX_SERVE_PREFIX_CACHE": "false"},
     "batched+prefix": {"FEDDX_SERVE_PREFIX_CACHE": "true"},
     "batched+prefix+int8": {"FEDDX_SERVE_PREFIX_CACHE": "true", "FEDDX_SERVE_INT8": "true"},
+    # bfloat16 weights on the CPU (the serve setting dtype): fast where the CPU has bf16 units
+    "batched+prefix+bf16": {"FEDDX_SERVE_PREFIX_CACHE": "true", "FEDDX_SERVE_DTYPE": "bfloat16"},
 }
 
 
@@ -191,16 +193,21 @@ def accuracy(model: str, n: int, batch: int, adapter: Path | None) -> dict[str, 
     if loaded is None:
         return None
     cases, cands = loaded
-    d = Diagnoser.load(model)
-    held = None
-    if adapter is not None:
-        held = d.add_adapter(adapter, name="s2d").name
-    d.diagnose(cases[:2], cands.names, adapter=held)  # warm-up
+    from feddx.model.hardware import Hardware
+
+    def load(dtype: str) -> tuple[Any, str | None]:
+        d = Diagnoser.load(model, hardware=Hardware("cpu", dtype))
+        held = d.add_adapter(adapter, name="s2d").name if adapter is not None else None
+        d.diagnose(cases[:2], cands.names, adapter=held)  # warm-up
+        return d, held
+
+    d, held = load("float32")
     settings = {
         "naive": (False, 1),
         "batched": (False, batch),
         "batched+prefix": (True, batch),
         "batched+prefix+int8": (True, batch),
+        "batched+prefix+bf16": (True, batch),
     }
     out: dict[str, Any] = {
         "cases": len(cases),
@@ -210,6 +217,9 @@ def accuracy(model: str, n: int, batch: int, adapter: Path | None) -> dict[str, 
     }
     correct: dict[str, list[bool]] = {}
     for path in PATHS:
+        if path.endswith("bf16"):
+            del d
+            d, held = load("bfloat16")
         d.prefix_cache, size = settings[path]
         if path.endswith("int8"):
             d.quantize_int8()
