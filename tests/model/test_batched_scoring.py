@@ -198,3 +198,31 @@ def test_int8_scoring_the_base_model_first_refuses_a_later_layout(
     diagnoser.diagnose(_cases()[:2], CANDIDATES)
     with pytest.raises(ModelError, match="int8"):
         _with_adapter(diagnoser, 1)
+
+
+def test_int8_decides_the_scoring_paths_on_the_float_model(
+    diagnoser: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Per-batch int8 activation scales make the path checks' equivalent computations differ
+    (SmolLM2: by 0.2-0.5 relative), which would send every case down the slowest path."""
+    from torch.ao.nn.quantized.dynamic import Linear as Int8Linear
+
+    import feddx.model.scoring as scoring
+
+    seen: list[bool] = []
+    real = scoring.batch_pass_works
+
+    def spy(model: Any, prompt_ids: Any) -> bool:
+        seen.append(any(isinstance(m, Int8Linear) for m in model.modules()))
+        return real(model, prompt_ids)
+
+    monkeypatch.setattr(scoring, "batch_pass_works", spy)
+    diagnoser.quantize_int8()
+    _with_adapter(diagnoser, 1)
+    diagnoser.prefix_cache = True
+    diagnoser.diagnose(_cases(), CANDIDATES, adapter="a", batch_size=4)
+    assert seen and seen[0] is False  # first (deciding) check ran before quantization
+    assert diagnoser.model.__dict__.get(_BATCH_CHECKED) is None  # kept on the base model
+    from feddx.model.adapter import unwrap_peft
+
+    assert unwrap_peft(diagnoser.model).__dict__[_BATCH_CHECKED] is True

@@ -588,6 +588,14 @@ class Diagnoser:
 
         if self._int8_done:
             return
+        from feddx.model.scoring import batch_pass_works, trie_pass_works
+
+        # Decide the scoring paths on the float model: per-batch int8 activation scales make
+        # the checks' equivalent computations differ by more than float rounding, and would
+        # send every case down the slow one-prompt-per-candidate path.
+        probe = self._preamble(None)
+        if trie_pass_works(self._net, probe):
+            batch_pass_works(self._net, probe)
         self._float_modules = {
             name: module
             for name, module in self._net.named_modules()
