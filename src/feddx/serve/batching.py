@@ -6,8 +6,9 @@ is not thread-safe) and the registry handle. The event loop only enqueues and aw
 :class:`MicroBatcher` takes the first waiting case, collects whatever else is queued (and what
 arrives within ``window_ms``, up to ``max_batch_cases``), resolves each case's chain, groups the
 cases by answering adapter and candidate list, and scores each group in one
-``Diagnoser.diagnose`` call: one adapter swap per group, one tokenised candidate trie, and no
-per-request thread hand-off. While a batch is scored the next one queues, so under load batches
+``Diagnoser.diagnose`` call with ``batch_size=max_batch_cases``: one adapter swap per group, the
+group's prompts in one padded forward pass over one candidate trie (and, with the service's
+``prefix_cache``, after the adapter's cached preamble), and no per-request thread hand-off. While a batch is scored the next one queues, so under load batches
 grow by themselves and at one client the added latency is the window.
 
 :class:`SerialScheduler` is the naive baseline the benchmark compares against: one request at a
