@@ -85,9 +85,10 @@ class ServeSettings(Settings):
         On (default): the scorer keeps, per adapter, the keys and values of the prompt
         preamble every case shares and starts each case after it (exact; less work per case).
     int8
-        Off (default): float32 weights. On: the base model's linear layers run in int8 on the
+        Off (default): float32 weights. On: the MLP's input projections run in int8 on the
         CPU (dynamic quantization; faster, measured top-1 loss in ``results/bench-serve.txt``);
-        every answer's ``model`` then ends in ``+int8``.
+        every answer's ``model`` then ends in ``+int8``. Activations are scaled per forward
+        pass, so a case's scores then depend slightly on the cases batched with it.
     max_queue
         Requests waiting beyond this are refused with 503 (back-pressure, not a growing
         backlog of timeouts).
