@@ -1,6 +1,7 @@
 """Serving throughput and latency: ``feddx serve`` on loopback, the naive server (one request at
-a time, one forward per case) against the batched forward, the shared-prefix KV cache and the
-int8 CPU path, at 1 and 8 concurrent clients, with each path's top-1 on a fixed labelled set.
+a time, one forward per case) against the batched forward, the shared-prefix KV cache, the
+int8 CPU path and bfloat16 on the CPU, at 1 and 8 concurrent clients, with each path's top-1 on
+a fixed labelled set.
 
     .venv/bin/python benchmarks/bench_serve.py                       # tiny random Llama (fast)
     .venv/bin/python benchmarks/bench_serve.py --model smollm2-135m-instruct \
@@ -15,12 +16,12 @@ What it does, all in a temporary folder:
    zero-shot on ``--accuracy-cases`` Symptom2Disease development cases (the training side of
    the usual split, ``--seed 0 --test-fraction 0.2``: never the test split), scored by each
    path: naive (one case per forward), batched (``--accuracy-batch`` cases per forward),
-   batched with the prefix cache, and that in int8. The loss against naive is paired
+   batched with the prefix cache, and that in int8 and in bfloat16. The loss against naive is paired
    (bootstrap interval and McNemar from ``feddx.evaluate.stats``); skipped when the data is
    absent;
 3. **server**: starts one ``feddx serve`` process per path on 127.0.0.1 (a free port): naive
    (``--scheduler serial``, no prefix cache), batched (micro-batched groups scored in one padded
-   forward), batched + prefix cache, and batched + prefix cache + int8; each is driven by a
+   forward), batched + prefix cache, and that + int8 and + bfloat16; each is driven by a
    bounded asyncio client (httpx) with ``--requests`` UCI cases per level, mixed hospitals;
    p50/p95/p99 latency and throughput per level, the paths alternated level by level so a
    change in the machine's load hits all alike; ratios against naive measured in the same run.
