@@ -1,7 +1,6 @@
 """Individual-level context, measured with and without: the patient's history in the prompt
 (none / default order / relevance order), the institutional retrieval prior (formerly "kNN
-prior") from the institution's own similar past
-cases, and those cases as few-shot examples.
+prior") from the institution's own similar past cases, and those cases as few-shot examples.
 
 For one dataset: a stratified train / validation / test split (seed 0). The case index holds
 the training cases only; validation chooses the prior's mixing weight; test cases are scored once
