@@ -3,7 +3,8 @@ save the adapter with everything needed to use it as it was trained.
 
 :func:`train_and_save` is the whole recipe, a short function built from the builders below;
 ``feddx train`` calls it. Callers that keep one model loaded across many trainings (the demo,
-``feddx personalize``, the Flower ClientApp) call the same builders themselves:
+``feddx personalize``, the Flower ClientApp, ``feddx federate experiments``' centralized
+baseline) call the same builders themselves:
 
 - :func:`load_model` / :func:`load_diagnoser`: the base model on a device, in a dtype,
   optionally quantized (:mod:`feddx.model.hardware`), with a seeded fresh LoRA layout;
