@@ -1,5 +1,5 @@
 """Cross-lingual diagnosis on Symptom2Disease pt-BR (issue 23 item 1): the LLM conditions of
-:mod:`feddx.evaluate.crosslingual` beside word and character TF-IDF logistic regression.
+:mod:`feddx.demo.crosslingual_experiment` beside word and character TF-IDF logistic regression.
 
     # one model's conditions (each saved as results/crosslingual/<model>-<condition>.json,
     # skipped when already there; heavy: run under a core lock)
@@ -29,7 +29,7 @@ RESULTS = ROOT / "results" / "crosslingual.md"
 
 
 def _settings(args: argparse.Namespace) -> Any:
-    from feddx.evaluate.crosslingual import LlmSettings
+    from feddx.demo.crosslingual_experiment import LlmSettings
 
     return LlmSettings(
         model=args.model,
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> None:
     from dataclasses import asdict
 
     from feddx.data.crosslingual import crosslingual_data
-    from feddx.evaluate.crosslingual import CrosslingualRun
+    from feddx.demo.crosslingual_experiment import CrosslingualRun
     from feddx.io import atomic_write_json
 
     data = crosslingual_data(ENGLISH, PTBR, seed=args.seed)
@@ -164,7 +164,7 @@ def _rewording_check(data: Any) -> str:
 def _english_reference(data: Any) -> str:
     """The linear models trained on English, scored on the English originals of the test
     cases: what they do in the language they were trained in."""
-    from feddx.evaluate.crosslingual import linear_correct
+    from feddx.demo.crosslingual_experiment import linear_correct
 
     originals = data.english_originals(data.pt_test)
     top = {a: linear_correct(data.english, originals, a) for a in ("word", "char")}
@@ -203,7 +203,7 @@ def _settings_line(saved: dict[str, dict[str, Any]]) -> str:
 
 def _plainly(saved: dict[str, dict[str, Any]], linear: Any) -> list[str]:
     """Where the LLM beats the linear models and where it does not, in words."""
-    from feddx.evaluate.crosslingual import ConditionResult, comparisons, verdict
+    from feddx.demo.crosslingual_experiment import ConditionResult, comparisons, verdict
 
     out = ["## Where the LLM beats the linear model, and where not", ""]
     for model, res in saved.items():
@@ -252,7 +252,7 @@ def _load_saved(folder: Path) -> dict[str, dict[str, Any]]:
 
 
 def _model_section(model: str, saved: dict[str, Any], linear: Any) -> list[str]:
-    from feddx.evaluate.crosslingual import ConditionResult, comparisons, verdict
+    from feddx.demo.crosslingual_experiment import ConditionResult, comparisons, verdict
 
     res = {
         n: ConditionResult(
@@ -346,7 +346,7 @@ def render(folder: Path = SAVED) -> str:
     import subprocess
 
     from feddx.data.crosslingual import crosslingual_data
-    from feddx.evaluate.crosslingual import CONDITIONS, linear_results
+    from feddx.demo.crosslingual_experiment import CONDITIONS, linear_results
 
     data = crosslingual_data(ENGLISH, PTBR)
     linear = linear_results(data, ["english", "portuguese", "federation-pt"])

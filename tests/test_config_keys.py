@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from feddx.demo.options import DemoOptions
 from feddx.errors import ConfigError
 from feddx.federated.config import FederatedConfig
 from feddx.personalize.config import PersonalizeConfig
@@ -36,7 +37,7 @@ def test_an_unknown_key_is_named_as_written() -> None:
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.iterdir()), ids=lambda p: p.name)
 def test_every_shipped_config_loads_and_is_written_in_kebab_case(path: Path) -> None:
-    model = {"personalize": PersonalizeConfig, "train": TrainConfig}.get(
+    model = {"personalize": PersonalizeConfig, "train": TrainConfig, "demo": DemoOptions}.get(
         path.name.split("-")[0], FederatedConfig
     )
     model.from_file(path)

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from tests.evaluate.test_crosslingual import write_pair
+from tests.demo.test_crosslingual_experiment import write_pair
 
 from feddx.cli import main
 

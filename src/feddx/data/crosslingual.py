@@ -1,5 +1,5 @@
 """English and Brazilian Portuguese Symptom2Disease cases, paired and split for the
-cross-lingual experiments (:mod:`feddx.evaluate.crosslingual`).
+cross-lingual experiments (:mod:`feddx.demo.crosslingual_experiment`).
 
 The pt-BR file holds translations of rows of the English file, with the English labels but no
 pointer back to the row each one translates. Transfer from English is only measured honestly

@@ -3,7 +3,7 @@
 A Brazilian clinic writes its patients' symptoms in Portuguese and has few labeled cases;
 three clinics abroad write in English and have many. A bag-of-words model learns nothing from
 English text that it can use on Portuguese text. The story runs condition (c) of
-:mod:`feddx.evaluate.crosslingual`: one Flower federation of the four clinics (feddx's
+:mod:`feddx.demo.crosslingual_experiment`: one Flower federation of the four clinics (feddx's
 ClientApp and ServerApp, delivered in-process), its round chosen on the Portuguese clinic's
 validation cases, then the federated adapter fine-tuned on that clinic's own rows and kept only
 if the gate says it beats its parent. It scores the result on pt-BR test cases beside TF-IDF
@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from feddx.evaluate.crosslingual import LlmSettings
+from feddx.demo.crosslingual_experiment import LlmSettings
 from feddx.io import atomic_write_json, atomic_write_text
 
 STORIES = ("default", "crosslingual")
@@ -76,7 +76,7 @@ def run_crosslingual_story(
     under ``out/work``); returns the report's path. Raises :class:`~feddx.errors.DataError`
     for unreadable or unpairable data files."""
     from feddx.data.crosslingual import crosslingual_data
-    from feddx.evaluate.crosslingual import CrosslingualRun, comparisons, linear_results
+    from feddx.demo.crosslingual_experiment import CrosslingualRun, comparisons, linear_results
 
     t0 = time.perf_counter()
     data = crosslingual_data(english, ptbr, seed=settings.seed)
@@ -125,7 +125,7 @@ def _row(cells: Sequence[str], tag: str = "td") -> str:
 
 def render_story(results: Mapping[str, Any]) -> str:
     """The story's self-contained page, every number read from ``results``."""
-    from feddx.evaluate.crosslingual import verdict
+    from feddx.demo.crosslingual_experiment import verdict
 
     s, sizes = results["settings"], results["sizes"]
     systems = [

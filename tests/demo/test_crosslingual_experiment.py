@@ -16,9 +16,9 @@ from feddx.data.crosslingual import (
     split_ptbr,
 )
 from feddx.data.schema import Case, Label
+from feddx.demo.crosslingual_experiment import linear_correct, training_rows
 from feddx.errors import DataError
 from feddx.evaluate.baseline import fit_baseline
-from feddx.evaluate.crosslingual import linear_correct, training_rows
 
 
 def _case(i: int, label: str, text: str = "x") -> Case:
