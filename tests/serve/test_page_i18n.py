@@ -88,6 +88,8 @@ def _english_left_over(page: Any) -> list[str]:
 def test_portuguese_browser_gets_the_portuguese_page(
     chromium: Any, server: Callable[..., str], world: World, tmp_path: Path
 ) -> None:
+    from playwright.sync_api import expect
+
     page, errors = _open(chromium, server(), "pt-BR")
     assert page.evaluate("navigator.languages[0]") == "pt-BR"
     assert page.title() == "feddx · diagnóstico diferencial"
@@ -136,7 +138,9 @@ def test_portuguese_browser_gets_the_portuguese_page(
     assert page.text_content("#case-status") == "O Bundle FHIR não é um JSON válido."
     page.fill("#fhir", '{"resourceType": "Patient"}')
     page.click("#submit")
-    page.wait_for_function("document.querySelector('#case-status').textContent.includes('(4')")
+    # expect() polls from Playwright's own script: the page's CSP forbids the eval that a
+    # string predicate of wait_for_function needs.
+    expect(page.locator("#case-status")).to_contain_text("(4")
     refused = page.text_content("#case-status")
     assert refused.startswith("O serviço recusou o caso como inválido (4"), refused
     page.click("#tab-case")
