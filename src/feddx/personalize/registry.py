@@ -639,23 +639,36 @@ class AdapterRegistry:
                         datetime.now(UTC).isoformat(timespec="seconds"),
                     ),
                 )
-                conn.execute(
-                    "INSERT INTO versions (level, scope, last_version) VALUES (?, ?, ?) "
-                    "ON CONFLICT (level, scope) DO UPDATE SET last_version = excluded.last_version",
-                    (level, scope, version),
-                )
-                self._bump_generation(conn)
-                conn.execute("COMMIT")
+                self._commit_version(conn, level, scope, version)
             except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                if final is not None and final.exists():
-                    shutil.rmtree(final, ignore_errors=True)
+                self._abort(conn, final)
                 raise
         with self._cache_lock:
             self._verified.pop(adapter_id, None)
         log.info("registered adapter %s (base %s)", adapter_id, info.base_fingerprint)
         return self.get(adapter_id)
+
+    def _commit_version(
+        self, conn: sqlite3.Connection, level: str, scope: str, version: int
+    ) -> None:
+        """Record ``version`` as the last one of ``(level, scope)`` and commit the registration
+        (with the generation bump that tells readers to refresh)."""
+        conn.execute(
+            "INSERT INTO versions (level, scope, last_version) VALUES (?, ?, ?) "
+            "ON CONFLICT (level, scope) DO UPDATE SET last_version = excluded.last_version",
+            (level, scope, version),
+        )
+        self._bump_generation(conn)
+        conn.execute("COMMIT")
+
+    @staticmethod
+    def _abort(conn: sqlite3.Connection, final: Path | None) -> None:
+        """Undo a failed registration: roll the transaction back and remove the folder it had
+        moved into place, so neither a row nor files of a half-registered entry remain."""
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        if final is not None and final.exists():
+            shutil.rmtree(final, ignore_errors=True)
 
     def register_case_index(
         self,
@@ -725,18 +738,9 @@ class AdapterRegistry:
                         record,
                     ),
                 )
-                conn.execute(
-                    "INSERT INTO versions (level, scope, last_version) VALUES (?, ?, ?) "
-                    "ON CONFLICT (level, scope) DO UPDATE SET last_version = excluded.last_version",
-                    (CASE_INDEX_DIR, institution, version),
-                )
-                self._bump_generation(conn)
-                conn.execute("COMMIT")
+                self._commit_version(conn, CASE_INDEX_DIR, institution, version)
             except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                if final is not None and final.exists():
-                    shutil.rmtree(final, ignore_errors=True)
+                self._abort(conn, final)
                 raise
         with self._cache_lock:
             self._verified.pop(entry_id, None)
