@@ -22,6 +22,7 @@ from typing import Any
 from feddx.personalize.choose import Choice
 from feddx.personalize.columns import INDIVIDUAL, column_key, scopes
 from feddx.personalize.config import PersonalizeConfig
+from feddx.personalize.group_bars import BarSeries, plot_group_bars
 from feddx.personalize.groups import Groups, Institution
 from feddx.personalize.levels import Hierarchy
 from feddx.personalize.scoring import Preds
@@ -182,37 +183,26 @@ def _name(row: dict[str, Any]) -> str:
 def plot_errors(analysis: dict[str, Any], source: str, path: Path) -> None:
     """``error_by_group.png``: per region and institution, one bar per level (the error),
     each bar labelled with its count of wrong cases; n under each group (Agg)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from feddx.io import atomic_write_with
-
     rows = [r for r in analysis["rows"] if r["kind"] != "all"]
     levels = [lv["level"] for lv in analysis["levels"]]
-    width = 0.8 / max(1, len(levels))
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(rows) + 2), 4.5))
+    series = []
     for j, level in enumerate(levels):
-        xs = [i + (j - (len(levels) - 1) / 2) * width for i in range(len(rows))]
         cells = [r["levels"].get(level) for r in rows]
-        ys = [c["error"] if c else 0.0 for c in cells]
-        bars = ax.bar(xs, ys, width, label=level, color=plt.get_cmap("viridis")(j / len(levels)))
-        ax.bar_label(bars, [str(c["wrong"]) if c else "" for c in cells], fontsize=6)
-    ax.set_xticks(range(len(rows)))
-    ax.set_xticklabels(
-        [("[R] " if r["kind"] == "region" else "") + f"{r['group']}\n(n={r['n']})" for r in rows],
-        rotation=30,
-        ha="right",
-        fontsize=8,
+        series.append(
+            BarSeries(
+                level,
+                [c["error"] if c else 0.0 for c in cells],
+                ("viridis", j / len(levels)),
+                [str(c["wrong"]) if c else "" for c in cells],
+            )
+        )
+    plot_group_bars(
+        rows,
+        series,
+        ylabel="test error (1 - top-1); bar labels: wrong cases",
+        title=f"Error per region and institution by level: {source}",
+        path=path,
     )
-    ax.set_ylabel("test error (1 - top-1); bar labels: wrong cases")
-    ax.set_ylim(0, 1)
-    ax.set_title(f"Error per region and institution by level: {source}")
-    ax.legend(fontsize=7, loc="upper right")
-    fig.tight_layout()
-    atomic_write_with(path, lambda p: fig.savefig(p, format="png", dpi=110))
-    plt.close(fig)
 
 
 __all__ = ["ERROR_PLOT_FILE", "error_by_group", "error_levels", "plot_errors", "render_errors"]

@@ -27,6 +27,7 @@ from feddx.personalize.error_analysis import (
     render_errors,
 )
 from feddx.personalize.gate import GATE_RULE
+from feddx.personalize.group_bars import BarSeries, plot_group_bars
 from feddx.personalize.groups import Groups
 from feddx.personalize.levels import Hierarchy, Individual
 from feddx.personalize.scoring import Preds, group_metrics
@@ -244,35 +245,18 @@ def _choice_lines(result: dict[str, Any]) -> list[str]:
 
 def plot_groups(result: dict[str, Any], path: Path) -> None:
     """``per_group.png``: top-1 per region and institution, one bar per column (Agg)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from feddx.io import atomic_write_with
-
     rows = [r for r in result["rows"] if r["kind"] != "all"]
-    columns = result["columns"]
-    width = 0.8 / max(1, len(columns))
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(rows) + 2), 4.5))
-    for j, c in enumerate(columns):
-        xs = [i + (j - (len(columns) - 1) / 2) * width for i in range(len(rows))]
-        ys = [r[c]["top1"] if r[c] else 0.0 for r in rows]
-        ax.bar(xs, ys, width, label=c, color=plt.get_cmap("tab10")(j % _COLOUR_CYCLE))
-    ax.set_xticks(range(len(rows)))
-    ax.set_xticklabels(
-        [("[R] " if r["kind"] == "region" else "") + f"{r['group']}\n(n={r['n']})" for r in rows],
-        rotation=30,
-        ha="right",
-        fontsize=8,
+    series = [
+        BarSeries(c, [r[c]["top1"] if r[c] else 0.0 for r in rows], ("tab10", j % _COLOUR_CYCLE))
+        for j, c in enumerate(result["columns"])
+    ]
+    plot_group_bars(
+        rows,
+        series,
+        ylabel="top-1 (test)",
+        title=f"Personalization per group: {result['source']}",
+        path=path,
     )
-    ax.set_ylabel("top-1 (test)")
-    ax.set_ylim(0, 1)
-    ax.set_title(f"Personalization per group: {result['source']}")
-    ax.legend(fontsize=7, loc="upper right")
-    fig.tight_layout()
-    atomic_write_with(path, lambda p: fig.savefig(p, format="png", dpi=110))
-    plt.close(fig)
 
 
 def write_outputs(result: dict[str, Any], out_dir: Path) -> None:
