@@ -15,7 +15,7 @@ give wide intervals, which is what they are).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -146,12 +146,8 @@ def render_errors(analysis: dict[str, Any]) -> list[str]:
         f"Test error (1 - top-1) and its counts (wrong/n) at each level: {columns}. "
         "Region and `all` rows pool their institutions' cases.",
         "",
-        "| group | n | " + " | ".join(levels) + " |",
-        "|---|---:|" + "---:|" * len(levels),
+        *_group_table(analysis["rows"], levels, lambda r, lv: _cell(r["levels"].get(lv))),
     ]
-    for r in analysis["rows"]:
-        cells = " | ".join(_cell(r["levels"].get(lv)) for lv in levels)
-        lines.append(f"| {_name(r)} | {r['n']} | {cells} |")
     later = levels[1:]
     first = next((c for r in analysis["rows"] for c in r["changes"].values()), None)
     interval = (
@@ -165,11 +161,19 @@ def render_errors(analysis: dict[str, Any]) -> list[str]:
         f"Change in error from the level before (points, negative = fewer errors; {interval}; "
         "McNemar exact p):",
         "",
-        "| group | n | " + " | ".join(later) + " |",
-        "|---|---:|" + "---:|" * len(later),
+        *_group_table(analysis["rows"], later, lambda r, lv: _change_cell(r["changes"].get(lv))),
     ]
-    for r in analysis["rows"]:
-        cells = " | ".join(_change_cell(r["changes"].get(lv)) for lv in later)
+    return lines
+
+
+def _group_table(
+    rows: Sequence[dict[str, Any]], levels: list[str], cell: Callable[[dict[str, Any], str], str]
+) -> list[str]:
+    """A markdown table of one row per group (its name and n) and one column per level,
+    ``cell(row, level)`` in each: the error table and the change table differ only there."""
+    lines = ["| group | n | " + " | ".join(levels) + " |", "|---|---:|" + "---:|" * len(levels)]
+    for r in rows:
+        cells = " | ".join(cell(r, lv) for lv in levels)
         lines.append(f"| {_name(r)} | {r['n']} | {cells} |")
     return lines
 
