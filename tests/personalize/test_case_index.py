@@ -24,25 +24,11 @@ from feddx.personalize.case_index import (
 )
 from feddx.personalize.registry import AdapterEntry, AdapterRegistry
 from feddx.personalize.retrieval import CaseIndex, case_text
+from tiny_embedder import FINDINGS, BagEmbedder
 
 from .registry_helpers import BASE
 
-VOCAB = ("cough", "fever", "wheeze", "chest pain", "sweating", "rash", "itch")
 DX = ("Pneumonia", "Asthma", "Myocardial infarction", "Urticaria")
-
-
-class BagEmbedder:
-    """One dimension per known finding word, L2-normalised (deterministic, no model)."""
-
-    name = "bag-of-findings"
-
-    def encode(self, texts: list[str]) -> np.ndarray:
-        out = np.zeros((len(texts), len(VOCAB)), dtype=np.float32)
-        for i, t in enumerate(texts):
-            for j, w in enumerate(VOCAB):
-                out[i, j] = float(w in t)
-            out[i] /= max(float(np.linalg.norm(out[i])), 1e-9)
-        return out
 
 
 def _case(cid: str, findings: tuple[str, ...], dx: str | None, patient: str | None = None) -> Case:
@@ -98,7 +84,7 @@ def test_a_case_index_is_stored_without_text_and_versioned(registry: AdapterRegi
         "cleveland",
         "europe",
     )
-    assert first.lineage["embedder"] == "bag-of-findings" and first.lineage["dim"] == len(VOCAB)
+    assert first.lineage["embedder"] == "bag-of-findings" and first.lineage["dim"] == len(FINDINGS)
     assert first.metrics == {"prior_weight": 0.5, "cases": 5.0}
     assert first.data_fingerprint and len(first.data_fingerprint) == 64
     assert first.path == registry.root / "adapters" / "case-index" / "cleveland" / "v1"

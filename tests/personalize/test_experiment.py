@@ -127,7 +127,7 @@ def test_experiment_writes_table_plot_and_registers_the_hierarchy(
     data_file: Path, tmp_path: Path, diagnoser: Any
 ) -> None:
     out = tmp_path / "out"
-    from .test_retrieval import BagEmbedder
+    from tiny_embedder import BagEmbedder
 
     result = run_experiment(
         tiny_config(data_file), out, diagnoser=diagnoser, embedder=BagEmbedder()

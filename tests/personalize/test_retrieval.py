@@ -27,22 +27,7 @@ from feddx.personalize.retrieval import (
     neighbours_by_case,
     retrieval_prior,
 )
-
-VOCAB = ("cough", "fever", "wheeze", "chest pain", "sweating", "rash", "itch")
-
-
-class BagEmbedder:
-    """A tiny deterministic embedder: one dimension per known finding word, L2-normalised."""
-
-    name = "bag-of-findings"
-
-    def encode(self, texts: list[str]) -> np.ndarray:
-        out = np.zeros((len(texts), len(VOCAB)), dtype=np.float32)
-        for i, t in enumerate(texts):
-            for j, w in enumerate(VOCAB):
-                out[i, j] = float(w in t)
-            out[i] /= max(float(np.linalg.norm(out[i])), 1e-9)
-        return out
+from tiny_embedder import BagEmbedder
 
 
 def _case(cid: str, findings: tuple[str, ...], dx: str, patient: str | None = None) -> Case:

@@ -13,13 +13,13 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
-import numpy as np
 import pytest
 
 from feddx.data.schema import Case, Finding, Label
 from feddx.personalize.case_index import register_case_index
 from feddx.personalize.retrieval import CaseIndex
 from feddx.serve.audit import read_audit
+from tiny_embedder import BagEmbedder
 
 from .conftest import bearer
 from .world import BASE, CANDIDATES, CASE, World, make_diagnoser, running_server
@@ -38,20 +38,6 @@ MEDICATION = {
     "authoredOn": "2026-06-01T09:00:00Z",
 }
 HISTORY = {"prior_conditions": ["Hypertension"], "medications": ["aspirin"]}
-
-
-class BagEmbedder:
-    """One dimension per known finding word (lower case), L2-normalised; no model."""
-
-    name = "bag-of-findings"
-
-    def encode(self, texts: list[str]) -> np.ndarray:
-        out = np.zeros((len(texts), len(VOCAB)), dtype=np.float32)
-        for i, t in enumerate(texts):
-            for j, w in enumerate(VOCAB):
-                out[i, j] = float(w in t.lower())
-            out[i] /= max(float(np.linalg.norm(out[i])), 1e-9)
-        return out
 
 
 def _past_cases() -> list[Case]:
@@ -79,7 +65,7 @@ def _register_index(world: World, weight: float = 0.9) -> str:
     cases = _past_cases()
     entry = register_case_index(
         world.registry,
-        CaseIndex.build(cases, BagEmbedder()),
+        CaseIndex.build(cases, BagEmbedder(VOCAB)),
         cases,
         institution="cleveland",
         region="usa",
@@ -98,7 +84,7 @@ def base_url(
     from feddx.serve.app import create_app
 
     app = create_app(make_settings(), diagnoser=make_diagnoser(tokenizer), registry=world.registry)
-    app.state.service.embedder = BagEmbedder()
+    app.state.service.embedder = BagEmbedder(VOCAB)
     with running_server(app) as url:
         yield url
 
@@ -181,7 +167,7 @@ def test_the_cds_card_says_what_the_individual_level_used(world: World, ehr: Any
 
     client, auth = ehr
     _register_index(world)
-    client.app.state.service.embedder = BagEmbedder()
+    client.app.state.service.embedder = BagEmbedder(VOCAB)
     r = client.post("/cds-services/feddx-differential", json=REQUEST, headers=auth())
     assert r.status_code == 200, r.text
     [card] = r.json()["cards"]

@@ -1,0 +1,29 @@
+"""The one tiny embedder of the unit tests (shared by every test package): retrieval and case
+indexes tested without a sentence-embedding model."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+# the findings the personalize tests' cases are made of
+FINDINGS = ("cough", "fever", "wheeze", "chest pain", "sweating", "rash", "itch")
+
+
+class BagEmbedder:
+    """One dimension per word of ``vocab`` (lower case), 1 where the text holds it in any case,
+    L2-normalised: deterministic, so a test can say which past cases are nearest."""
+
+    name = "bag-of-findings"
+
+    def __init__(self, vocab: Sequence[str] = FINDINGS) -> None:
+        self.vocab = tuple(vocab)
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        out = np.zeros((len(texts), len(self.vocab)), dtype=np.float32)
+        for i, t in enumerate(texts):
+            for j, w in enumerate(self.vocab):
+                out[i, j] = float(w in t.lower())
+            out[i] /= max(float(np.linalg.norm(out[i])), 1e-9)
+        return out
