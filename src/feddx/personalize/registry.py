@@ -242,6 +242,21 @@ def content_sha256(directory: Path, names: Iterable[str]) -> str:
     return h.hexdigest()
 
 
+@contextmanager
+def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction on ``conn`` holding SQLite's write lock from the start
+    (``BEGIN IMMEDIATE``), so what it reads cannot change before it commits; rolled back if
+    anything (an interrupt included) leaves the block."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
 class AdapterRegistry:
     """The registry at ``root`` (``root/registry.sqlite3`` and ``root/adapters/<id>/``).
 
@@ -302,15 +317,8 @@ class AdapterRegistry:
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """A write transaction holding SQLite's write lock from the start (``IMMEDIATE``), so
         what it reads (the last version number) cannot change before it commits."""
-        with self._connect() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+        with self._connect() as conn, _immediate(conn):
+            yield conn
 
     def _init_schema(self) -> None:
         with self._connect() as conn:
@@ -333,9 +341,8 @@ class AdapterRegistry:
                     self.db_path,
                     mode,
                 )
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                # Re-read under the lock: another process may have created it meanwhile.
+            # Re-read under the lock: another process may have created it meanwhile.
+            with _immediate(conn):
                 if int(conn.execute("PRAGMA user_version").fetchone()[0]) == 0:
                     tables = conn.execute(
                         "SELECT name FROM sqlite_master WHERE type = 'table'"
@@ -349,26 +356,15 @@ class AdapterRegistry:
                         if statement.strip():
                             conn.execute(statement)
                     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
 
     def _migrate_v1(self, conn: sqlite3.Connection) -> None:
         """Version 1 -> 2: add ``kind`` (every existing entry is an adapter) and ``lineage``,
         in one transaction, so a registry written by an older feddx stays readable."""
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _immediate(conn):
             if int(conn.execute("PRAGMA user_version").fetchone()[0]) == 1:
                 conn.execute("ALTER TABLE adapters ADD COLUMN kind TEXT NOT NULL DEFAULT 'adapter'")
                 conn.execute("ALTER TABLE adapters ADD COLUMN lineage TEXT")
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
         log.info("adapter registry %s: schema migrated from version 1 to 2", self.db_path)
 
     def _entry(self, row: sqlite3.Row) -> AdapterEntry:
