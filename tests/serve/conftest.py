@@ -144,3 +144,31 @@ HISTORY_KEY = "5f" * 32
 def _history_key(monkeypatch: pytest.MonkeyPatch) -> None:
     """Stored histories are encrypted with FEDDX_HISTORY_KEY: every service test has one."""
     monkeypatch.setenv("FEDDX_HISTORY_KEY", HISTORY_KEY)
+
+
+# The clinician page's browser tests drive Debian's chromium (scripts/test.sh installs it).
+CHROMIUM = Path("/usr/bin/chromium")
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture()
+def browser() -> Iterator[Any]:
+    """Debian's chromium, headless, driven by Playwright; the test is skipped without it."""
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's chromium is not installed (scripts/test.sh installs it)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS, headless=True)
+        try:
+            yield b
+        finally:
+            b.close()

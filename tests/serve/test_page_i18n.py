@@ -10,7 +10,7 @@ shows (the pt-BR page with a real answer).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,6 @@ import pytest
 
 from feddx.data.uci_heart import ICD10
 
-from .test_page import CHROMIUM, FLAGS
 from .world import World
 
 pytestmark = [pytest.mark.server, pytest.mark.browser]
@@ -28,22 +27,8 @@ CHAIN = "global/v1 → regional/usa/v1 → institutional/cleveland/v1"
 SHARED = {"feddx", "FHIR", "ms"}
 
 
-@pytest.fixture()
-def chromium() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        pytest.skip("Debian's chromium is not installed (scripts/test.sh installs it)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS, headless=True)
-        try:
-            yield b
-        finally:
-            b.close()
-
-
-def _open(chromium: Any, base: str, locale: str) -> tuple[Any, list[str]]:
-    context = chromium.new_context(locale=locale, viewport={"width": 1100, "height": 900})
+def _open(browser: Any, base: str, locale: str) -> tuple[Any, list[str]]:
+    context = browser.new_context(locale=locale, viewport={"width": 1100, "height": 900})
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
@@ -86,11 +71,11 @@ def _english_left_over(page: Any) -> list[str]:
 
 
 def test_portuguese_browser_gets_the_portuguese_page(
-    chromium: Any, server: Callable[..., str], world: World, tmp_path: Path
+    browser: Any, server: Callable[..., str], world: World, tmp_path: Path
 ) -> None:
     from playwright.sync_api import expect
 
-    page, errors = _open(chromium, server(), "pt-BR")
+    page, errors = _open(browser, server(), "pt-BR")
     assert page.evaluate("navigator.languages[0]") == "pt-BR"
     assert page.title() == "feddx · diagnóstico diferencial"
     assert page.get_attribute("html", "lang") == "pt-BR"
@@ -155,10 +140,10 @@ def test_portuguese_browser_gets_the_portuguese_page(
 
 
 def test_english_browser_gets_english_and_the_switch_is_remembered(
-    chromium: Any, server: Callable[..., str], world: World
+    browser: Any, server: Callable[..., str], world: World
 ) -> None:
     base = server()
-    page, errors = _open(chromium, base, "en-US")
+    page, errors = _open(browser, base, "en-US")
     assert page.title() == "feddx · differential diagnosis"
     assert page.get_attribute("html", "lang") == "en"
     assert page.text_content("#signin-panel h2") == "Sign in"
