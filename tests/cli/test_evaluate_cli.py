@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 import feddx.cli.evaluate  # noqa: F401  (registers the command until cli/__init__ imports it)
+from cli_errors import one_line_error
 from feddx.cli import main
 from feddx.data.jsonl import write_jsonl
 from feddx.data.schema import Case, Finding, Label
@@ -60,12 +61,6 @@ def data_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("feddx: error:") and "\n" not in err and "Traceback" not in err
-    return err
-
-
 def test_json_output_shape_and_report(
     model_dir: Path, data_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -113,7 +108,7 @@ def test_empty_dataset_is_one_line(
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     assert main(["evaluate", "--data", f"jsonl:{empty}", "--model", str(model_dir)]) == 2
-    assert "dataset is empty" in _one_line_error(capsys)
+    assert "dataset is empty" in one_line_error(capsys)
 
 
 def test_label_outside_candidates_is_one_line(
@@ -123,13 +118,13 @@ def test_label_outside_candidates_is_one_line(
     cands.write_text("Angina\nGERD\n")
     argv = ["evaluate", "--data", f"jsonl:{data_file}", "--model", str(model_dir)]
     assert main([*argv, "--candidates", str(cands), "--split", "all"]) == 2
-    err = _one_line_error(capsys)
+    err = one_line_error(capsys)
     assert "label outside the candidate list" in err and "'Pneumonia'" in err
 
 
 def test_unknown_source_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["evaluate", "--data", "nonsense:/tmp/x"]) == 2
-    assert "unknown data source" in _one_line_error(capsys)
+    assert "unknown data source" in one_line_error(capsys)
 
 
 def test_adapter_for_another_base_model_is_one_line(
@@ -147,7 +142,7 @@ def test_adapter_for_another_base_model_is_one_line(
     )
     argv = ["evaluate", "--data", f"jsonl:{data_file}", "--model", str(model_dir)]
     assert main([*argv, "--adapter", str(adapter_dir)]) == 1
-    assert "trained for base model 'other-model:123'" in _one_line_error(capsys)
+    assert "trained for base model 'other-model:123'" in one_line_error(capsys)
 
 
 def test_corrupt_adapter_is_one_line(
@@ -158,7 +153,7 @@ def test_corrupt_adapter_is_one_line(
     (bad / "feddx_adapter.json").write_text("{not json")
     argv = ["evaluate", "--data", f"jsonl:{data_file}", "--model", str(model_dir)]
     assert main([*argv, "--adapter", str(bad)]) == 1
-    assert "corrupt" in _one_line_error(capsys)
+    assert "corrupt" in one_line_error(capsys)
 
 
 def test_matching_adapter_is_loaded_and_recorded(
@@ -246,7 +241,7 @@ def test_ensemble_of_different_lora_layouts_is_one_line(
     _random_adapter(model_dir, b, seed=2, rank=8)
     argv = ["evaluate", "--data", f"jsonl:{data_file}", "--model", str(model_dir)]
     assert main([*argv, "--adapter", str(a), "--adapter", str(b)]) == 1
-    assert "must share their LoRA layout" in _one_line_error(capsys)
+    assert "must share their LoRA layout" in one_line_error(capsys)
 
 
 def test_extra_data_fits_a_second_baseline_on_what_the_adapter_trained_on(
@@ -271,4 +266,4 @@ def test_extra_data_fits_a_second_baseline_on_what_the_adapter_trained_on(
     # Extra cases that repeat held-out ones are refused here as in `feddx train`.
     write_jsonl(_cases(15), extra)
     assert main([*argv, "--extra-data", f"jsonl:{extra}"]) == 2
-    assert "identical to held-out cases" in _one_line_error(capsys)
+    assert "identical to held-out cases" in one_line_error(capsys)

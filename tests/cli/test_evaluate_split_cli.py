@@ -12,6 +12,7 @@ import pytest
 
 import feddx.cli.evaluate  # registers the commands until the CLI imports them
 import feddx.cli.train  # noqa: F401
+from cli_errors import one_line_error
 from feddx.cli import main
 from feddx.data.jsonl import write_jsonl
 from feddx.data.schema import Case, Finding, Label
@@ -60,12 +61,6 @@ def trained(
     return out, f"jsonl:{data_file}"
 
 
-def _one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("feddx: error:") and "\n" not in err and "Traceback" not in err
-    return err
-
-
 def _evaluate(tiny_llama_dir: Path, *args: str) -> list[str]:
     return ["evaluate", "--model", str(tiny_llama_dir), "--no-baseline", *args]
 
@@ -105,7 +100,7 @@ def test_another_split_is_refused_in_one_line_unless_allowed(
 ) -> None:
     out, _ = trained
     assert main(_evaluate(tiny_llama_dir, "--adapter", str(out), "--seed", "0")) == 2
-    err = _one_line_error(capsys)
+    err = one_line_error(capsys)
     assert "trained with --seed 1 --test-fraction 0.5" in err and "--allow-other-split" in err
     argv = _evaluate(tiny_llama_dir, "--adapter", str(out), "--seed", "0", "--allow-other-split")
     assert main([*argv, "--json"]) == 0
@@ -126,7 +121,7 @@ def test_other_data_is_refused_in_one_line_unless_allowed(
     write_jsonl(_cases(12, prefix="o"), other)
     argv = _evaluate(tiny_llama_dir, "--adapter", str(out), "--data", f"jsonl:{other}")
     assert main(argv) == 2
-    err = _one_line_error(capsys)
+    err = one_line_error(capsys)
     assert "was trained on jsonl:" in err and "--allow-other-data" in err
     assert main([*argv, "--allow-other-data", "--json"]) == 0
     notes = json.loads(capsys.readouterr().out)["notes"]

@@ -9,16 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from cli_errors import one_line_error
 from feddx.cli import main
 from feddx.serve.settings import ServeSettings
 
 needs_no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
-
-
-def _one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("feddx: error:") and "\n" not in err and "Traceback" not in err
-    return err
 
 
 @needs_no_cuda
@@ -31,7 +26,7 @@ def test_evaluate_refuses_a_gpu_it_lacks(
 ) -> None:
     argv = ["evaluate", "--data", "uci-heart", "--limit", "4", "--no-baseline", *options]
     assert main(argv) != 0
-    assert says in _one_line_error(capsys)
+    assert says in one_line_error(capsys)
 
 
 @needs_no_cuda
@@ -40,7 +35,7 @@ def test_serve_refuses_a_gpu_it_lacks(
 ) -> None:
     monkeypatch.setenv("FEDDX_CACHE", str(tmp_path))
     assert main(["serve", "--device", "cuda:0", "--registry", str(tmp_path / "r")]) != 0
-    assert "no CUDA GPU" in _one_line_error(capsys)
+    assert "no CUDA GPU" in one_line_error(capsys)
 
 
 def test_serve_settings_carry_the_hardware(monkeypatch: pytest.MonkeyPatch) -> None:

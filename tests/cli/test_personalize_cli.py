@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import feddx.cli.personalize  # noqa: F401  (registers the command until cli/__init__ imports it)
+from cli_errors import one_line_error
 from feddx.cli import main
 from feddx.data.jsonl import write_jsonl
 from feddx.data.schema import Case, Finding, Label
@@ -42,12 +43,6 @@ def _config(tmp_path: Path, tiny_llama_dir: Path, extra: str = "") -> Path:
         f"registry: {tmp_path / 'reg'}\n" + extra
     )
     return path
-
-
-def _one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("feddx: error:") and "\n" not in err and "Traceback" not in err
-    return err
 
 
 def test_writes_table_plot_and_json(
@@ -100,10 +95,10 @@ def test_bad_config_is_one_line_naming_the_key(
 ) -> None:
     path = _config(tmp_path, tiny_llama_dir, "roundz: 3\n")
     assert main(["personalize", "--config", str(path)]) != 0
-    err = _one_line_error(capsys)
+    err = one_line_error(capsys)
     assert "p.yaml" in err and "roundz" in err
     path = _config(tmp_path, tiny_llama_dir, "ditto_mu: -1\n")
     assert main(["personalize", "--config", str(path)]) != 0
-    assert "ditto_mu" in _one_line_error(capsys)
+    assert "ditto_mu" in one_line_error(capsys)
     assert main(["personalize", "--config", str(tmp_path / "missing.yaml")]) != 0
-    assert "missing.yaml" in _one_line_error(capsys)
+    assert "missing.yaml" in one_line_error(capsys)

@@ -13,6 +13,7 @@ import torch
 from train_fixtures import make_cases, make_tiny_llama  # type: ignore[import-not-found]
 
 import feddx.cli.train  # noqa: F401  (registers the command)
+from cli_errors import one_line_error
 from feddx.cli import main
 from feddx.data.candidates import CandidateList
 from feddx.data.jsonl import write_jsonl
@@ -147,12 +148,6 @@ def test_feddx_train_on_the_cpu_in_float32(
     assert "candidates" not in result and result["base_fingerprint"]
 
 
-def _one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("feddx: error:") and "\n" not in err and "Traceback" not in err
-    return err
-
-
 @needs_no_cuda
 @pytest.mark.parametrize(
     ("options", "says"),
@@ -170,7 +165,7 @@ def test_feddx_train_refuses_hardware_it_lacks_before_loading_anything(
     # the data does not exist: the hardware is checked first, in a second
     argv = ["train", "--data", f"jsonl:{tmp_path / 'missing.jsonl'}", "--out", str(tmp_path)]
     assert main(argv + options) != 0
-    assert says in _one_line_error(capsys)
+    assert says in one_line_error(capsys)
 
 
 @needs_no_cuda
@@ -181,4 +176,4 @@ def test_a_config_files_hardware_section_is_checked_too(
     config.write_text('epochs = 1\n[hardware]\ndevice = "cuda"\n')
     argv = ["train", "--data", "jsonl:x.jsonl", "--out", str(tmp_path), "--config", str(config)]
     assert main(argv) != 0
-    assert "no CUDA GPU" in _one_line_error(capsys)
+    assert "no CUDA GPU" in one_line_error(capsys)
