@@ -47,18 +47,16 @@ def trained(
 ) -> tuple[Path, str]:
     """An adapter trained with --seed 1 --test-fraction 0.5 (and its data spec)."""
     out = tmp_path_factory.mktemp("run") / "adapter-run"
-    argv = [
-        "train",
-        "--data",
-        f"jsonl:{data_file}",
-        "--model",
-        str(tiny_llama_dir),
-        "--out",
-        str(out),
-    ]
-    argv += ["--seed", "1", "--test-fraction", "0.5", "--max-steps", "1", "--top-layers", "1"]
-    assert main(argv) == 0
+    assert main(_train(tiny_llama_dir, data_file, out)) == 0
     return out, f"jsonl:{data_file}"
+
+
+def _train(tiny_llama_dir: Path, data_file: Path, out: Path) -> list[str]:
+    """One step of ``feddx train`` with ``--seed 1 --test-fraction 0.5``: the split that
+    evaluate must then find in the adapter's record."""
+    argv = ["train", "--data", f"jsonl:{data_file}", "--model", str(tiny_llama_dir)]
+    argv += ["--out", str(out), "--seed", "1", "--test-fraction", "0.5"]
+    return [*argv, "--max-steps", "1", "--top-layers", "1"]
 
 
 def _evaluate(tiny_llama_dir: Path, *args: str) -> list[str]:
@@ -132,17 +130,7 @@ def test_train_prints_the_exact_evaluate_command(
     tiny_llama_dir: Path, data_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "run"
-    argv = [
-        "train",
-        "--data",
-        f"jsonl:{data_file}",
-        "--model",
-        str(tiny_llama_dir),
-        "--out",
-        str(out),
-    ]
-    argv += ["--seed", "1", "--test-fraction", "0.5", "--max-steps", "1", "--top-layers", "1"]
-    assert main(argv) == 0
+    assert main(_train(tiny_llama_dir, data_file, out)) == 0
     printed = " ".join(capsys.readouterr().out.split())
     hint = re.search(r"evaluate with: feddx (evaluate --adapter \S+)", printed)
     assert hint is not None and "--seed 1 --test-fraction 0.5" in printed
