@@ -599,11 +599,7 @@ class AdapterRegistry:
                 self._remove_orphans(conn)
                 scope = {"global": "", "regional": region, "institutional": institution}[level]
                 assert scope is not None
-                row = conn.execute(
-                    "SELECT last_version FROM versions WHERE level = ? AND scope = ?",
-                    (level, scope),
-                ).fetchone()
-                version = (int(row[0]) if row else 0) + 1
+                version = self._next_version(conn, level, scope)
                 adapter_id = (
                     f"global/v{version}" if level == "global" else f"{level}/{scope}/v{version}"
                 )
@@ -643,6 +639,15 @@ class AdapterRegistry:
             self._verified.pop(adapter_id, None)
         log.info("registered adapter %s (base %s)", adapter_id, info.base_fingerprint)
         return self.get(adapter_id)
+
+    @staticmethod
+    def _next_version(conn: sqlite3.Connection, level: str, scope: str) -> int:
+        """The number the next registration of ``(level, scope)`` gets: one past the last ever
+        given (a deleted version's number is not reused). Read inside the write transaction."""
+        row = conn.execute(
+            "SELECT last_version FROM versions WHERE level = ? AND scope = ?", (level, scope)
+        ).fetchone()
+        return (int(row[0]) if row else 0) + 1
 
     def _commit_version(
         self, conn: sqlite3.Connection, level: str, scope: str, version: int
@@ -704,11 +709,7 @@ class AdapterRegistry:
             try:
                 self._check_institution_region(conn, institution, region)
                 self._remove_orphans(conn)
-                row = conn.execute(
-                    "SELECT last_version FROM versions WHERE level = ? AND scope = ?",
-                    (CASE_INDEX_DIR, institution),
-                ).fetchone()
-                version = (int(row[0]) if row else 0) + 1
+                version = self._next_version(conn, CASE_INDEX_DIR, institution)
                 entry_id = f"{CASE_INDEX_DIR}/{institution}/v{version}"
                 final = self.root / ADAPTERS_DIR / entry_id
                 files, digest = _copy_files(Path(index_dir), names, final)
