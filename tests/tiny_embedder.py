@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from feddx.data.schema import Case, Finding, Label
+
 # the findings the personalize tests' cases are made of
 FINDINGS = ("cough", "fever", "wheeze", "chest pain", "sweating", "rash", "itch")
 
@@ -27,3 +29,18 @@ class BagEmbedder:
                 out[i, j] = float(w in t.lower())
             out[i] /= max(float(np.linalg.norm(out[i])), 1e-9)
         return out
+
+
+def findings_case(
+    cid: str, findings: tuple[str, ...], dx: str | None, patient: str | None = None
+) -> Case:
+    """A case of a 50-year-old man with ``findings`` (what the embedder reads), labelled
+    ``dx`` (unlabelled when ``None``)."""
+    return Case(
+        case_id=cid,
+        patient_id=patient,
+        age=50,
+        sex="male",
+        findings=tuple(Finding(name=f) for f in findings),
+        label=Label(diagnosis=dx) if dx else None,
+    )

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from feddx.cli import main
-from feddx.data.schema import Case, Finding, Label
+from feddx.data.schema import Case
 from feddx.errors import ModelError
 from feddx.model.predict import Prediction
 from feddx.model.scoring import ScoredCandidate
@@ -24,30 +24,19 @@ from feddx.personalize.case_index import (
 )
 from feddx.personalize.registry import AdapterEntry, AdapterRegistry
 from feddx.personalize.retrieval import CaseIndex, case_text
-from tiny_embedder import FINDINGS, BagEmbedder
+from tiny_embedder import FINDINGS, BagEmbedder, findings_case
 
 from .registry_helpers import BASE
 
 DX = ("Pneumonia", "Asthma", "Myocardial infarction", "Urticaria")
 
 
-def _case(cid: str, findings: tuple[str, ...], dx: str | None, patient: str | None = None) -> Case:
-    return Case(
-        case_id=cid,
-        patient_id=patient,
-        age=50,
-        sex="male",
-        findings=tuple(Finding(name=f) for f in findings),
-        label=Label(diagnosis=dx) if dx else None,
-    )
-
-
 TRAIN = [
-    _case("MRN-1001-stay", ("cough", "fever"), "Pneumonia", patient="MRN-1001"),
-    _case("MRN-1002-stay", ("cough", "wheeze"), "Asthma", patient="MRN-1002"),
-    _case("MRN-1003-stay", ("chest pain", "sweating"), "Myocardial infarction"),
-    _case("MRN-1004-stay", ("rash", "itch"), "Urticaria"),
-    _case("MRN-1005-stay", ("cough", "fever", "wheeze"), "Pneumonia"),
+    findings_case("MRN-1001-stay", ("cough", "fever"), "Pneumonia", patient="MRN-1001"),
+    findings_case("MRN-1002-stay", ("cough", "wheeze"), "Asthma", patient="MRN-1002"),
+    findings_case("MRN-1003-stay", ("chest pain", "sweating"), "Myocardial infarction"),
+    findings_case("MRN-1004-stay", ("rash", "itch"), "Urticaria"),
+    findings_case("MRN-1005-stay", ("cough", "fever", "wheeze"), "Pneumonia"),
 ]
 
 
@@ -189,7 +178,7 @@ def test_applying_an_index_mixes_the_prior_and_names_cases_by_hash_only(
     entry = _register(registry)
     stored = load_case_index(registry, entry.adapter_id)
     assert stored.prior_weight == 0.5 and stored.k == 3 and len(stored.index) == 5
-    query = _case("q", ("cough", "fever"), None, patient="MRN-9")
+    query = findings_case("q", ("cough", "fever"), None, patient="MRN-9")
     model = _prediction(query, {"Asthma": 0.7, "Pneumonia": 0.1, "Urticaria": 0.1, "X": 0.1})
     mixed, used = apply_case_index(stored, query, model, BagEmbedder())
     assert mixed.top == "Pneumonia"  # two of its three neighbours are pneumonia, one at cos 1
@@ -198,7 +187,7 @@ def test_applying_an_index_mixes_the_prior_and_names_cases_by_hash_only(
     assert all(u.ref.startswith("case#") and len(u.ref) == 17 for u in used)
     assert used[0].similarity == pytest.approx(1.0)
     # The patient's own past stays out of the neighbours (history, not a "similar case").
-    own = _case("q2", ("cough", "fever"), None, patient="MRN-1001")
+    own = findings_case("q2", ("cough", "fever"), None, patient="MRN-1001")
     _, used_own = apply_case_index(stored, own, _prediction(own, {"Asthma": 1.0}), BagEmbedder())
     assert used_own[0].similarity < 1.0
     # Weight 0 (validation found no help): the prediction is unchanged and no case is used.

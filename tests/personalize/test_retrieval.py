@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from feddx.data.schema import Case, Finding, Label
+from feddx.data.schema import Case, Finding
 from feddx.errors import DataError, ModelError
 from feddx.model.predict import Prediction
 from feddx.model.scoring import ScoredCandidate
@@ -27,26 +27,14 @@ from feddx.personalize.retrieval import (
     neighbours_by_case,
     retrieval_prior,
 )
-from tiny_embedder import BagEmbedder
-
-
-def _case(cid: str, findings: tuple[str, ...], dx: str, patient: str | None = None) -> Case:
-    return Case(
-        case_id=cid,
-        patient_id=patient,
-        age=50,
-        sex="male",
-        findings=tuple(Finding(name=f) for f in findings),
-        label=Label(diagnosis=dx),
-    )
-
+from tiny_embedder import BagEmbedder, findings_case
 
 TRAIN = [
-    _case("t1", ("cough", "fever"), "Pneumonia", patient="MRN-123456"),
-    _case("t2", ("cough", "wheeze"), "Asthma"),
-    _case("t3", ("chest pain", "sweating"), "Myocardial infarction"),
-    _case("t4", ("rash", "itch"), "Urticaria"),
-    _case("t5", ("cough", "fever", "wheeze"), "Pneumonia"),
+    findings_case("t1", ("cough", "fever"), "Pneumonia", patient="MRN-123456"),
+    findings_case("t2", ("cough", "wheeze"), "Asthma"),
+    findings_case("t3", ("chest pain", "sweating"), "Myocardial infarction"),
+    findings_case("t4", ("rash", "itch"), "Urticaria"),
+    findings_case("t5", ("cough", "fever", "wheeze"), "Pneumonia"),
 ]
 
 
@@ -59,7 +47,7 @@ def test_case_text_is_what_the_prompt_shows_without_identifiers() -> None:
 def test_index_returns_the_exact_neighbours_and_never_the_case_itself() -> None:
     emb = BagEmbedder()
     index = CaseIndex.build(TRAIN, emb)
-    query = _case("q1", ("cough", "fever"), "Pneumonia")
+    query = findings_case("q1", ("cough", "fever"), "Pneumonia")
     [row] = index.neighbours([query], emb, k=3)
     # cos(q, t1) = 1; cos(q, t5) = 2/sqrt(6) = 0.816; cos(q, t2) = 1/2.
     assert [n.diagnosis for n in row] == ["Pneumonia", "Pneumonia", "Asthma"]
@@ -83,7 +71,7 @@ def test_index_saves_and_loads_atomically_and_refuses_damage(tmp_path: Path) -> 
     again = CaseIndex.load(where, embedder_name="bag-of-findings")
     assert again.diagnoses == index.diagnoses and again.texts == index.texts
     np.testing.assert_array_equal(again.vectors, index.vectors)
-    query = _case("q", ("rash",), "Urticaria")
+    query = findings_case("q", ("rash",), "Urticaria")
     assert again.neighbours([query], emb, 1)[0][0].diagnosis == "Urticaria"
     assert "MRN-123456" not in (where / "index.json").read_text()
     with pytest.raises(DataError, match="built with 'bag-of-findings', not 'all-MiniLM-L6-v2'"):
@@ -132,7 +120,7 @@ def _pred(case: Case, probs: dict[str, float]) -> Prediction:
 
 
 def test_mix_prior_is_the_stated_linear_mixture_and_reranks() -> None:
-    case = _case("q", ("cough",), "Asthma")
+    case = findings_case("q", ("cough",), "Asthma")
     pred = _pred(case, {"Pneumonia": 0.6, "Asthma": 0.3, "Urticaria": 0.1})
     prior = {"Pneumonia": 0.0, "Asthma": 1.0, "Urticaria": 0.0}
     mixed = mix_prior(pred, prior, 0.5)
@@ -145,7 +133,7 @@ def test_mix_prior_is_the_stated_linear_mixture_and_reranks() -> None:
 
 
 def test_prior_weight_is_chosen_by_validation_likelihood() -> None:
-    cases = [_case(f"v{i}", ("cough",), "Asthma") for i in range(3)]
+    cases = [findings_case(f"v{i}", ("cough",), "Asthma") for i in range(3)]
     preds = [_pred(c, {"Pneumonia": 0.7, "Asthma": 0.3}) for c in cases]
     helpful = [{"Pneumonia": 0.0, "Asthma": 1.0}] * 3
     useless = [{"Pneumonia": 1.0, "Asthma": 0.0}] * 3
@@ -162,7 +150,7 @@ def test_fewshot_context_gives_the_nearest_solved_cases(tokenizer: Any) -> None:
 
     emb = BagEmbedder()
     index = CaseIndex.build(TRAIN, emb)
-    query = _case("q", ("chest pain",), "Myocardial infarction")
+    query = findings_case("q", ("chest pain",), "Myocardial infarction")
     nbs = neighbours_by_case(index, [query], emb, k=5)
     ctx = fewshot_context(nbs, k=2)(query)
     assert ctx.history is None
@@ -183,12 +171,16 @@ def test_minilm_embeds_offline_and_ranks_a_clinical_paraphrase_first() -> None:
     assert v.shape == (3, 384) and v.dtype == np.float32
     assert np.linalg.norm(v, axis=1) == pytest.approx([1.0, 1.0, 1.0], abs=1e-5)
     cases = [
-        _case("a", ("chest pain radiating to the left arm", "sweating"), "Myocardial infarction"),
-        _case("b", ("itchy skin rash",), "Urticaria"),
-        _case("c", ("cough", "fever"), "Pneumonia"),
+        findings_case(
+            "a", ("chest pain radiating to the left arm", "sweating"), "Myocardial infarction"
+        ),
+        findings_case("b", ("itchy skin rash",), "Urticaria"),
+        findings_case("c", ("cough", "fever"), "Pneumonia"),
     ]
     index = CaseIndex.build(cases, emb)
-    query = _case("q", ("pressure in the chest spreading to the arm",), "Myocardial infarction")
+    query = findings_case(
+        "q", ("pressure in the chest spreading to the arm",), "Myocardial infarction"
+    )
     [row] = index.neighbours([query], emb, k=3)
     assert row[0].diagnosis == "Myocardial infarction"
     assert row[0].similarity > row[1].similarity + 0.1
@@ -199,9 +191,9 @@ def test_individual_context_fits_on_validation_and_applies_the_prior(diagnoser: 
 
     names = ["Pneumonia", "Asthma", "Myocardial infarction", "Urticaria"]
     val = [
-        _case("v1", ("cough", "fever"), "Pneumonia"),
-        _case("v2", ("rash", "itch"), "Urticaria"),
-        _case("v3", ("chest pain", "sweating"), "Myocardial infarction"),
+        findings_case("v1", ("cough", "fever"), "Pneumonia"),
+        findings_case("v2", ("rash", "itch"), "Urticaria"),
+        findings_case("v3", ("chest pain", "sweating"), "Myocardial infarction"),
     ]
     ctx = IndividualContext.fit(
         diagnoser, TRAIN, val, names, embedder=BagEmbedder(), shots=2, history_order="relevance"
@@ -209,7 +201,10 @@ def test_individual_context_fits_on_validation_and_applies_the_prior(diagnoser: 
     # On these cases the neighbours' labels are right and the random model is not, so the
     # validation likelihood prefers a large weight.
     assert ctx.prior_weight in PRIOR_WEIGHTS and ctx.prior_weight >= 0.5
-    test = [_case("q1", ("rash",), "Urticaria"), _case("q2", ("wheeze", "cough"), "Asthma")]
+    test = [
+        findings_case("q1", ("rash",), "Urticaria"),
+        findings_case("q2", ("wheeze", "cough"), "Asthma"),
+    ]
     preds = ctx.diagnose(diagnoser, test, names)
     assert [p.case.case_id for p in preds] == ["q1", "q2"]
     assert sum(r.probability for r in preds[0].ranked) == pytest.approx(1.0)
@@ -224,7 +219,7 @@ def test_other_records_of_the_same_patient_are_excluded_unless_asked() -> None:
     emb = BagEmbedder()
     index = CaseIndex.build(TRAIN, emb)
     # A later stay of the patient of t1 (same findings, same diagnosis).
-    later = _case("q-later", ("cough", "fever"), "Pneumonia", patient="MRN-123456")
+    later = findings_case("q-later", ("cough", "fever"), "Pneumonia", patient="MRN-123456")
     [row] = index.neighbours([later], emb, k=2)
     assert [n.position for n in row] == [4, 1]  # t1, the same patient, is skipped
     [row] = index.neighbours([later], emb, k=2, same_patient=True)
