@@ -1,13 +1,17 @@
 """The one tiny embedder of the unit tests (shared by every test package): retrieval and case
-indexes tested without a sentence-embedding model."""
+indexes tested without a sentence-embedding model, with the cases it reads and the model
+answers its prior is mixed into."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
 
 from feddx.data.schema import Case, Finding, Label
+from feddx.model.predict import Prediction
+from feddx.model.scoring import ScoredCandidate
 
 # the findings the personalize tests' cases are made of
 FINDINGS = ("cough", "fever", "wheeze", "chest pain", "sweating", "rash", "itch")
@@ -44,3 +48,9 @@ def findings_case(
         findings=tuple(Finding(name=f) for f in findings),
         label=Label(diagnosis=dx) if dx else None,
     )
+
+
+def prediction_of(case: Case, probs: dict[str, float]) -> Prediction:
+    """The model's answer for ``case`` with these candidate probabilities, most likely first."""
+    ranked = [ScoredCandidate(n, p, math.log(p), None) for n, p in probs.items()]
+    return Prediction(case, sorted(ranked, key=lambda r: -r.probability), 1.0)

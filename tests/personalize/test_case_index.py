@@ -9,14 +9,10 @@ import json
 import sqlite3
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from feddx.cli import main
-from feddx.data.schema import Case
 from feddx.errors import ModelError
-from feddx.model.predict import Prediction
-from feddx.model.scoring import ScoredCandidate
 from feddx.personalize.case_index import (
     apply_case_index,
     load_case_index,
@@ -24,7 +20,7 @@ from feddx.personalize.case_index import (
 )
 from feddx.personalize.registry import AdapterEntry, AdapterRegistry
 from feddx.personalize.retrieval import CaseIndex, case_text
-from tiny_embedder import FINDINGS, BagEmbedder, findings_case
+from tiny_embedder import FINDINGS, BagEmbedder, findings_case, prediction_of
 
 from .registry_helpers import BASE
 
@@ -167,11 +163,6 @@ def test_registry_list_shows_each_entrys_kind(
     assert [line.split()[:2] for line in lines[1:]] == [["case-index/cleveland/v1", "case-index"]]
 
 
-def _prediction(case: Case, probs: dict[str, float]) -> Prediction:
-    ranked = [ScoredCandidate(n, p, float(np.log(p)), None) for n, p in probs.items()]
-    return Prediction(case, sorted(ranked, key=lambda r: -r.probability), 1.0)
-
-
 def test_applying_an_index_mixes_the_prior_and_names_cases_by_hash_only(
     registry: AdapterRegistry,
 ) -> None:
@@ -179,7 +170,7 @@ def test_applying_an_index_mixes_the_prior_and_names_cases_by_hash_only(
     stored = load_case_index(registry, entry.adapter_id)
     assert stored.prior_weight == 0.5 and stored.k == 3 and len(stored.index) == 5
     query = findings_case("q", ("cough", "fever"), None, patient="MRN-9")
-    model = _prediction(query, {"Asthma": 0.7, "Pneumonia": 0.1, "Urticaria": 0.1, "X": 0.1})
+    model = prediction_of(query, {"Asthma": 0.7, "Pneumonia": 0.1, "Urticaria": 0.1, "X": 0.1})
     mixed, used = apply_case_index(stored, query, model, BagEmbedder())
     assert mixed.top == "Pneumonia"  # two of its three neighbours are pneumonia, one at cos 1
     assert sum(r.probability for r in mixed.ranked) == pytest.approx(1.0)
@@ -188,7 +179,7 @@ def test_applying_an_index_mixes_the_prior_and_names_cases_by_hash_only(
     assert used[0].similarity == pytest.approx(1.0)
     # The patient's own past stays out of the neighbours (history, not a "similar case").
     own = findings_case("q2", ("cough", "fever"), None, patient="MRN-1001")
-    _, used_own = apply_case_index(stored, own, _prediction(own, {"Asthma": 1.0}), BagEmbedder())
+    _, used_own = apply_case_index(stored, own, prediction_of(own, {"Asthma": 1.0}), BagEmbedder())
     assert used_own[0].similarity < 1.0
     # Weight 0 (validation found no help): the prediction is unchanged and no case is used.
     zero = load_case_index(registry, _register(registry, weight=0.0).adapter_id)

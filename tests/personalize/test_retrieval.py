@@ -13,8 +13,6 @@ import pytest
 
 from feddx.data.schema import Case, Finding
 from feddx.errors import DataError, ModelError
-from feddx.model.predict import Prediction
-from feddx.model.scoring import ScoredCandidate
 from feddx.personalize.retrieval import (
     CaseIndex,
     Neighbour,
@@ -27,7 +25,7 @@ from feddx.personalize.retrieval import (
     neighbours_by_case,
     retrieval_prior,
 )
-from tiny_embedder import BagEmbedder, findings_case
+from tiny_embedder import BagEmbedder, findings_case, prediction_of
 
 TRAIN = [
     findings_case("t1", ("cough", "fever"), "Pneumonia", patient="MRN-123456"),
@@ -114,14 +112,9 @@ def test_retrieval_prior_weights_neighbours_by_similarity() -> None:
     assert knn_prior is retrieval_prior  # the former name still works
 
 
-def _pred(case: Case, probs: dict[str, float]) -> Prediction:
-    ranked = [ScoredCandidate(n, p, math.log(p), None) for n, p in probs.items()]
-    return Prediction(case, sorted(ranked, key=lambda r: -r.probability), 1.0)
-
-
 def test_mix_prior_is_the_stated_linear_mixture_and_reranks() -> None:
     case = findings_case("q", ("cough",), "Asthma")
-    pred = _pred(case, {"Pneumonia": 0.6, "Asthma": 0.3, "Urticaria": 0.1})
+    pred = prediction_of(case, {"Pneumonia": 0.6, "Asthma": 0.3, "Urticaria": 0.1})
     prior = {"Pneumonia": 0.0, "Asthma": 1.0, "Urticaria": 0.0}
     mixed = mix_prior(pred, prior, 0.5)
     assert [r.name for r in mixed.ranked] == ["Asthma", "Pneumonia", "Urticaria"]
@@ -134,7 +127,7 @@ def test_mix_prior_is_the_stated_linear_mixture_and_reranks() -> None:
 
 def test_prior_weight_is_chosen_by_validation_likelihood() -> None:
     cases = [findings_case(f"v{i}", ("cough",), "Asthma") for i in range(3)]
-    preds = [_pred(c, {"Pneumonia": 0.7, "Asthma": 0.3}) for c in cases]
+    preds = [prediction_of(c, {"Pneumonia": 0.7, "Asthma": 0.3}) for c in cases]
     helpful = [{"Pneumonia": 0.0, "Asthma": 1.0}] * 3
     useless = [{"Pneumonia": 1.0, "Asthma": 0.0}] * 3
     assert choose_prior_weight(preds, helpful) == 1.0
