@@ -12,7 +12,9 @@ per hook call.
    whole ASGI stack, JWT check, FHIR parsing, scoring, audit fsync; no socket) with one global
    adapter (random LoRA, rank 8 on q/v of the top 2 layers, prompt budget 320 tokens, the
    layout feddx trains on CPU) answers each patient's bounded prefetch ``--calls`` times after
-   one warm-up call; p50/p95 per call over all calls, and the median per patient.
+   one warm-up call; p50/p95 per call over all calls, and the median per patient. ``--dtype
+   bfloat16`` loads the base model in bf16 (the service's ``dtype``), ``--cds-max-prompt-tokens``
+   caps the hook's prompts below the adapter's budget (the service's ``cds_max_prompt_tokens``).
 
 Figures only, never assertions; one process, one scoring thread, torch's default threads
 unless OMP_NUM_THREADS says otherwise.
@@ -64,8 +66,12 @@ def sizes(data: Path) -> list[str]:
     return lines
 
 
-def _world(model: str, root: Path) -> tuple[Any, Any, Any]:
-    """(settings, diagnoser, registry) with one global adapter and an EHR for 'bench'."""
+def _world(
+    model: str, root: Path, dtype: str = "auto", cap: int | None = None
+) -> tuple[Any, Any, Any]:
+    """(settings, diagnoser, registry) with one global adapter and an EHR for 'bench', the base
+    model loaded on the CPU in ``dtype`` (the service's ``dtype`` setting) and the hook's
+    prompts capped at ``cap`` tokens (``cds_max_prompt_tokens``; ``None``: the adapter's 320)."""
     import torch
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -77,7 +83,8 @@ def _world(model: str, root: Path) -> tuple[Any, Any, Any]:
     from feddx.serve.security import KeyStore
     from feddx.serve.settings import ServeSettings
 
-    diagnoser = Diagnoser.load(model, hardware=resolve_hardware(HardwareSpec(device="cpu")))
+    spec = HardwareSpec(device="cpu", dtype=dtype)  # type: ignore[arg-type]
+    diagnoser = Diagnoser.load(model, hardware=resolve_hardware(spec))
     torch.manual_seed(1)
     net = attach_lora(diagnoser.model, LoraSpec(rank=8, alpha=16, dropout=0.0, top_layers=2))
     with torch.no_grad():
@@ -105,13 +112,17 @@ def _world(model: str, root: Path) -> tuple[Any, Any, Any]:
         keys_file=root / "keys.json",
         audit_log=root / "audit.jsonl",
         public_url="https://cds.bench",
+        dtype=dtype,
+        cds_max_prompt_tokens=cap,
         rate_per_minute=1e6,
         rate_burst=100_000,
     )
     return settings, diagnoser, (registry, private)
 
 
-def latency(model: str, data: Path, calls: int) -> list[str]:
+def latency(
+    model: str, data: Path, calls: int, dtype: str = "auto", cap: int | None = None
+) -> list[str]:
     import jwt
     from fastapi.testclient import TestClient
 
@@ -119,7 +130,7 @@ def latency(model: str, data: Path, calls: int) -> list[str]:
     from feddx.serve.prefetch import bulk_prefetches
 
     with tempfile.TemporaryDirectory() as tmp:
-        settings, diagnoser, (registry, private) = _world(model, Path(tmp))
+        settings, diagnoser, (registry, private) = _world(model, Path(tmp), dtype, cap)
         url = "https://cds.bench/cds-services/feddx-differential"
 
         def headers() -> dict[str, str]:
@@ -162,6 +173,19 @@ def main() -> None:
     ap.add_argument("--model", default="tiny", help="tiny (a random tiny Llama) or a model")
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="a FHIR bulk export folder")
     ap.add_argument("--calls", type=int, default=3, help="timed calls per patient")
+    ap.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16"],
+        help="the base model's dtype on the CPU (auto: float32; bfloat16 where the CPU has "
+        "bf16 units: faster, scores within bf16 rounding)",
+    )
+    ap.add_argument(
+        "--cds-max-prompt-tokens",
+        type=int,
+        default=None,
+        help="the service's cds_max_prompt_tokens (default: unset, the adapter's 320 tokens)",
+    )
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -172,6 +196,12 @@ def main() -> None:
     ).stdout.strip()
     lines = [
         f"# python -m benchmarks.bench_cds --model {args.model} --calls {args.calls}"
+        + (f" --dtype {args.dtype}" if args.dtype != "auto" else "")
+        + (
+            f" --cds-max-prompt-tokens {args.cds_max_prompt_tokens}"
+            if args.cds_max_prompt_tokens
+            else ""
+        )
         + (f" --out {args.out}" if args.out else ""),
         f"# commit {commit}; {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}",
@@ -183,7 +213,7 @@ def main() -> None:
     print("\n".join(lines), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         model = prepare_model(args.model, Path(tmp))
-        lines += latency(model, args.data, args.calls)
+        lines += latency(model, args.data, args.calls, args.dtype, args.cds_max_prompt_tokens)
     print("\n".join(lines[-(len(lines) - lines.index("", 5)) :]))
     if args.out:
         args.out.write_text("\n".join(lines) + "\n")

@@ -184,9 +184,12 @@ def accuracy_cases(n: int) -> tuple[list[Any], Any] | None:
     return dev, candidate_list("csv", path, dev)
 
 
-def accuracy(model: str, n: int, batch: int, adapter: Path | None) -> dict[str, Any] | None:
-    """Top-1 and ms per case of each path on the same labelled cases (in process), with
-    ``adapter`` (a Symptom2Disease adapter of ``model``) or the base model zero-shot."""
+def accuracy(
+    model: str, n: int, batch: int, adapter: Path | None, paths: tuple[str, ...] = PATHS
+) -> dict[str, Any] | None:
+    """Top-1 and ms per case of each of ``paths`` (naive first) on the same labelled cases (in
+    process), with ``adapter`` (a Symptom2Disease adapter of ``model``) or the base model
+    zero-shot."""
     from feddx.evaluate.stats import compare_correct
     from feddx.model.predict import Diagnoser
 
@@ -215,9 +218,11 @@ def accuracy(model: str, n: int, batch: int, adapter: Path | None) -> dict[str, 
         "candidates": len(cands.names),
         "batch": batch,
         "adapter": str(adapter) if adapter else None,
+        "command": command_line(),
+        "cpus": sorted(os.sched_getaffinity(0)),
     }
     correct: dict[str, list[bool]] = {}
-    for path in PATHS:
+    for path in paths:
         if path.endswith("bf16"):
             del d
             d, held = load("bfloat16")
@@ -372,10 +377,11 @@ def run_paths(
     levels: list[int],
     requests: int,
     env: dict[str, str],
+    paths: tuple[str, ...] = PATHS,
 ) -> list[dict[str, Any]]:
     """Every path's server up at once, the paths measured alternately level by level (so a
     change in the machine's load hits all alike)."""
-    servers = {p: start_server(model, root, p, root / f"serve-{p}.log", dict(env)) for p in PATHS}
+    servers = {p: start_server(model, root, p, root / f"serve-{p}.log", dict(env)) for p in paths}
     try:
         for proc, base in servers.values():
             wait_ready(proc, base)
@@ -418,6 +424,20 @@ def main(argv: list[str] | None = None) -> int:
         help="a Symptom2Disease adapter of --model for the top-1 part (default: the base model "
         "zero-shot, near chance on these 24 diseases)",
     )
+    ap.add_argument(
+        "--paths",
+        default=",".join(PATHS),
+        help=f"comma-separated paths to measure, naive always among them (of {', '.join(PATHS)})",
+    )
+    ap.add_argument(
+        "--accuracy-out", type=Path, help="also write the top-1 part as JSON here (to reuse)"
+    )
+    ap.add_argument(
+        "--accuracy-from",
+        type=Path,
+        help="take the top-1 part from this JSON (an earlier run's --accuracy-out) instead of "
+        "measuring it: top-1 does not depend on the machine's load, so it may run separately",
+    )
     ap.add_argument("--server-cpus", help="taskset CPU list for the servers (e.g. 1)")
     ap.add_argument(
         "--server-threads", type=int, help="torch threads in the servers (OMP_NUM_THREADS)"
@@ -425,6 +445,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, help="also write the report here")
     args = ap.parse_args(argv)
     levels = [int(x) for x in args.levels.split(",") if x.strip()]  # none: top-1 only
+    paths = ("naive", *(p for p in PATHS[1:] if p in args.paths.split(",")))
+    unknown = set(args.paths.split(",")) - set(PATHS)
+    if unknown:
+        ap.error(f"--paths: unknown path(s) {', '.join(sorted(unknown))}; choose from {PATHS}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from feddx.model.loading import load_base_model
     from feddx.serve.security import KeyStore
@@ -440,13 +464,24 @@ def main(argv: list[str] | None = None) -> int:
         keys = {h: store.add_key(slug, region)[0] for h, (slug, region) in hospitals.items()}
         cases = uci_cases(max(args.requests, 2 * max(levels, default=1)))
         print("top-1 per path ...", flush=True)
-        acc = accuracy(model, args.accuracy_cases, args.accuracy_batch, args.accuracy_adapter)
+        if args.accuracy_from:
+            acc = json.loads(args.accuracy_from.read_text())
+        else:
+            acc = accuracy(
+                model, args.accuracy_cases, args.accuracy_batch, args.accuracy_adapter, paths
+            )
+            if acc is not None and args.accuracy_out:
+                from feddx.io import atomic_write_text
+
+                atomic_write_text(args.accuracy_out, json.dumps(acc, indent=1) + "\n")
         env = {"BENCH_SERVER_CPUS": args.server_cpus} if args.server_cpus else {}
         if args.server_threads:
             env["OMP_NUM_THREADS"] = str(args.server_threads)
         print("servers (one per path, measured alternately) ...", flush=True)
-        results = run_paths(model, root, keys, cases, levels, args.requests, env) if levels else []
-    report = render(results, levels, acc, time.perf_counter() - started)
+        results = (
+            run_paths(model, root, keys, cases, levels, args.requests, env, paths) if levels else []
+        )
+    report = render(results, levels, acc, time.perf_counter() - started, args.accuracy_from)
     print(report)
     if args.out:
         from feddx.io import atomic_write_text
@@ -469,6 +504,7 @@ def render(
     levels: list[int],
     acc: dict[str, Any] | None,
     seconds: float,
+    acc_from: Path | None = None,
 ) -> str:
     by = {(r["path"], r["clients"]): r for r in results}
     lines = [
@@ -476,7 +512,7 @@ def render(
         f"# machine: {platform.machine()} {os.cpu_count()} CPUs; "
         f"CPUs this process may use: {sorted(os.sched_getaffinity(0))}; took {seconds / 60:.1f} min",
         "feddx serve on loopback: naive (one request at a time, one forward per case) against "
-        "the batched forward, the shared-prefix KV cache and int8",
+        "the batched forward, the shared-prefix KV cache, int8 and bfloat16",
         "",
         f"{'path':20s} {'clients':>7s} {'requests':>8s} {'p50 ms':>9s} {'p95 ms':>9s} "
         f"{'p99 ms':>9s} {'req/s':>7s} {'batch':>6s} {'errors':>6s}",
@@ -508,7 +544,14 @@ def render(
         f"(never the test split), {acc['candidates']} candidates, batched paths "
         f"{acc['batch']} cases per forward (in process):"
     )
+    if acc_from is not None:
+        lines.append(
+            f"  (from {acc_from}, measured by: {acc.get('command', '?')}; "
+            f"CPUs {acc.get('cpus', '?')})"
+        )
     for path in PATHS:
+        if path not in acc:
+            continue
         a = acc[path]
         line = f"  {path:20s} top-1 {a['top1']:.4f}  {a['ms_per_case']:7.1f} ms/case"
         if "vs_naive" in a:

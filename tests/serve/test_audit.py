@@ -6,7 +6,10 @@ import json
 import os
 import stat
 import threading
+import time
 from pathlib import Path
+
+import pytest
 
 from feddx.serve.audit import AuditEvent, AuditLog, read_audit
 
@@ -40,6 +43,39 @@ def test_lines_are_appended_whole_from_many_threads(tmp_path: Path) -> None:
     ids = sorted(json.loads(x)["request_id"] for x in lines)
     assert ids == sorted(f"r{k * 100 + i}" for k in range(4) for i in range(50))
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
+def test_concurrent_lines_share_fsyncs_and_each_returns_once_on_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Group commit: a record returns only after an fsync that began once its line was
+    written, and requests finishing together share fsyncs (one slow flush each otherwise)."""
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path)
+    flushed: list[set[str]] = []  # the lines each completed fsync covered
+
+    def slow_fsync(fd: int) -> None:
+        covered = {json.loads(x)["request_id"] for x in path.read_text().splitlines()}
+        time.sleep(0.05)
+        flushed.append(covered)
+
+    monkeypatch.setattr("feddx.serve.audit.os.fsync", slow_fsync)
+    late: list[str] = []
+
+    def one(k: int) -> None:
+        log.record(event(k))
+        if not any(f"r{k}" in covered for covered in flushed):
+            late.append(f"r{k}")
+
+    threads = [threading.Thread(target=one, args=(k,)) for k in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    log.close()
+    assert late == []
+    assert len(path.read_text().splitlines()) == 12
+    assert len(flushed) < 12  # shared: one fsync per line would make 12
 
 
 def test_a_torn_tail_is_terminated_before_the_next_line(tmp_path: Path) -> None:

@@ -122,3 +122,37 @@ def test_an_error_in_one_case_fails_only_that_case(tokenizer: Any, world: World)
             fb.result(30)
     finally:
         sched.close()
+
+
+def test_a_prompt_cap_applies_below_the_adapters_budget_and_splits_groups(
+    tokenizer: Any, world: World
+) -> None:
+    """The CDS hook's ``cds_max_prompt_tokens``: a job's cap cuts the adapter's own budget (64
+    tokens in this world) and never raises it; jobs with different caps are scored apart."""
+    diagnoser = make_diagnoser(tokenizer)
+    budgets: list[int | None] = []
+    real = diagnoser.diagnose
+
+    def diagnose(cases: Any, candidates: Any, **kw: Any) -> Any:
+        budgets.extend([kw.get("max_prompt_tokens")] * len(cases))
+        return real(cases, candidates, **kw)
+
+    diagnoser.diagnose = diagnose
+    sched = MicroBatcher(AdapterPool(diagnoser, world.registry), window_ms=50)
+    try:
+        plain, capped, above = jobs([("cleveland", "usa")] * 3)
+        capped.max_prompt_tokens = 40
+        above.max_prompt_tokens = 500
+        results = [sched.submit(j).result(30) for j in (plain, capped, above)]
+    finally:
+        sched.close()
+    assert sorted(budgets, key=str) == sorted([None, 40, 64], key=str)
+    direct = real(
+        [capped.case],
+        results[1].chain.candidates.names,
+        adapter=results[1].chain.adapter_name,
+        max_prompt_tokens=40,
+    )
+    assert [r.score for r in results[1].prediction.ranked] == pytest.approx(
+        [r.score for r in direct[0].ranked], rel=1e-4, abs=1e-5
+    )

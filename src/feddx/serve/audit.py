@@ -10,6 +10,11 @@ A line is encoded whole, written with a single ``os.write`` on a descriptor open
 fsynced before the request's response is complete, so a crash leaves the log ending at a line
 boundary. A write that lands short (disk full) is reported, and the partial tail is terminated
 with a newline by the next successful write so every later line parses.
+
+The fsync is a group commit: a line written while another request's fsync runs waits for the
+next one, and one fsync covers every line written before it started, so concurrent requests
+share the disk's flush instead of queueing one flush each (the service calls :meth:`AuditLog.
+record` off its event loop, from several threads).
 """
 
 from __future__ import annotations
@@ -62,7 +67,10 @@ class AuditLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         self._key = patient_key or secrets.token_bytes(32)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the write and its sequence number
+        self._sync_lock = threading.Lock()  # one fsync at a time
+        self._written = 0  # lines written so far
+        self._synced = 0  # lines known to be on disk
         self._torn = self._ends_torn()
 
     def _ends_torn(self) -> bool:
@@ -92,13 +100,26 @@ class AuditLog:
             if self._torn:
                 data = b"\n" + data
             written = os.write(self._fd, data)
-            self._torn = written != len(data)
-            os.fsync(self._fd)
-        if self._torn:
+            torn = self._torn = written != len(data)
+            self._written += 1
+            mine = self._written
+        self._sync(mine)
+        if torn:
             raise OSError(f"audit log {self.path}: short write ({written} of {len(data)} bytes)")
 
+    def _sync(self, line: int) -> None:
+        """Return once line number ``line`` is on disk: fsync, unless an fsync that started
+        after it was written has already finished (the group commit)."""
+        with self._sync_lock:
+            if self._synced >= line:
+                return
+            with self._lock:
+                upto = self._written  # every line counted here was written before the fsync
+            os.fsync(self._fd)
+            self._synced = upto
+
     def close(self) -> None:
-        with self._lock:
+        with self._sync_lock, self._lock:
             if self._fd >= 0:
                 os.close(self._fd)
                 self._fd = -1

@@ -56,6 +56,7 @@ class ScoreJob:
     case: Case
     pinned: str | None = None
     candidates: tuple[str, ...] | None = None  # the request's list, checked against the adapter's
+    max_prompt_tokens: int | None = None  # a cap below the adapter's own prompt budget
     future: Future[ScoreResult] = field(default_factory=Future)
     enqueued: float = field(default_factory=time.perf_counter)
 
@@ -183,7 +184,7 @@ class MicroBatcher:
             except Exception as e:
                 job.future.set_exception(e)
                 continue
-            key = (answer.adapter_name, tuple(answer.candidates.names))
+            key = (answer.adapter_name, tuple(answer.candidates.names), job.max_prompt_tokens)
             groups.setdefault(key, []).append((job, answer))
         if self.metrics:
             self.metrics.batch_cases.observe(len(jobs))
@@ -193,15 +194,21 @@ class MicroBatcher:
 
     def _score_group(self, items: list[tuple[ScoreJob, ChainAnswer]], batch_cases: int) -> None:
         answer = items[0][1]
+        cap = items[0][0].max_prompt_tokens
         start = time.perf_counter()
         try:
             self.pool.ensure_held(answer)  # an earlier group of this batch may have evicted it
-            preds = self.pool.diagnoser.diagnose(
+            diagnoser = self.pool.diagnoser
+            budget = None  # the adapter's own
+            if cap is not None:
+                budget = min(cap, diagnoser.settings(answer.adapter_name)[1])
+            preds = diagnoser.diagnose(
                 [job.case for job, _ in items],
                 answer.candidates.names,
                 adapter=answer.adapter_name,
                 icd10=answer.candidates.icd10,
                 batch_size=self.max_batch_cases,
+                max_prompt_tokens=budget,
             )
         except Exception as e:
             if len(items) == 1:

@@ -11,6 +11,7 @@ response has been sent, whatever happened in between.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import secrets
@@ -93,7 +94,9 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 state["status"] = message["status"]
                 state["audited"] = True
-                if not self._audit(scope, ctx, message["status"], path):
+                # Off the event loop: the line's fsync waits for the disk, and requests
+                # finishing together share one fsync (the audit log's group commit).
+                if not await asyncio.to_thread(self._audit, scope, ctx, message["status"], path):
                     # Fail closed: a request the audit log cannot record gets no answer.
                     state["swallow"] = True
                     state["status"] = 503
@@ -136,7 +139,7 @@ class RequestContextMiddleware:
                 await self._send_json(send_wrapped, 500, "internal error", ctx)
         finally:
             if not state["audited"]:  # no response was started (client gone, crash)
-                self._audit(scope, ctx, int(state["status"]), path)
+                await asyncio.to_thread(self._audit, scope, ctx, int(state["status"]), path)
             self._observe(scope, ctx, int(state["status"]))
 
     @staticmethod

@@ -281,14 +281,19 @@ class DiagnosisService:
         case: Case,
         pinned: str | None,
         candidates: Sequence[str] | None = None,
+        *,
+        max_prompt_tokens: int | None = None,
     ) -> ScoreResult:
         """Score ``case`` for ``identity`` through the scheduler (``candidates``: the list
-        the caller expects, checked against the answering adapter's). Raises
+        the caller expects, checked against the answering adapter's; ``max_prompt_tokens``: a
+        cap on the prompt below the adapter's own budget, the CDS hook's setting). Raises
         :class:`NotReady`, :class:`~feddx.serve.batching.Overloaded`, :class:`TimeoutError` and
         whatever the chain resolution raises (unknown or foreign adapter, no or other
         candidates)."""
         wanted = tuple(candidates) if candidates is not None else None
-        job = ScoreJob(identity.institution, identity.region, case, pinned, wanted)
+        job = ScoreJob(
+            identity.institution, identity.region, case, pinned, wanted, max_prompt_tokens
+        )
         future = self._scheduler().submit(job)
         try:
             return await asyncio.wait_for(

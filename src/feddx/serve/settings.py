@@ -103,6 +103,14 @@ class ServeSettings(Settings):
         about 3x the largest patient's prefetch of the Synthea export even unbounded (an EHR
         ignoring the templates' ``_count``, MedicationRequests included: 2.81 MB; see
         :mod:`feddx.serve.prefetch`).
+    cds_max_prompt_tokens
+        ``None`` (default): a CDS hook's prompt gets the answering adapter's own budget (the
+        one it was trained with), like ``/v1/diagnose``. A number below it caps the hook's
+        prompts there: a real chart's history and observations fill any budget, and the
+        prompt pass costs time in proportion to its tokens, so this trades the oldest
+        history and the last findings (what :func:`feddx.model.prompt.render_prompt` drops
+        first) for latency; answers may then differ from the adapter's full-budget ones
+        (``benchmarks/bench_cds.py --cds-max-prompt-tokens`` measures both).
     max_cases_per_request
         Cases one ``/v1/diagnose`` call may carry.
     shared_store
@@ -172,6 +180,7 @@ class ServeSettings(Settings):
     adapter_cache: int = Field(default=8, ge=1)
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
     cds_max_body_bytes: int = Field(default=CDS_MAX_BODY_BYTES, ge=1024)
+    cds_max_prompt_tokens: int | None = Field(default=None, ge=32)
     shared_store: str | None = None
     rate_per_minute: float = Field(default=600.0, gt=0)
     rate_burst: int = Field(default=60, ge=1)

@@ -114,7 +114,12 @@ async def call_service(
     prepared = await asyncio.to_thread(service.prepare, identity, case, body.context.patientId)
     ctx.patient_ref = prepared.patient_ref
     ctx.cases = 1
-    result = await service.score(identity, prepared.case, None)
+    result = await service.score(
+        identity,
+        prepared.case,
+        None,
+        max_prompt_tokens=service.settings.cds_max_prompt_tokens,
+    )
     result, use = await service.individualize(prepared, result)
     record_chain(ctx, result)
     record_individual(ctx, result, use)
