@@ -33,6 +33,7 @@ import pytest
 from feddx.cli import main
 from feddx.data import deid_recognizers as rec
 from feddx.data.stage import DeidStage
+from tiny_federation import tiny_federation_config
 
 REPO = Path(__file__).resolve().parents[1]
 FHIR_BUNDLE = REPO / "tests" / "fixtures" / "fhir" / "bundle" / "patient_a.json"
@@ -284,30 +285,17 @@ def run_federation(records: Records, out: Path, tiny_llama_dir: Path) -> list[st
     from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
     from feddx.federated.client_app import app as client_app
-    from feddx.federated.config import FederatedConfig
     from feddx.federated.inprocess import InProcessGrid
     from feddx.federated.server_app import run_server
 
     broken = records.csv.parent / f"{FIRST[0]} {LAST[0]} 448800" / "notes.csv"
     broken.parent.mkdir(parents=True)
     broken.write_text("label,text\n,Paciente sem diagnóstico\n", encoding="utf-8")
-    cfg = FederatedConfig(
-        model=str(tiny_llama_dir),
-        data=f"csv:{records.csv}",
-        validation_fraction=0.25,
-        num_clients=2,
-        partition="iid",
-        num_rounds=1,
-        eval_every=1,
+    cfg = tiny_federation_config(
+        tiny_llama_dir,
+        f"csv:{records.csv}",
         max_eval_cases=4,
-        min_train_clients=2,
         min_available_clients=3,
-        local_epochs=1,
-        batch_size=4,
-        max_prompt_tokens=64,
-        lora_rank=4,
-        lora_alpha=8.0,
-        lora_top_layers=1,
         out_dir=str(out / "run"),
         client_state_dir=str(out / "clients"),
         activation_cache_dir=str(out / "activations"),

@@ -17,6 +17,7 @@ from feddx.cli import main
 from feddx.model.loading import base_fingerprint as model_fingerprint
 from feddx.personalize.registry import AdapterRegistry
 from personalize.registry_helpers import BASE, flip_byte, save_tiny_adapter
+from tiny_federation import tiny_federation_config
 
 
 def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -362,7 +363,6 @@ def test_federate_registers_its_global_adapter(
     import feddx.cli.federate  # noqa: F401
     from feddx.data.jsonl import write_jsonl
     from feddx.data.schema import Case, Finding, Label
-    from feddx.federated.config import FederatedConfig
     from feddx.federated.deploy.control import toml_value
     from feddx.federated.task import task_data
     from feddx.personalize.registry import data_fingerprint
@@ -383,23 +383,10 @@ def test_federate_registers_its_global_adapter(
     ]
     data = tmp_path / "cases.jsonl"
     write_jsonl(cases, data)
-    cfg = FederatedConfig(
-        model=str(model_dir),
-        data=f"jsonl:{data}",
-        validation_fraction=0.25,
-        num_clients=2,
-        partition="iid",
-        num_rounds=1,
-        eval_every=1,
+    cfg = tiny_federation_config(
+        model_dir,
+        f"jsonl:{data}",
         max_eval_cases=3,
-        min_train_clients=2,
-        min_available_clients=2,
-        local_epochs=1,
-        batch_size=4,
-        max_prompt_tokens=64,
-        lora_rank=4,
-        lora_alpha=8.0,
-        lora_top_layers=1,
         activation_cache_dir=str(tmp_path / "activations"),
     )
     config = tmp_path / "fed.toml"

@@ -25,6 +25,7 @@ from feddx.model.prompt import answer_ids, render_prompt
 from feddx.model.scoring import candidate_scores, prepare_candidates
 from feddx.train.config import TrainConfig
 from feddx.train.trainer import train_adapter
+from tiny_federation import tiny_federation_config
 from tiny_models import FAMILIES, make_tiny_model
 
 LABELS = ("Pneumonia", "Asthma", "Migraine")
@@ -105,30 +106,16 @@ def _one_federated_round(model_dir: Path, tmp_path: Path) -> Path:
     """One round of two clients through the real ServerApp loop and ClientApp handlers."""
     from feddx.data.jsonl import write_jsonl
     from feddx.federated.client_app import app as client_app
-    from feddx.federated.config import FederatedConfig
     from feddx.federated.inprocess import InProcessGrid
     from feddx.federated.server_app import GLOBAL_ADAPTER_DIR, run_server
 
     data = tmp_path / "cases.jsonl"
     write_jsonl(_cases(16), data)
-    cfg = FederatedConfig(
-        model=str(model_dir),
-        data=f"jsonl:{data}",
-        validation_fraction=0.25,
-        num_clients=2,
-        partition="iid",
-        num_rounds=1,
-        eval_every=1,
+    cfg = tiny_federation_config(
+        model_dir,
+        f"jsonl:{data}",
         max_eval_cases=2,
-        min_train_clients=2,
-        min_available_clients=2,
-        batch_size=4,
         learning_rate=5e-3,
-        max_prompt_tokens=64,
-        lora_rank=4,
-        lora_alpha=8.0,
-        lora_targets="auto",
-        lora_top_layers=1,
         out_dir=str(tmp_path / "run"),
         activation_cache_dir=str(tmp_path / "activations"),
     )
