@@ -226,3 +226,30 @@ def test_int8_decides_the_scoring_paths_on_the_float_model(
     from feddx.model.adapter import unwrap_peft
 
     assert unwrap_peft(diagnoser.model).__dict__[_BATCH_CHECKED] is True
+
+
+def test_a_bf16_model_on_the_cpu_scores_with_a_float32_head(
+    tiny_model: Any, tokenizer: Any
+) -> None:
+    """bf16 on the CPU (the service's ``dtype``): the LM head becomes a float32 copy, so the
+    logits are float32 products of the final states, and the batched, cached pass still
+    gives one prompt at a time's scores, close to float32's."""
+    import copy
+
+    from feddx.model.predict import Diagnoser, float32_head
+
+    assert not float32_head(copy.deepcopy(tiny_model))  # float32 already: left as it is
+    half = copy.deepcopy(tiny_model).to(torch.bfloat16)
+    original = half.get_output_embeddings().weight.detach().float().clone()
+    d16 = Diagnoser(half, tokenizer, base_fingerprint="tiny-llama:test")
+    head = d16.model.get_output_embeddings()
+    assert head.weight.dtype == torch.float32 and torch.equal(head.weight, original)
+    states = torch.randn(3, original.shape[1]).to(torch.bfloat16)
+    assert torch.equal(head(states), states.float() @ original.T)
+    d32 = Diagnoser(tiny_model, tokenizer, base_fingerprint="tiny-llama:test")
+    cases = _cases()
+    alone = d16.diagnose(cases, CANDIDATES)
+    d16.prefix_cache = True
+    cached = d16.diagnose(cases, CANDIDATES, batch_size=4)
+    assert _close(cached, alone, tol=2e-2)  # bf16 rounding of an equivalent computation
+    assert _close(cached, d32.diagnose(cases, CANDIDATES), tol=5e-2)

