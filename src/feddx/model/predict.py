@@ -175,7 +175,7 @@ def float32_head(model: Any) -> bool:
     return True
 
 
-class Float32Head(torch.nn.Linear):
+class Float32Head(torch.nn.Linear):  # type: ignore[misc]  # torch.nn is Any to mypy here
     """A copy of ``head`` in float32 that casts its input to its weights' dtype (see
     :func:`float32_head`)."""
 
