@@ -57,7 +57,10 @@ class ServeSettings(Settings):
         Base model: alias, ``.gguf`` file, directory or hub id (as ``feddx train``).
     device, dtype, quantize
         Where and how the base model runs (:mod:`feddx.model.hardware`; ``auto``: a CUDA GPU
-        in bf16 when present, else the CPU in float32).
+        in bf16 when present, else the CPU in float32). ``dtype: bfloat16`` on a CPU with bf16
+        units (AVX512-BF16) is faster than float32, its LM head kept in float32
+        (:func:`feddx.model.predict.float32_head`); its top-1 against float32 is measured in
+        ``results/bench-serve.txt``.
     registry
         The adapter registry root (``feddx.personalize.registry``); institutions' adapter
         chains are resolved there on every request batch, so a newly registered version
