@@ -93,6 +93,21 @@ def pair_translations(english: Sequence[Case], translated: Sequence[Case]) -> li
     return out
 
 
+def _shuffled_by_disease(cases: Sequence[Case], rng: random.Random) -> list[list[Case]]:
+    """Each disease's cases (diseases in name order), each group shuffled by ``rng`` in that
+    order: what the pt-BR split and the clinics' deal both draw from, so both are functions
+    of the seed alone."""
+    by_label: dict[str, list[Case]] = defaultdict(list)
+    for c in cases:
+        by_label[c.require_label().diagnosis].append(c)
+    groups = []
+    for label in sorted(by_label):
+        group = list(by_label[label])
+        rng.shuffle(group)
+        groups.append(group)
+    return groups
+
+
 def split_ptbr(
     cases: Sequence[Case],
     *,
@@ -104,16 +119,10 @@ def split_ptbr(
     validation, the rest in train; per disease a seeded shuffle (diseases in name order), so
     the split is a function of the seed alone. Each row is its own patient (the data has no
     patient ids). A disease with too few rows leaves train short, never test."""
-    rng = random.Random(seed)
-    by_label: dict[str, list[Case]] = defaultdict(list)
-    for c in cases:
-        by_label[c.require_label().diagnosis].append(c)
     train: list[Case] = []
     validation: list[Case] = []
     test: list[Case] = []
-    for label in sorted(by_label):
-        group = list(by_label[label])
-        rng.shuffle(group)
+    for group in _shuffled_by_disease(cases, random.Random(seed)):
         test.extend(group[:test_per_disease])
         validation.extend(group[test_per_disease : test_per_disease + validation_per_disease])
         train.extend(group[test_per_disease + validation_per_disease :])
@@ -124,14 +133,9 @@ def _deal_clinics(cases: Sequence[Case], seed: int) -> list[Case]:
     """Each English case in one of three clinics: per disease, a seeded shuffle dealt round
     robin, so every clinic sees every disease about equally often."""
     rng = random.Random(seed)
-    by_label: dict[str, list[Case]] = defaultdict(list)
-    for c in cases:
-        by_label[c.require_label().diagnosis].append(c)
     out: list[Case] = []
     k = 0
-    for label in sorted(by_label):
-        group = list(by_label[label])
-        rng.shuffle(group)
+    for group in _shuffled_by_disease(cases, rng):
         for c in group:
             out.append(c.model_copy(update={"institution": EN_CLINICS[k % len(EN_CLINICS)]}))
             k += 1
