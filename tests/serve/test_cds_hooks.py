@@ -4,6 +4,7 @@ no cards when there is nothing to say, 412 without the prefetch, feedback in the
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
 
 from feddx.serve.audit import read_audit
@@ -248,3 +249,40 @@ def test_feedback_is_recorded_in_the_audit_log(ehr: Any, world: World) -> None:
     )
     locs = [e["loc"][-1] for e in bad.json()["detail"]]
     assert bad.status_code == 422 and locs == ["card", "outcome"]  # card: not a UUID
+
+
+def test_cds_max_prompt_tokens_caps_the_hooks_prompts_only(
+    world: World, make_client: Callable[..., Any]
+) -> None:
+    """``cds_max_prompt_tokens`` bounds the hook's prompt (a chart fills any budget), while
+    ``/v1/diagnose`` keeps the adapter's own."""
+    from feddx.serve.security import KeyStore
+
+    from .test_security import ec_keypair, make_jwt
+
+    private, public = ec_keypair()
+    KeyStore(world.keys_file).add_ehr("https://ehr.example.org", "cleveland", "usa", public)
+    client = make_client(public_url=BASE, cds_max_prompt_tokens=40)
+    diagnoser = client.app.state.service.scheduler.pool.diagnoser
+    budgets: list[int | None] = []
+    real = diagnoser.diagnose
+
+    def diagnose(cases: Any, candidates: Any, **kw: Any) -> Any:
+        budgets.append(kw.get("max_prompt_tokens"))
+        return real(cases, candidates, **kw)
+
+    diagnoser.diagnose = diagnose
+    hook = client.post(
+        "/cds-services/feddx-differential",
+        json=REQUEST,
+        headers=bearer(make_jwt(private, aud=URL)),
+    )
+    assert hook.status_code == 200 and len(hook.json()["cards"]) == 1
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [{"resource": r} for r in (PATIENT, ENCOUNTER, CONDITION, OBSERVATION)],
+    }
+    r = client.post("/v1/diagnose", json={"fhir": bundle}, headers=bearer(world.keys["cleveland"]))
+    assert r.status_code == 200
+    assert budgets == [40, None]
