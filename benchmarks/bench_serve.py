@@ -38,6 +38,7 @@ import asyncio
 import json
 import os
 import platform
+import shlex
 import signal
 import socket
 import statistics
@@ -435,8 +436,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--accuracy-from",
         type=Path,
-        help="take the top-1 part from this JSON (an earlier run's --accuracy-out) instead of "
-        "measuring it: top-1 does not depend on the machine's load, so it may run separately",
+        help="take the top-1 part from this JSON (another run's --accuracy-out) instead of "
+        "measuring it: top-1 does not depend on the machine's load, so it may run separately "
+        "(read after the servers' part; waited for up to 30 min if not there yet)",
     )
     ap.add_argument("--server-cpus", help="taskset CPU list for the servers (e.g. 1)")
     ap.add_argument(
@@ -464,9 +466,8 @@ def main(argv: list[str] | None = None) -> int:
         keys = {h: store.add_key(slug, region)[0] for h, (slug, region) in hospitals.items()}
         cases = uci_cases(max(args.requests, 2 * max(levels, default=1)))
         print("top-1 per path ...", flush=True)
-        if args.accuracy_from:
-            acc = json.loads(args.accuracy_from.read_text())
-        else:
+        acc: dict[str, Any] | None = None
+        if not args.accuracy_from:
             acc = accuracy(
                 model, args.accuracy_cases, args.accuracy_batch, args.accuracy_adapter, paths
             )
@@ -481,6 +482,8 @@ def main(argv: list[str] | None = None) -> int:
         results = (
             run_paths(model, root, keys, cases, levels, args.requests, env, paths) if levels else []
         )
+    if args.accuracy_from:  # read last: the top-1 run may still be finishing elsewhere
+        acc = json.loads(wait_for(args.accuracy_from, 1800).read_text())
     report = render(results, levels, acc, time.perf_counter() - started, args.accuracy_from)
     print(report)
     if args.out:
@@ -490,13 +493,25 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def wait_for(path: Path, seconds: float) -> Path:
+    """``path`` once it exists (another process writes it atomically), waiting up to
+    ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{path} did not appear within {seconds:.0f} s")
+        time.sleep(5)
+    return path
+
+
 def command_line() -> str:
     """This run's command as one would retype it: thread count, CPU pinning and arguments."""
     cpus = sorted(os.sched_getaffinity(0))
     pin = f"taskset -c {','.join(map(str, cpus))} " if len(cpus) < (os.cpu_count() or 1) else ""
     threads = os.environ.get("OMP_NUM_THREADS")
     env = f"OMP_NUM_THREADS={threads} " if threads else ""
-    return f"{env}{pin}.venv/bin/python benchmarks/bench_serve.py {' '.join(sys.argv[1:])}"
+    args = " ".join(shlex.quote(a) for a in sys.argv[1:])
+    return f"{env}{pin}.venv/bin/python benchmarks/bench_serve.py {args}"
 
 
 def render(
