@@ -6,6 +6,7 @@ rebuilds the demo's page byte for byte. The full runs' figures: results/demo-sou
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +67,12 @@ def test_every_shipped_source_runs_the_whole_demo(
     monkeypatch.setenv("FEDDX_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "run"
     results = _run(tiny_llama_dir, SOURCES[source], out, capsys)
-    said = capsys.readouterr().out
+    captured = capsys.readouterr()
+    said = captured.out
+    # not a terminal: every scoring pass writes timestamped progress lines, as training does
+    # (a full DDXPlus demo was silent for 10 minutes of validation scoring before)
+    for stage in ("zero-shot scoring", "validating"):
+        assert re.search(rf"Z demo: {stage}\S* .*\d+/\d+", captured.err), stage
     stages = results["stages"]
     # the source's shipped config was used (its layout is recorded with the run)
     assert results["config"]["train"]["lora_targets"][0] == "q_proj"

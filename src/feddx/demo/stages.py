@@ -20,7 +20,8 @@ import os
 import shlex
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +30,6 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
-    TaskID,
     TextColumn,
     TimeElapsedColumn,
 )
@@ -168,18 +168,40 @@ class DemoRun:
         from feddx.evaluate.harness import evaluate_cases
 
         d = self.diagnoser()
-        task = self.bar.add_task(f"   {title}", total=len(cases))
+        with self._tracked(title, len(cases)) as completed:
 
-        def on_progress(stage: str, done: int, total: int) -> None:
-            if stage == "scoring":
-                self.bar.update(task, completed=done)
+            def on_progress(stage: str, done: int, total: int) -> None:
+                if stage == "scoring":
+                    completed(done)
 
-        try:
             return evaluate_cases(
                 d, cases, self.candidates, adapter=adapter, on_progress=on_progress
             )
+
+    @contextmanager
+    def _tracked(self, title: str, total: int) -> Iterator[Callable[[int], None]]:
+        """A bar for ``title`` on a terminal; in a log (no terminal), the CLI's timestamped
+        lines through ``train_progress``, so that a scoring pass of minutes is never silent.
+        Yields ``completed(done)``."""
+        task = self.bar.add_task(f"   {title}", total=total)
+        lines = self.train_progress(self.bar) if self.train_progress and self.bar.disable else None
+        if lines is not None:
+            lines.started(title, total)
+        shown = 0
+
+        def completed(done: int) -> None:
+            nonlocal shown
+            self.bar.update(task, completed=done)
+            if lines is not None and done > shown:
+                lines.advanced(done - shown)
+                shown = done
+
+        try:
+            yield completed
         finally:
             self.bar.remove_task(task)
+            if lines is not None:
+                lines.finished()
 
     def _write_predictions(
         self, stage: str, rows: list[dict[str, Any]], name: str = PREDICTIONS
@@ -231,15 +253,10 @@ class DemoRun:
             return []
         d = self.diagnoser()
         cset = d.candidate_set(self.candidates.names, self.candidates.icd10)
-        task = self.bar.add_task(f"   {title}", total=len(cases))
-
-        def advance(i: int) -> None:
-            self.bar.update(task, completed=i + 1)
-
-        try:
-            preds = d.diagnose(cases, cset, adapter=adapter, temperature=1.0, on_case=advance)
-        finally:
-            self.bar.remove_task(task)
+        with self._tracked(title, len(cases)) as completed:
+            preds = d.diagnose(
+                cases, cset, adapter=adapter, temperature=1.0, on_case=lambda i: completed(i + 1)
+            )
         return [p.top == p.gold for p in preds]
 
     def _train_config(self, epochs: int) -> Any:
@@ -788,15 +805,19 @@ class DemoRun:
         for inst in sorted({c.institution or "" for c in self.test}):
             name = answering.get(inst, parent)
             idx = [i for i, c in enumerate(self.test) if (c.institution or "") == inst]
-            task = self.bar.add_task(f"   scoring {inst or '(none)'} with {name}", total=len(idx))
+            title = f"scoring {inst or '(none)'} with {name}"
+            with self._tracked(title, len(idx)) as completed:
 
-            def advance(i: int, task: TaskID = task) -> None:
-                self.bar.update(task, completed=i + 1)
+                def advance(i: int, done: Callable[[int], None] = completed) -> None:
+                    done(i + 1)
 
-            preds = d.diagnose(
-                [self.test[i] for i in idx], cset, adapter=name, temperature=1.0, on_case=advance
-            )
-            self.bar.remove_task(task)
+                preds = d.diagnose(
+                    [self.test[i] for i in idx],
+                    cset,
+                    adapter=name,
+                    temperature=1.0,
+                    on_case=advance,
+                )
             by_case.update(zip(idx, preds, strict=True))
         raw = [by_case[i] for i in range(len(self.test))]  # the test split's order
         # the same calibration rule as the harness gives the other stages
