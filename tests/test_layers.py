@@ -14,7 +14,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "feddx"
 
 # Lowest first. A module may import its own layer and every layer below it.
 LAYERS: list[set[str]] = [
-    {"errors", "io", "paths", "settings", "__init__", "__version__"},
+    {"errors", "io", "paths", "progress", "settings", "__init__", "__version__"},
     {"data"},
     {"model"},
     {"train"},

@@ -71,7 +71,7 @@ def test_every_shipped_source_runs_the_whole_demo(
     said = captured.out
     # not a terminal: every scoring pass writes timestamped progress lines, as training does
     # (a full DDXPlus demo was silent for 10 minutes of validation scoring before)
-    for stage in ("zero-shot scoring", "validating"):
+    for stage in ("zero-shot scoring", "validating", "federation"):
         assert re.search(rf"Z demo: {stage}\S* .*\d+/\d+", captured.err), stage
     stages = results["stages"]
     # the source's shipped config was used (its layout is recorded with the run)

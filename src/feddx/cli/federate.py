@@ -54,16 +54,6 @@ def _absolute(cfg: Any) -> Any:
     return cfg.replace(**changes)
 
 
-def _rounds_done(out_dir: Path) -> int:
-    """Rounds the federation in ``out_dir`` has checkpointed (0 before the first)."""
-    from feddx.federated.checkpoint import LATEST
-
-    latest = out_dir / "checkpoints" / LATEST
-    if not latest.is_file():
-        return 0
-    return int(latest.read_text().strip().rpartition("-")[2] or 0)
-
-
 @federate_app.callback()
 def federate(
     ctx: typer.Context,
@@ -147,11 +137,12 @@ def federate(
         f"({cfg.partition}), {cfg.num_rounds} rounds on {cfg.data.split(':')[0]} -> {cfg.out_dir}"
     )
     from feddx.cli.progress import progress_for, watching
+    from feddx.federated.checkpoint import rounds_done
 
     # The rounds run in Flower's processes: their checkpoints are the progress to show.
     with (
         progress_for("federate", console_err) as progress,
-        watching(progress, "federation", cfg.num_rounds, lambda: _rounds_done(cfg.out_path())),
+        watching(progress, "federation", cfg.num_rounds, lambda: rounds_done(cfg.out_path())),
     ):
         if engine == "flower":
             from feddx.federated.simulation import run_simulation

@@ -25,7 +25,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Protocol, TextIO
@@ -321,37 +321,17 @@ def watching(
     every: float = 2.0,
 ) -> Iterator[None]:
     """Report ``read()`` (work done so far, e.g. rounds a federation has checkpointed) as
-    ``stage`` of ``total`` every ``every`` seconds while the block runs, from a background
-    thread: for work done in other processes, which report nothing to this one."""
-    import threading
+    ``stage`` of ``total`` every ``every`` seconds while the block runs
+    (:func:`feddx.progress.polling`): for work done in other processes, which report nothing
+    to this one."""
+    from feddx.progress import polling
 
-    stop = threading.Event()
-    complete = threading.Event()  # the thread saw (and reported) the whole of it
-
-    def poll() -> None:
-        while True:
-            try:
-                done = min(total, max(0, read()))
-            except (OSError, ValueError):
-                done = -1
-            if done >= 0:
-                progress.update(stage, done, total)
-            if done >= total:
-                complete.set()
-                return
-            if stop.wait(every):
-                return
-
-    thread = threading.Thread(target=poll, name=f"progress-{stage}", daemon=True)
-    thread.start()
+    seen = None
     try:
-        yield
-    finally:
-        stop.set()
-        thread.join(timeout=every + 1.0)
-        if not complete.is_set():
-            with suppress(OSError, ValueError):  # the count the work ended at
-                progress.update(stage, min(total, max(0, read())), total)
+        with polling(read, lambda n: progress.update(stage, n, total), total, every=every) as seen:
+            yield
+    finally:  # after polling's last report: the count the work ended at
+        if seen is not None and not seen.is_set():
             progress.finished()  # also when the work stopped short
 
 

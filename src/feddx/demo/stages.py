@@ -574,22 +574,27 @@ class DemoRun:
         import shutil
         import tempfile
 
+        from feddx.federated.checkpoint import rounds_done
         from feddx.federated.demo import federated_budget, run_federated_demo
+        from feddx.progress import polling
 
         budget = federated_budget(self.opts.epochs, self.clients, self.opts.local_epochs)
         d = self.diagnoser()
         # the cases travel to Flower's processes as files: outside the run folder, removed after
         data_dir = Path(tempfile.mkdtemp(prefix="feddx-demo-"))
-        task = self.bar.add_task(
-            f"   {self.clients} SuperNodes, {budget.rounds} rounds ({self.opts.engine})",
-            total=None,
-        )
+        title = f"federation of {self.clients} SuperNodes ({self.opts.engine}), rounds"
         try:
             cfg = self._federated_config(budget, data_dir)
             self._check_federated_split(cfg)
-            fed = run_federated_demo(cfg, "flower" if self.opts.engine == "flower" else "inprocess")
+            # the rounds run in Flower's processes: their checkpoints are the progress to show
+            with (
+                self._tracked(title, budget.rounds) as shown,
+                polling(lambda: rounds_done(cfg.out_path()), shown, budget.rounds),
+            ):
+                fed = run_federated_demo(
+                    cfg, "flower" if self.opts.engine == "flower" else "inprocess"
+                )
         finally:
-            self.bar.remove_task(task)
             shutil.rmtree(data_dir, ignore_errors=True)
         validation = {
             int(r["round"]): float(r["top1"])

@@ -50,6 +50,15 @@ class ServerCheckpoint:
 
 
 # ----------------------------------------------------------------------------- strategy state
+def rounds_done(out_dir: Path) -> int:
+    """Rounds the federation in ``out_dir`` has checkpointed (0 before the first): its
+    progress, as seen from outside Flower's processes."""
+    latest = out_dir / "checkpoints" / LATEST
+    if not latest.is_file():
+        return 0
+    return int(latest.read_text().strip().rpartition("-")[2] or 0)
+
+
 def strategy_chain(strategy: Any) -> list[Any]:
     """The strategy and every strategy it wraps (``.inner`` / ``.strategy``), outermost first."""
     chain = [strategy]
