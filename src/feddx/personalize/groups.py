@@ -126,7 +126,7 @@ def _merge_small(
             )
         else:
             notes.append(
-                f"{region}: {n_hosp} small hospitals ({len(group)} cases) dropped: even "
+                f"{region}: '{name}' ({n_hosp} small hospitals, {len(group)} cases) dropped: even "
                 f"merged they have < {config.min_institution_cases} cases"
             )
     return kept
