@@ -231,8 +231,8 @@ def _plainly(saved: dict[str, dict[str, Any]], linear: Any) -> list[str]:
                 + (
                     "it learned the task in English and carried little of it across."
                     if english[best] >= 0.5
-                    else "at this recipe it learned little of the task even in English "
-                    "(chance is 1 in 24, 0.042)."
+                    else "at this recipe it learned only part of the task even in English "
+                    "(the linear models score about 0.96 on those patients; chance is 0.042)."
                 )
             )
     return [*out, ""]
