@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from feddx.data.crosslingual import CrosslingualData
 from feddx.data.schema import Case
+from feddx.demo.compare import first_best
 from feddx.evaluate.baseline import TextAnalyzer, fit_baseline
 from feddx.evaluate.stats import Comparison, compare_correct
 from feddx.io import atomic_write_text
@@ -106,11 +107,6 @@ def training_rows(data: CrosslingualData, condition: str) -> list[Case]:
         "zero-shot": [],
     }
     return list(rows[condition])
-
-
-def _first_best(curve: Mapping[int, float]) -> int:
-    best = max(curve.values())
-    return min(k for k, v in curve.items() if v == best)
 
 
 class CrosslingualRun:
@@ -232,7 +228,7 @@ class CrosslingualRun:
             right = self.correct(f"{name}-e{epoch}", self.data.pt_validation)
             curve[epoch] = sum(right) / max(1, len(right))
             self.say(f"   {name}: epoch {epoch} validation top-1 {curve[epoch]:.3f}")
-        chosen = _first_best(curve)
+        chosen = first_best(curve)
         test = self.correct(f"{name}-e{chosen}", self.data.pt_test)
         return ConditionResult(
             name,
@@ -280,7 +276,7 @@ class CrosslingualRun:
         curve = {int(r["round"]): float(r["top1"]) for r in fed.rounds if r.get("top1") is not None}
         for r, v in sorted(curve.items()):
             self.say(f"   {name}: round {r} validation top-1 {v:.3f}")
-        chosen = _first_best(curve)
+        chosen = first_best(curve)
         self.diagnoser().add_adapter(
             fed.out_dir / ROUND_ADAPTERS_DIR / f"round-{chosen:05d}", name=name
         )
