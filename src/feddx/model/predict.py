@@ -357,7 +357,6 @@ class Diagnoser:
             raise ModelError(
                 "no LoRA layout attached: pass lora= or add an adapter directory first"
             )
-        import torch
 
         tensors = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in state.items()}
         return self._hold(name, tensors, max_prompt_tokens, temperature, None)
@@ -479,7 +478,6 @@ class Diagnoser:
         Raises :class:`ValueError` for bad candidates, labels or temperature and
         :class:`ModelError` for an unknown adapter.
         """
-        import torch
 
         cset = self.candidate_set(candidates, icd10)
         if require_labels:
@@ -626,8 +624,6 @@ class Diagnoser:
 
     def _apply_int8(self) -> None:
         import warnings
-
-        import torch
 
         if self._int8_done:
             return
