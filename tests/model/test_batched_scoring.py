@@ -253,3 +253,20 @@ def test_a_bf16_model_on_the_cpu_scores_with_a_float32_head(
     cached = d16.diagnose(cases, CANDIDATES, batch_size=4)
     assert _close(cached, alone, tol=2e-2)  # bf16 rounding of an equivalent computation
     assert _close(cached, d32.diagnose(cases, CANDIDATES), tol=5e-2)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_family_in_bf16_gets_the_float32_head(family: str) -> None:
+    """The float32 LM head on every architecture family the README lists (Bloom and Gemma 3
+    included): the swap takes, the logits come out in float32, and they stay the bf16 model's
+    logits within bf16 rounding."""
+    from feddx.model.predict import float32_head
+
+    model = make_tiny_model(family, 2000).to(torch.bfloat16)
+    ids = torch.randint(0, 2000, (2, 7), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = model(ids).logits.float()
+        assert float32_head(model)
+        after = model(ids).logits
+    assert after.dtype == torch.float32
+    assert torch.allclose(after, before, atol=2e-2)
