@@ -201,3 +201,16 @@ def test_train_into_a_log_writes_progress_lines_while_it_runs(tiny_run: dict[str
     assert "\x1b[" not in text  # no bar redraws or colours in a log
     meta = json.loads((out / "train_result.json").read_text())
     assert meta["n_train"] == 10 and meta["limit"] == 10
+
+
+def test_the_last_unit_is_written_once_by_the_finished_line() -> None:
+    """A stage whose last unit lands after the interval wrote 100% twice (a progress line and
+    the finished line); a slow stage of one step still gets its finished line."""
+    stream, clock = _Stream(), _Clock()
+    p = LineProgress("demo", stream, interval=5.0, clock=clock, only_slow=True)
+    p.started("validating epoch 1", 16)
+    clock.now = 6.0
+    p.advanced(16)
+    p.finished()
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 1 and "16/16" in lines[0] and "done in" in lines[0], lines

@@ -171,8 +171,9 @@ class LineProgress:
         now = self.clock()
         if now - self._last >= self.interval:
             self._last = now
-            self._shown = True
-            self._write("progress")
+            self._shown = True  # a slow stage: its finished line is written
+            if not 0 < self._total <= self._done:  # 100% is the finished line's to write
+                self._write("progress")
 
     def finished(self) -> None:
         if self._stage is None:
