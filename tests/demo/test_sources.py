@@ -73,6 +73,7 @@ def test_every_shipped_source_runs_the_whole_demo(
     # (a full DDXPlus demo was silent for 10 minutes of validation scoring before)
     for stage in ("zero-shot scoring", "validating", "federation"):
         assert re.search(rf"Z demo: {stage}\S* .*\d+/\d+", captured.err), stage
+    assert re.search(r"Z demo: federation \d+/\d+ rounds", captured.err)  # counted in rounds
     stages = results["stages"]
     # the source's shipped config was used (its layout is recorded with the run)
     assert results["config"]["train"]["lora_targets"][0] == "q_proj"

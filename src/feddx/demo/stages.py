@@ -582,7 +582,7 @@ class DemoRun:
         d = self.diagnoser()
         # the cases travel to Flower's processes as files: outside the run folder, removed after
         data_dir = Path(tempfile.mkdtemp(prefix="feddx-demo-"))
-        title = f"federation of {self.clients} SuperNodes ({self.opts.engine}), rounds"
+        title = "federation"  # the progress lines' name for rounds, as `feddx federate` writes
         try:
             cfg = self._federated_config(budget, data_dir)
             self._check_federated_split(cfg)
